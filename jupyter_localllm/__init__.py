@@ -1,0 +1,76 @@
+"""jupyter-localllm: run local GGUF language models over pandas DataFrames, in parallel,
+from Jupyter notebooks and Python.
+
+Quick start::
+
+    import jupyter_localllm as ll
+    model = ll.model_load("default")
+    ctx = ll.context_create(model, n_seq_max=8)
+    prompt = ll.apply_chat_template(model, [{"role": "user", "content": "Capital of France?"}])
+    print(ll.generate(ctx, prompt, max_tokens=20))
+
+Names are imported lazily, so ``import jupyter_localllm`` (and ``%load_ext``) is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "apply_chat_template": "api",
+    "context_create": "api",
+    "detokenize": "api",
+    "generate": "api",
+    "generate_parallel": "api",
+    "hardware_profile": "api",
+    "model_load": "api",
+    "tokenize": "api",
+    "list_cached_models": "models",
+    "list_ollama_models": "models",
+    "Result": "engine.scheduler",
+    "SamplingParams": "engine.sampling",
+    "Progress": "engine.runner",
+    "clean": "engine.text",
+    "set_verbosity": "engine.llama",
+}
+_SUBMODULES = ("datasets", "errors")
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from . import datasets, errors
+    from .api import (
+        apply_chat_template,
+        context_create,
+        detokenize,
+        generate,
+        generate_parallel,
+        hardware_profile,
+        model_load,
+        tokenize,
+    )
+    from .engine.llama import set_verbosity
+    from .engine.runner import Progress
+    from .engine.sampling import SamplingParams
+    from .engine.scheduler import Result
+    from .engine.text import clean
+    from .models import list_cached_models, list_ollama_models

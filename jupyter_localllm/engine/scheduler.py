@@ -1,0 +1,351 @@
+"""Continuous batching: which request runs in which slot, and what goes into each decode step.
+
+The :class:`Scheduler` is pure bookkeeping over token ids — it never calls llama.cpp — so it is
+tested with hand-made "model outputs" the way vLLM tests its scheduler. The runner
+(:mod:`jupyter_localllm.engine.runner`) turns its :class:`StepPlan` into one ``llama_decode``
+and feeds the sampled tokens back with :meth:`Scheduler.update_from_output`.
+
+KV layout: every slot (sequence id) holds the shared prompt prefix at positions
+``[0, prefix_len)`` — stored once in the unified cache — followed by its own request's prompt
+suffix and generated tokens. A finished request releases only its own positions, so the next
+request admitted to that slot starts on top of the prefix without recomputing it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .sampling import SamplingParams
+from .text import TextAccumulator
+
+__all__ = [
+    "FINISH_REASONS",
+    "Request",
+    "Result",
+    "Scheduler",
+    "SlotWork",
+    "StepPlan",
+    "common_prefix_length",
+]
+
+FINISH_REASONS = ("stop", "length", "eog", "error", "cancelled")
+
+
+class Result(str):
+    """One generated text, a ``str`` carrying how it was produced.
+
+    Attributes: ``finish_reason`` (``"stop"`` a stop string, ``"length"`` max_tokens or the
+    context was reached, ``"eog"`` the model ended its turn, ``"error"``), ``n_prompt_tokens``,
+    ``n_tokens`` (generated), ``error`` (message or ``None``), ``index`` (input position).
+    A failed row's text is ``"Error: <message>"``, as localLLM users check for.
+    """
+
+    finish_reason: str
+    n_prompt_tokens: int
+    n_tokens: int
+    error: str | None
+    index: int
+
+    def __new__(
+        cls,
+        text: str,
+        *,
+        finish_reason: str,
+        n_prompt_tokens: int = 0,
+        n_tokens: int = 0,
+        error: str | None = None,
+        index: int = 0,
+    ) -> Result:
+        obj = super().__new__(cls, text)
+        obj.finish_reason = finish_reason
+        obj.n_prompt_tokens = n_prompt_tokens
+        obj.n_tokens = n_tokens
+        obj.error = error
+        obj.index = index
+        return obj
+
+    @classmethod
+    def failed(cls, message: str, *, index: int = 0, n_prompt_tokens: int = 0) -> Result:
+        """An error result whose text is ``"Error: <message>"``."""
+        return cls(
+            f"Error: {message}",
+            finish_reason="error",
+            error=message,
+            index=index,
+            n_prompt_tokens=n_prompt_tokens,
+        )
+
+    @property
+    def ok(self) -> bool:
+        """True when the row produced text (no error)."""
+        return self.error is None
+
+    def __reduce__(self):  # keep the attributes through pickling (Dask, caches)
+        return (_rebuild_result, (str(self), self.__dict__))
+
+
+def _rebuild_result(text: str, attrs: dict) -> Result:
+    return Result(text, **attrs)
+
+
+@dataclass
+class Request:
+    """One prompt to run: its tokens, its sampling parameters and its own seed."""
+
+    index: int
+    tokens: Sequence[int]
+    params: SamplingParams
+    seed: int
+
+
+@dataclass
+class _Slot:
+    request: Request
+    n_prefilled: int  # prompt tokens (after the shared prefix) already in the KV cache
+    budget: int  # KV cells reserved for this request
+    text: TextAccumulator
+    generated: list[int] = field(default_factory=list)
+    next_token: int | None = None  # sampled, not yet decoded
+    first_token_at: float | None = None
+
+    @property
+    def suffix_len(self) -> int:
+        return len(self.request.tokens)
+
+
+@dataclass
+class SlotWork:
+    """Tokens one slot contributes to a step."""
+
+    slot: int
+    tokens: Sequence[int]
+    start_pos: int
+    wants_logits: bool
+
+
+@dataclass
+class StepPlan:
+    """What the next ``llama_decode`` holds: decode tokens first, then prompt chunks."""
+
+    work: list[SlotWork]
+
+    @property
+    def n_tokens(self) -> int:
+        """Total tokens in the step."""
+        return sum(len(w.tokens) for w in self.work)
+
+
+def common_prefix_length(token_lists: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every list."""
+    if not token_lists:
+        return 0
+    first = token_lists[0]
+    n = min(len(t) for t in token_lists)
+    for other in token_lists[1:]:
+        i = 0
+        while i < n and other[i] == first[i]:
+            i += 1
+        n = i
+        if n == 0:
+            break
+    return n
+
+
+class Scheduler:
+    """Assigns requests to ``n_slots`` sequence slots and plans each decode step.
+
+    ``prefix_len`` tokens are already in every slot; requests carry only their suffix.
+    ``kv_capacity`` is the number of KV cells left for suffixes and generated tokens across
+    all slots. ``token_bytes`` and ``is_eog`` describe the vocabulary.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_slots: int,
+        n_batch: int,
+        prefix_len: int,
+        kv_capacity: int,
+        token_bytes: Callable[[int], bytes],
+        is_eog: Callable[[int], bool],
+    ):
+        self.n_slots = n_slots
+        self.n_batch = n_batch
+        self.prefix_len = prefix_len
+        self.kv_capacity = kv_capacity
+        self._token_bytes = token_bytes
+        self._is_eog = is_eog
+        self.waiting: deque[Request] = deque()
+        self.slots: list[_Slot | None] = [None] * n_slots
+        self.finished: dict[int, Result] = {}
+        self._reserved = 0
+
+    # -- requests --------------------------------------------------------------------------
+    def add_request(self, request: Request) -> Result | None:
+        """Queue ``request``; returns an error result at once when it can never fit."""
+        need = len(request.tokens) + 1
+        if len(request.tokens) == 0:
+            return self._finish_early(request, "the prompt adds no tokens to the shared prefix")
+        if need > self.kv_capacity:
+            n_prompt = self.prefix_len + len(request.tokens)
+            return self._finish_early(
+                request,
+                f"the prompt has {n_prompt} tokens, more than the context holds "
+                f"({self.prefix_len + self.kv_capacity}); use a larger n_ctx or a shorter prompt",
+            )
+        self.waiting.append(request)
+        return None
+
+    def _finish_early(self, request: Request, message: str) -> Result:
+        result = Result.failed(
+            message, index=request.index, n_prompt_tokens=self.prefix_len + len(request.tokens)
+        )
+        self.finished[request.index] = result
+        return result
+
+    def has_unfinished_requests(self) -> bool:
+        """True while requests wait or run."""
+        return bool(self.waiting) or any(s is not None for s in self.slots)
+
+    @property
+    def n_running(self) -> int:
+        """Slots holding a request."""
+        return sum(s is not None for s in self.slots)
+
+    # -- planning --------------------------------------------------------------------------
+    def _admit(self) -> None:
+        for i, slot in enumerate(self.slots):
+            if slot is not None or not self.waiting:
+                continue
+            request = self.waiting[0]
+            budget = min(
+                len(request.tokens) + request.params.max_tokens, self.kv_capacity
+            )
+            if self._reserved + budget > self.kv_capacity:
+                break  # wait for cells; FIFO keeps the order fair
+            self.waiting.popleft()
+            self._reserved += budget
+            self.slots[i] = _Slot(
+                request=request,
+                n_prefilled=0,
+                budget=budget,
+                text=TextAccumulator(request.params.stop),
+            )
+
+    def schedule(self) -> StepPlan:
+        """Plan the next step: one token per generating slot, then prompt chunks of the
+        slots still reading their prompt (oldest first), never more than ``n_batch`` tokens."""
+        self._admit()
+        work: list[SlotWork] = []
+        room = self.n_batch
+        for i, slot in enumerate(self.slots):
+            if slot is not None and slot.next_token is not None and room > 0:
+                pos = self.prefix_len + slot.suffix_len + len(slot.generated) - 1
+                work.append(SlotWork(i, (slot.next_token,), pos, True))
+                room -= 1
+        for i, slot in enumerate(self.slots):
+            if room <= 0:
+                break
+            if slot is None or slot.n_prefilled >= slot.suffix_len:
+                continue
+            start = slot.n_prefilled
+            end = min(slot.suffix_len, start + room)
+            work.append(
+                SlotWork(
+                    i,
+                    slot.request.tokens[start:end],
+                    self.prefix_len + start,
+                    end == slot.suffix_len,
+                )
+            )
+            room -= end - start
+        return StepPlan(work)
+
+    def update_from_output(
+        self, plan: StepPlan, sampled: dict[int, int]
+    ) -> tuple[list[tuple[int, Result]], list[tuple[int, str]]]:
+        """Record a decoded step and the tokens sampled for slots that asked for logits.
+
+        Returns ``(finished, deltas)``: ``(slot, result)`` for requests that ended this step
+        (their slot is free now; the caller clears its KV positions), and ``(request index,
+        new text)`` pieces for streaming.
+        """
+        finished: list[tuple[int, Result]] = []
+        deltas: list[tuple[int, str]] = []
+        for w in plan.work:
+            slot = self.slots[w.slot]
+            if slot is None:
+                continue
+            if slot.n_prefilled < slot.suffix_len:
+                slot.n_prefilled += len(w.tokens)
+            else:
+                slot.next_token = None  # the pending token is now in the cache
+            if not w.wants_logits:
+                continue
+            token = sampled[w.slot]
+            reason = self._accept(slot, token, deltas)
+            if reason is not None:
+                finished.append((w.slot, self._release(w.slot, reason, deltas)))
+        return finished, deltas
+
+    def _accept(self, slot: _Slot, token: int, deltas: list[tuple[int, str]]) -> str | None:
+        if slot.first_token_at is None:
+            slot.first_token_at = time.perf_counter()
+        if self._is_eog(token):
+            return "eog"
+        slot.generated.append(token)
+        piece = slot.text.feed(self._token_bytes(token))
+        if piece:
+            deltas.append((slot.request.index, piece))
+        if slot.text.stopped:
+            return "stop"
+        if len(slot.generated) >= slot.request.params.max_tokens:
+            return "length"
+        if slot.suffix_len + len(slot.generated) >= slot.budget:
+            return "length"  # the context is full for this request
+        slot.next_token = token
+        return None
+
+    def _release(self, i: int, reason: str, deltas: list[tuple[int, str]]) -> Result:
+        slot = self.slots[i]
+        assert slot is not None
+        tail = slot.text.finish()
+        if tail:
+            deltas.append((slot.request.index, tail))
+        self.slots[i] = None
+        self._reserved -= slot.budget
+        result = Result(
+            slot.text.text,
+            finish_reason=reason,
+            n_prompt_tokens=self.prefix_len + slot.suffix_len,
+            n_tokens=len(slot.generated),
+            index=slot.request.index,
+        )
+        self.finished[slot.request.index] = result
+        return result
+
+    def fail_slot(self, i: int, message: str) -> Result:
+        """End slot ``i``'s request with an error (e.g. its sampler failed)."""
+        slot = self.slots[i]
+        assert slot is not None
+        self.slots[i] = None
+        self._reserved -= slot.budget
+        result = Result.failed(
+            message, index=slot.request.index, n_prompt_tokens=self.prefix_len + slot.suffix_len
+        )
+        self.finished[slot.request.index] = result
+        return result
+
+    def cancel_all(self, message: str = "cancelled") -> list[int]:
+        """End every waiting and running request as cancelled; returns the freed slots."""
+        freed = []
+        for i, slot in enumerate(self.slots):
+            if slot is not None:
+                self.fail_slot(i, message).finish_reason = "cancelled"
+                freed.append(i)
+        while self.waiting:
+            self._finish_early(self.waiting.popleft(), message).finish_reason = "cancelled"
+        return freed
