@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "generate_parallel": "api",
     "hardware_profile": "api",
     "model_load": "api",
+    "quick_llama": "api",
     "tokenize": "api",
     "list_cached_models": "models",
     "list_ollama_models": "models",
@@ -39,7 +40,26 @@ _EXPORTS: dict[str, str] = {
 }
 _SUBMODULES = ("datasets", "errors")
 
-__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+__all__ = [
+    "Progress",
+    "Result",
+    "SamplingParams",
+    "apply_chat_template",
+    "clean",
+    "context_create",
+    "datasets",
+    "detokenize",
+    "errors",
+    "generate",
+    "generate_parallel",
+    "hardware_profile",
+    "list_cached_models",
+    "list_ollama_models",
+    "model_load",
+    "quick_llama",
+    "set_verbosity",
+    "tokenize",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -66,6 +86,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         generate_parallel,
         hardware_profile,
         model_load,
+        quick_llama,
         tokenize,
     )
     from .engine.llama import set_verbosity

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import hardware, models
+from . import hardware
 from .chat import render_chat
 from .engine import llama as backend
 from .engine.llama import Model
@@ -19,6 +19,7 @@ from .engine.sampling import DEFAULT_SEED, SamplingParams
 from .engine.scheduler import Result
 from .engine.text import clean as clean_text
 from .errors import BatchInterrupted, InvalidParameterError, PromptError
+from .manager import get_manager, open_context, open_model
 from .progress import progress_callback
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "generate_parallel",
     "hardware_profile",
     "model_load",
+    "quick_llama",
     "tokenize",
 ]
 
@@ -62,25 +64,18 @@ def model_load(
     multi-token decode (llama.cpp #20824). ``verbosity`` sets how much of llama.cpp's log is
     shown (0 = errors only).
     """
-    backend.set_verbosity(verbosity)
-    path = models.resolve_model(
+    return open_model(
         model_path,
-        cache_dir=cache_dir,
-        hf_token=hf_token,
-        force_redownload=force_redownload,
-        show_progress=show_progress,
-    )
-    models.validate_model_file(path)
-    if check_memory:
-        models.check_memory(path)
-    if use_extra_bufts is None:
-        use_extra_bufts = not hardware.cpu_has_amx()
-    return Model(
-        path,
         n_gpu_layers=n_gpu_layers,
         use_mmap=use_mmap,
         use_mlock=use_mlock,
+        cache_dir=cache_dir,
+        force_redownload=force_redownload,
+        check_memory=check_memory,
+        hf_token=hf_token,
+        show_progress=show_progress,
         use_extra_bufts=use_extra_bufts,
+        verbosity=verbosity,
     )
 
 
@@ -103,12 +98,8 @@ def context_create(
     if verbosity is not None:
         backend.set_verbosity(verbosity)
     _check_model(model)
-    return GenerationContext(
-        model,
-        n_ctx=n_ctx,
-        n_seq_max=n_seq_max,
-        n_batch=n_batch,
-        n_threads=n_threads or hardware.physical_cores(),
+    return open_context(
+        model, n_ctx=n_ctx, n_seq_max=n_seq_max, n_batch=n_batch, n_threads=n_threads
     )
 
 
@@ -217,7 +208,7 @@ def generate_parallel(
     stop: str | Sequence[str] | None = None,
     grammar: str | None = None,
     clean: bool = False,
-    progress: bool | None | Callable[[Progress], Any] = None,
+    progress: bool | Callable[[Progress], Any] | None = None,
     on_error: str = "return",
     on_result: Callable[[Result], Any] | None = None,
     cancel: threading.Event | None = None,
@@ -257,7 +248,9 @@ def generate_parallel(
         )
     prompts = list(prompts)
     invalid = {i: m for i, p in enumerate(prompts) if (m := _prompt_problem(p)) is not None}
-    tokens = [[] if i in invalid else _prompt_tokens(context.model, p) for i, p in enumerate(prompts)]
+    tokens = [
+        [] if i in invalid else _prompt_tokens(context.model, p) for i, p in enumerate(prompts)
+    ]
     on_progress, close_bar = progress_callback(progress, len(prompts), desc="generate")
     deliver = None
     if on_result is not None:
@@ -331,4 +324,53 @@ def _finish(result: Result, clean: bool) -> Result:
         n_prompt_tokens=result.n_prompt_tokens,
         n_tokens=result.n_tokens,
         index=result.index,
+    )
+
+
+def quick_llama(
+    prompt: str | Sequence[str],
+    *,
+    model: str = "default",
+    system_prompt: str | None = "You are a helpful assistant.",
+    auto_format: bool = True,
+    n_ctx: int | None = None,
+    n_seq_max: int = 16,
+    n_gpu_layers: int | str = "auto",
+    max_tokens: int = 100,
+    clean: bool = True,
+    progress: bool | Callable[[Progress], Any] | None = None,
+    stream: Callable[[str], Any] | None = None,
+    **sampling: Any,
+) -> Result | list[Result]:
+    """One call from text to answer: loads ``model`` once (kept in the session's model
+    manager with its context, so later calls start at once), wraps each prompt in the model's
+    chat template with ``system_prompt`` (``auto_format=False`` sends it as is), and generates.
+
+    A string gives one :class:`Result`; a list runs through :func:`generate_parallel`,
+    ``n_seq_max`` at a time, and gives a list in the same order. Other keywords are sampling
+    options of :func:`generate`.
+    """
+    manager = get_manager()
+    loaded = manager.load(model, n_gpu_layers=n_gpu_layers)
+    single = isinstance(prompt, str)
+    prompts = [prompt] if single else list(prompt)
+    if auto_format:
+        head = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        prompts = [
+            apply_chat_template(loaded, [*head, {"role": "user", "content": p}])
+            if isinstance(p, str) and p.strip()
+            else p
+            for p in prompts
+        ]
+    alias = str(model)
+    if single:
+        ctx = manager.context(alias, n_seq_max=1, n_ctx=n_ctx)
+        return generate(
+            ctx, prompts[0], max_tokens=max_tokens, clean=clean, stream=stream, **sampling
+        )
+    if stream is not None:
+        raise InvalidParameterError("stream= works with one prompt; pass a string.")
+    ctx = manager.context(alias, n_seq_max=n_seq_max, n_ctx=n_ctx)
+    return generate_parallel(
+        ctx, prompts, max_tokens=max_tokens, clean=clean, progress=progress, **sampling
     )

@@ -47,7 +47,7 @@ class TqdmProgress:
 
 
 def progress_callback(
-    progress: bool | None | Callable[[Progress], Any], total: int, desc: str = "llm"
+    progress: bool | Callable[[Progress], Any] | None, total: int, desc: str = "llm"
 ) -> tuple[Callable[[Progress], Any] | None, Callable[[bool], None]]:
     """Resolve a ``progress=`` argument into ``(on_progress, close)``.
 

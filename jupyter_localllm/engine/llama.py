@@ -190,7 +190,9 @@ class Model:
         return int(_ll.llama_model_n_params(self._require_open()))
 
     # -- tokens ----------------------------------------------------------------------------
-    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         """Token ids of ``text``. ``add_special`` adds BOS/EOS as the model asks;
         ``parse_special`` turns control-token text (``<|im_start|>``) into its token."""
         self._require_open()
@@ -560,7 +562,10 @@ class Sampler:
 def default_threads() -> int:
     """Threads for decoding when none are given: the CPUs this process may use (the API
     layer passes the physical core count, which is faster on hyper-threaded machines)."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return max(
+        1,
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+    )
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None) -> None:

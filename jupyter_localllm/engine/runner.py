@@ -223,8 +223,9 @@ class GenerationContext:
         """Generate for each tokenized prompt; results come back in input order.
 
         A row that cannot run (empty, too long, or listed in ``invalid`` with its error
-        message) is an error result in its place; the others go on. A KeyboardInterrupt (or ``cancel`` being set) stops between steps, leaves the
-        context usable and raises :class:`BatchInterrupted` holding the partial results.
+        message) is an error result in its place; the others go on. A KeyboardInterrupt (or
+        ``cancel`` being set) stops between steps, leaves the context usable and raises
+        :class:`BatchInterrupted` holding the partial results.
         """
         n = len(prompts)
         per_row = [params] * n if isinstance(params, SamplingParams) else list(params)

@@ -128,9 +128,7 @@ class SamplingParams:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_kwargs(
-        cls, base: SamplingParams | None = None, /, **kwargs: Any
-    ) -> SamplingParams:
+    def from_kwargs(cls, base: SamplingParams | None = None, /, **kwargs: Any) -> SamplingParams:
         """Build parameters from keywords, starting from ``base`` (or the defaults).
 
         ``None`` values are ignored, so front-ends can pass optional options straight through.
@@ -174,4 +172,3 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-

@@ -221,9 +221,7 @@ class Scheduler:
             if slot is not None or not self.waiting:
                 continue
             request = self.waiting[0]
-            budget = min(
-                len(request.tokens) + request.params.max_tokens, self.kv_capacity
-            )
+            budget = min(len(request.tokens) + request.params.max_tokens, self.kv_capacity)
             if self._reserved + budget > self.kv_capacity:
                 break  # wait for cells; FIFO keeps the order fair
             self.waiting.popleft()

@@ -1,0 +1,112 @@
+"""Command line: ``python -m jupyter_localllm demo | hardware | models``.
+
+A thin front-end over :mod:`jupyter_localllm.api`, like the notebook magics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+DEMO_QUESTIONS = (
+    "What is the capital of France?",
+    "Name three primary colours.",
+    "Write one sentence about the ocean.",
+    "What is 12 plus 7?",
+    "Give a synonym for 'happy'.",
+)
+
+
+def demo(model_ref: str = "default", max_tokens: int = 40) -> int:
+    """Load a model, answer a few questions through its chat template (streaming each answer
+    and its speed), then classify the demo news sample in parallel."""
+    from . import api, datasets
+
+    t0 = time.perf_counter()
+    model = api.model_load(model_ref)
+    print(
+        f"Loaded {model.name} ({model.size_bytes / 2**20:.0f} MiB) in "
+        f"{time.perf_counter() - t0:.1f} s from {model.path}"
+    )
+    ctx = api.context_create(model)
+    for question in DEMO_QUESTIONS:
+        prompt = api.apply_chat_template(
+            model,
+            [
+                {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+                {"role": "user", "content": question},
+            ],
+        )
+        print(f"\nQ: {question}\nA: ", end="", flush=True)
+        t0 = time.perf_counter()
+        answer = api.generate(
+            ctx, prompt, max_tokens=max_tokens, stream=lambda s: print(s, end="", flush=True)
+        )
+        dt = time.perf_counter() - t0
+        print(
+            f"\n   [{answer.n_tokens} tokens, {answer.n_tokens / dt:.0f} tok/s, "
+            f"finish: {answer.finish_reason}]"
+        )
+
+    news = datasets.news_sample().head(32)
+    prompts = [
+        api.apply_chat_template(
+            model,
+            [
+                {"role": "system", "content": "Classify news articles."},
+                {
+                    "role": "user",
+                    "content": "Category (World, Sports, Business or Sci/Tech) of this "
+                    f"article: {row.title}",
+                },
+            ],
+        )
+        for row in news.itertuples()
+    ]
+    pctx = api.context_create(model, n_seq_max=16)
+    t0 = time.perf_counter()
+    results = api.generate_parallel(pctx, prompts, max_tokens=8, clean=True, progress=False)
+    dt = time.perf_counter() - t0
+    n_tok = sum(r.n_tokens for r in results)
+    print(
+        f"\nParallel: {len(prompts)} news titles, n_seq_max=16, {dt:.1f} s, "
+        f"{n_tok / dt:.0f} generated tok/s, {len(prompts) / dt:.1f} rows/s"
+    )
+    for row, res in list(zip(news.itertuples(), results, strict=True))[:5]:
+        print(f"  {row.title[:60]:60s} -> {res.splitlines()[0] if res else ''}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m jupyter_localllm``."""
+    parser = argparse.ArgumentParser(prog="python -m jupyter_localllm")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_demo = sub.add_parser("demo", help="answer a few questions with the default model")
+    p_demo.add_argument("--model", default="default", help="model reference (default: default)")
+    p_demo.add_argument("--max-tokens", type=int, default=40)
+    sub.add_parser("hardware", help="show this machine's hardware profile")
+    sub.add_parser("models", help="list cached and Ollama models")
+    args = parser.parse_args(argv)
+
+    from .errors import LocalLLMError
+
+    try:
+        if args.command == "demo":
+            return demo(args.model, args.max_tokens)
+        if args.command == "hardware":
+            from .hardware import hardware_profile
+
+            print(hardware_profile())
+            return 0
+        from .models import list_cached_models, list_ollama_models
+
+        print("Cached models:\n", list_cached_models().to_string(index=False))
+        print("\nOllama models:\n", list_ollama_models().to_string(index=False))
+        return 0
+    except LocalLLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,204 @@
+"""The kernel-resident session: models loaded once and reused by every front-end.
+
+:class:`ModelManager` keeps loaded models under aliases, a default model, and one generation
+context per (model, n_seq_max), so ``quick_llama``, the magics and the DataFrame accessor do not
+reload weights or recompute a cached prompt prefix between calls.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from . import hardware, models
+from .engine import llama as backend
+from .engine.llama import Model
+from .engine.runner import GenerationContext
+from .errors import InvalidParameterError
+
+__all__ = ["LoadedModel", "ModelManager", "get_manager", "open_context", "open_model"]
+
+
+def open_model(
+    ref: str | os.PathLike = "default",
+    *,
+    n_gpu_layers: int | str = "auto",
+    use_mmap: bool = True,
+    use_mlock: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    force_redownload: bool = False,
+    check_memory: bool = True,
+    hf_token: str | None = None,
+    show_progress: bool = True,
+    use_extra_bufts: bool | None = None,
+    verbosity: int = 0,
+) -> Model:
+    """Resolve, check and load a model (the implementation of
+    :func:`jupyter_localllm.model_load`, whose docstring describes the options)."""
+    backend.set_verbosity(verbosity)
+    path = models.resolve_model(
+        ref,
+        cache_dir=cache_dir,
+        hf_token=hf_token,
+        force_redownload=force_redownload,
+        show_progress=show_progress,
+    )
+    models.validate_model_file(path)
+    if check_memory:
+        models.check_memory(path)
+    if use_extra_bufts is None:
+        # Repacked weights crash AMX CPUs on the first multi-token decode (llama.cpp #20824).
+        use_extra_bufts = not hardware.cpu_has_amx()
+    return Model(
+        path,
+        n_gpu_layers=n_gpu_layers,
+        use_mmap=use_mmap,
+        use_mlock=use_mlock,
+        use_extra_bufts=use_extra_bufts,
+    )
+
+
+def open_context(
+    model: Model,
+    *,
+    n_ctx: int | None = None,
+    n_seq_max: int = 1,
+    n_batch: int = 512,
+    n_threads: int | None = None,
+) -> GenerationContext:
+    """A generation context sized for this machine (threads = physical cores)."""
+    return GenerationContext(
+        model,
+        n_ctx=n_ctx,
+        n_seq_max=n_seq_max,
+        n_batch=n_batch,
+        n_threads=n_threads or hardware.physical_cores(),
+    )
+
+
+@dataclass
+class LoadedModel:
+    """A model held by the manager, with the contexts made for it."""
+
+    alias: str
+    ref: str
+    model: Model
+    load_options: dict[str, Any]
+    contexts: dict[tuple[int, int | None], GenerationContext] = field(default_factory=dict)
+
+
+class ModelManager:
+    """Loaded models by alias, the default alias, and their cached contexts (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, LoadedModel] = {}
+        self.default_alias: str | None = None
+        self._lock = threading.RLock()
+
+    def load(self, ref: str = "default", *, alias: str | None = None, **options: Any) -> Model:
+        """Load ``ref`` under ``alias`` (default: the ref itself) unless it is already loaded
+        with the same options; the first model loaded becomes the default."""
+        alias = alias or str(ref)
+        with self._lock:
+            held = self._models.get(alias)
+            if held is not None and held.ref == str(ref) and held.load_options == options:
+                return held.model
+            if held is not None:
+                self.unload(alias)
+            model = open_model(ref, **options)
+            self._models[alias] = LoadedModel(alias, str(ref), model, dict(options))
+            if self.default_alias is None:
+                self.default_alias = alias
+            return model
+
+    def get(self, alias: str | None = None) -> Model:
+        """The model loaded under ``alias`` (the default model when ``None``)."""
+        return self._entry(alias).model
+
+    def _entry(self, alias: str | None) -> LoadedModel:
+        with self._lock:
+            alias = alias or self.default_alias
+            if alias is None:
+                raise InvalidParameterError(
+                    'No model is loaded; load one with model_load or "%llm load default".'
+                )
+            if alias not in self._models:
+                known = ", ".join(sorted(self._models)) or "none"
+                raise InvalidParameterError(
+                    f"No model is loaded as {alias!r}; loaded aliases are {known}."
+                )
+            return self._models[alias]
+
+    def context(
+        self, alias: str | None = None, *, n_seq_max: int = 1, n_ctx: int | None = None
+    ) -> GenerationContext:
+        """A cached context for the model under ``alias`` with ``n_seq_max`` slots."""
+        entry = self._entry(alias)
+        key = (n_seq_max, n_ctx)
+        with self._lock:
+            ctx = entry.contexts.get(key)
+            if ctx is None:
+                ctx = open_context(entry.model, n_ctx=n_ctx, n_seq_max=max(1, n_seq_max))
+                entry.contexts[key] = ctx
+            return ctx
+
+    def use(self, alias: str) -> None:
+        """Make ``alias`` the default model."""
+        self._entry(alias)
+        self.default_alias = alias
+
+    def unload(self, alias: str) -> None:
+        """Free the model under ``alias`` and its contexts."""
+        with self._lock:
+            entry = self._entry(alias)
+            for ctx in entry.contexts.values():
+                ctx.close()
+            entry.model.close()
+            del self._models[entry.alias]
+            if self.default_alias == entry.alias:
+                self.default_alias = next(iter(self._models), None)
+
+    def unload_all(self) -> None:
+        """Free every model."""
+        for alias in list(self._models):
+            self.unload(alias)
+
+    @property
+    def aliases(self) -> list[str]:
+        """Aliases of the loaded models, in load order."""
+        return list(self._models)
+
+    def table(self) -> pd.DataFrame:
+        """The loaded models: alias, name, size, contexts, default flag."""
+        rows = [
+            {
+                "alias": e.alias,
+                "name": e.model.name,
+                "size_mb": round(e.model.size_bytes / 2**20, 1),
+                "contexts": ", ".join(
+                    f"n_seq_max={k[0]} n_ctx={c.n_ctx or 'auto'}" for k, c in e.contexts.items()
+                ),
+                "default": e.alias == self.default_alias,
+                "path": str(e.model.path),
+            }
+            for e in self._models.values()
+        ]
+        columns = ["alias", "name", "size_mb", "contexts", "default", "path"]
+        return pd.DataFrame(rows, columns=columns)
+
+
+_manager: ModelManager | None = None
+_manager_lock = threading.Lock()
+
+
+def get_manager() -> ModelManager:
+    """The process-wide :class:`ModelManager` (created on first use)."""
+    global _manager
+    with _manager_lock:
+        if _manager is None:
+            _manager = ModelManager()
+        return _manager

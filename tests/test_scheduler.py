@@ -1,0 +1,199 @@
+"""The scheduler on its own, fed hand-made model outputs (no model), as vLLM tests its own."""
+
+from __future__ import annotations
+
+import pytest
+
+from jupyter_localllm.engine.sampling import SamplingParams, derive_seed
+from jupyter_localllm.engine.scheduler import Request, Scheduler, common_prefix_length
+
+EOG = 0
+# A toy vocabulary: token t is the text "<t>"; token 0 ends generation; 900+ split a UTF-8 char.
+SNOWMAN = "☃".encode()
+
+
+def token_bytes(t: int) -> bytes:
+    if t == 901:
+        return SNOWMAN[:1]
+    if t == 902:
+        return SNOWMAN[1:]
+    return f"<{t}>".encode()
+
+
+def make(n_slots=2, n_batch=64, prefix_len=0, kv_capacity=1000) -> Scheduler:
+    return Scheduler(
+        n_slots=n_slots,
+        n_batch=n_batch,
+        prefix_len=prefix_len,
+        kv_capacity=kv_capacity,
+        token_bytes=token_bytes,
+        is_eog=lambda t: t == EOG,
+    )
+
+
+def req(index, n_prompt=3, **params) -> Request:
+    p = SamplingParams.from_kwargs(**params)
+    return Request(index, list(range(100, 100 + n_prompt)), p, derive_seed(p.seed, index))
+
+
+def step(s: Scheduler, outputs: dict[int, int]):
+    """One step: plan, then answer every slot that asked for logits from ``outputs``
+    (keyed by request index)."""
+    plan = s.schedule()
+    sampled = {
+        w.slot: outputs[s.slots[w.slot].request.index] for w in plan.work if w.wants_logits
+    }
+    finished, deltas = s.update_from_output(plan, sampled)
+    return plan, finished, deltas
+
+
+def test_admission_fills_free_slots_and_queues_the_rest():
+    s = make(n_slots=2)
+    for i in range(3):
+        assert s.add_request(req(i, max_tokens=2)) is None
+    plan = s.schedule()
+    assert [w.slot for w in plan.work] == [0, 1]
+    assert all(w.wants_logits and w.start_pos == 0 for w in plan.work)
+    assert [r.index for r in s.waiting] == [2]
+
+
+def test_decode_tokens_come_first_then_prompt_chunks_and_slot_is_refilled():
+    s = make(n_slots=2)
+    s.add_request(req(0, max_tokens=1))
+    s.add_request(req(1, max_tokens=3))
+    s.add_request(req(2, max_tokens=3))
+    # step 1: both prompts; row 0 is done after one token (max_tokens=1)
+    _, finished, _ = step(s, {0: 5, 1: 6})
+    assert [(slot, r.index, r.finish_reason) for slot, r in finished] == [(0, 0, "length")]
+    # step 2: row 1's pending token first, then row 2's prompt in the freed slot 0
+    plan = s.schedule()
+    assert [(w.slot, len(w.tokens), w.start_pos) for w in plan.work] == [(1, 1, 3), (0, 3, 0)]
+    assert s.slots[0].request.index == 2
+
+
+def test_prompt_chunks_never_exceed_n_batch():
+    s = make(n_slots=2, n_batch=4)
+    s.add_request(req(0, n_prompt=6, max_tokens=2))
+    s.add_request(req(1, n_prompt=3, max_tokens=2))
+    plan = s.schedule()
+    assert plan.n_tokens == 4
+    assert [(w.slot, len(w.tokens), w.wants_logits) for w in plan.work] == [(0, 4, False)]
+    s.update_from_output(plan, {})
+    plan = s.schedule()
+    assert [(w.slot, len(w.tokens), w.start_pos, w.wants_logits) for w in plan.work] == [
+        (0, 2, 4, True),
+        (1, 2, 0, False),
+    ]
+
+
+def test_prefix_offsets_positions():
+    s = make(n_slots=1, prefix_len=10)
+    s.add_request(req(0, n_prompt=2, max_tokens=3))
+    plan, _, _ = step(s, {0: 7})
+    assert plan.work[0].start_pos == 10
+    plan = s.schedule()
+    assert plan.work[0].start_pos == 12 and list(plan.work[0].tokens) == [7]
+
+
+def test_finish_reasons_eog_stop_length():
+    s = make(n_slots=3)
+    s.add_request(req(0, max_tokens=5))
+    s.add_request(req(1, max_tokens=5, stop=["<8>"]))
+    s.add_request(req(2, max_tokens=1))
+    _, finished, _ = step(s, {0: EOG, 1: 7, 2: 9})
+    got = {r.index: (r.finish_reason, str(r), r.n_tokens) for _, r in finished}
+    assert got == {0: ("eog", "", 0), 2: ("length", "<9>", 1)}
+    _, finished, _ = step(s, {1: 8})
+    (_, r), = finished
+    assert (r.finish_reason, str(r), r.n_tokens, r.n_prompt_tokens) == ("stop", "<7>", 2, 3)
+    assert not s.has_unfinished_requests()
+
+
+def test_stop_string_split_across_tokens_is_held_back_and_removed():
+    s = make(n_slots=1)
+    s.add_request(req(0, max_tokens=10, stop=["3><4"]))
+    deltas_all = []
+    for tok in (2, 3, 4, 5):
+        _, finished, deltas = step(s, {0: tok})
+        deltas_all += [d for _, d in deltas]
+        if finished:
+            break
+    (_, r), = finished
+    assert str(r) == "<2><" and r.finish_reason == "stop"
+    assert "".join(deltas_all) == "<2><"
+
+
+def test_utf8_character_split_across_tokens():
+    s = make(n_slots=1)
+    s.add_request(req(0, max_tokens=2))
+    _, _, deltas = step(s, {0: 901})
+    assert deltas == []  # half a character is not released
+    _, finished, deltas = step(s, {0: 902})
+    assert deltas == [(0, "☃")] and str(finished[0][1]) == "☃"
+
+
+def test_too_long_and_empty_requests_fail_at_once():
+    s = make(n_slots=2, prefix_len=5, kv_capacity=4)
+    long = s.add_request(req(0, n_prompt=4))
+    assert long is not None and long.finish_reason == "error"
+    assert long.startswith("Error: ") and "more than the context holds" in long.error
+    empty = s.add_request(Request(1, [], SamplingParams(), 1))
+    assert empty is not None and empty.error
+    assert s.add_request(req(2, n_prompt=3, max_tokens=1)) is None
+
+
+def test_kv_budget_delays_admission_until_cells_free():
+    s = make(n_slots=2, kv_capacity=10)
+    s.add_request(req(0, n_prompt=3, max_tokens=5))  # needs 8 cells
+    s.add_request(req(1, n_prompt=3, max_tokens=5))
+    plan = s.schedule()
+    assert [w.slot for w in plan.work] == [0]  # the second does not fit yet
+    s.update_from_output(plan, {0: EOG})
+    plan = s.schedule()
+    assert [(w.slot, s.slots[w.slot].request.index) for w in plan.work] == [(0, 1)]
+
+
+def test_generation_stops_when_its_cells_run_out():
+    s = make(n_slots=1, kv_capacity=6)
+    s.add_request(req(0, n_prompt=3, max_tokens=100))  # budget capped at 6 cells
+    n = 0
+    while s.has_unfinished_requests():
+        _, finished, _ = step(s, {0: 7})
+        n += 1
+    assert finished[0][1].finish_reason == "length" and finished[0][1].n_tokens == 3
+
+
+def test_fail_slot_and_cancel_all():
+    s = make(n_slots=1)
+    s.add_request(req(0))
+    s.add_request(req(1))
+    s.schedule()
+    err = s.fail_slot(0, "sampler failed")
+    assert err.error == "sampler failed" and err.startswith("Error: ")
+    s.add_request(req(2))
+    s.schedule()
+    freed = s.cancel_all()
+    assert freed == [0]
+    assert {i: r.finish_reason for i, r in s.finished.items()} == {
+        0: "error",
+        1: "cancelled",
+        2: "cancelled",
+    }
+    assert not s.has_unfinished_requests()
+
+
+def test_row_seed_does_not_depend_on_batch_composition():
+    # The seed is a function of (seed, row index) only; row 0 keeps the user's seed.
+    assert derive_seed(1234, 0) == 1234
+    seeds = [derive_seed(1234, i) for i in range(1000)]
+    assert len(set(seeds)) == 1000
+    assert all(0 <= x < 2**32 for x in seeds)
+    assert derive_seed(1234, 5) == derive_seed(1234, 5) != derive_seed(1235, 5)
+
+
+@pytest.mark.parametrize(
+    ("lists", "expected"),
+    [([], 0), ([[1, 2, 3]], 3), ([[1, 2, 3], [1, 2, 4]], 2), ([[1], [2]], 0), ([[1, 2], [1]], 1)],
+)
+def test_common_prefix_length(lists, expected):
+    assert common_prefix_length(lists) == expected
