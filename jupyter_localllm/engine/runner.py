@@ -179,14 +179,15 @@ class GenerationContext:
         return self._ctx
 
     # -- prefix cache ----------------------------------------------------------------------
-    def _set_prefix(self, ctx: Context, prefix: Sequence[int], stats: RunStats) -> None:
-        """Make every sequence hold exactly ``prefix``, decoding only what is new."""
+    def _set_prefix(
+        self, ctx: Context, prefix: Sequence[int], n_slots: int, stats: RunStats
+    ) -> None:
+        """Make sequences 0..n_slots-1 hold exactly ``prefix``, decoding only what the cached
+        prefix in sequence 0 lacks. Between runs only sequence 0 holds cells."""
         keep = common_prefix_length([self._prefix, prefix])
         if keep < len(self._prefix):
-            ctx.seq_rm(-1, keep, -1)
+            ctx.seq_rm(0, keep, -1)
         self._prefix = list(prefix[:keep])
-        if keep == len(prefix):
-            return
         batch = self._batch
         for start in range(keep, len(prefix), self.n_batch):
             chunk = prefix[start : start + self.n_batch]
@@ -196,10 +197,22 @@ class GenerationContext:
             ctx.decode(batch)
             stats.decode_time += time.perf_counter() - t0
             stats.steps += 1
-        for seq in range(1, ctx.n_seq_max):
-            ctx.seq_cp(0, seq, keep, len(prefix))
         self._prefix = list(prefix)
         stats.prefix_tokens_decoded = len(prefix) - keep
+        if prefix:
+            for seq in range(1, n_slots):
+                ctx.seq_cp(0, seq, -1, -1)  # unified cache: tags the cells, copies nothing
+
+    def _end_run(self, ctx: Context, n_slots: int, keep: Sequence[int] | None) -> None:
+        """Back to the between-runs state: only sequence 0 holds cells, the cached prefix
+        (``keep``, a single row's whole prompt, when given)."""
+        for seq in range(1, n_slots):
+            ctx.seq_rm(seq, -1, -1)
+        if keep is not None:
+            ctx.seq_rm(0, len(keep), -1)
+            self._prefix = list(keep)
+        else:
+            ctx.seq_rm(0, len(self._prefix), -1)
 
     def reset_cache(self) -> None:
         """Forget the cached prefix and empty the KV cache."""
@@ -252,9 +265,13 @@ class GenerationContext:
         for i in sorted(set(range(len(prompts))) - set(valid)):
             message = invalid.get(i, "the prompt is empty; give some text")
             results[i] = Result.failed(message, index=i)
-        # Every row keeps at least one token of its own: its logits start the answer.
+        # Every row keeps at least one token of its own: its logits start the answer. A single
+        # row shares only what is cached, and is decoded whole like llama.cpp's own examples.
         prefix_len = 0
-        if valid:
+        if len(valid) == 1:
+            prefix_len = common_prefix_length([self._prefix, prompts[valid[0]]])
+            prefix_len = min(prefix_len, len(prompts[valid[0]]) - 1)
+        elif valid:
             prefix_len = common_prefix_length([prompts[i] for i in valid])
             prefix_len = min(prefix_len, min(len(prompts[i]) for i in valid) - 1)
         prefix = list(prompts[valid[0]][:prefix_len]) if valid else []
@@ -310,7 +327,7 @@ class GenerationContext:
                     on_result(res)
             emit(True)
             if sched.has_unfinished_requests():
-                self._set_prefix(ctx, prefix, stats)
+                self._set_prefix(ctx, prefix, n_slots, stats)
             batch = self._batch
             while sched.has_unfinished_requests():
                 if cancel is not None and cancel.is_set():
@@ -346,12 +363,14 @@ class GenerationContext:
                     for index, text in deltas:
                         on_text(index, text)
                 for slot, res in done:
-                    ctx.seq_rm(slot, prefix_len, -1)
+                    if len(valid) > 1:  # a single row's prompt stays cached (see _end_run)
+                        ctx.seq_rm(slot, prefix_len, -1)
                     finish(res)
                 emit(bool(done or failed))
         except BaseException as exc:
             for slot in sched.cancel_all():
                 ctx.seq_rm(slot, prefix_len, -1)
+            self._end_run(ctx, n_slots, None)
             for index, res in sched.finished.items():
                 results.setdefault(index, res)
             for sampler in samplers.values():
@@ -368,6 +387,8 @@ class GenerationContext:
                     ordered,
                 ) from exc
             raise
+        single_ok = len(valid) == 1 and results[valid[0]].ok
+        self._end_run(ctx, n_slots, prompts[valid[0]] if single_ok else None)
         stats.wall = time.perf_counter() - t_start
         stats.decoded_prompt_tokens = stats.prefix_tokens_decoded + sum(
             len(prompts[i]) - prefix_len for i in valid
