@@ -278,7 +278,7 @@ def generate_parallel(
     if on_error == "raise":
         bad = next((r for r in results if r.error is not None), None)
         if bad is not None:
-            raise PromptError(f"Row {bad.index} failed: {bad.error}.")
+            raise PromptError(f"Row {bad.row} failed: {bad.error}.")
     return results
 
 
@@ -323,7 +323,7 @@ def _finish(result: Result, clean: bool) -> Result:
         finish_reason=result.finish_reason,
         n_prompt_tokens=result.n_prompt_tokens,
         n_tokens=result.n_tokens,
-        index=result.index,
+        row=result.row,
     )
 
 

@@ -61,7 +61,7 @@ def test_any_n_seq_max_gives_ordered_results(model, prompts, n_seq_max):
     ctx = ll.context_create(model, n_seq_max=n_seq_max)
     results = ll.generate_parallel(ctx, prompts, max_tokens=12, progress=False)
     assert len(results) == len(prompts)
-    assert [r.index for r in results] == list(range(len(prompts)))
+    assert [r.row for r in results] == list(range(len(prompts)))
     assert all(isinstance(r, ll.Result) and (r.ok or r.startswith("Error: ")) for r in results)
     assert "Paris" in results[0]
 
@@ -90,12 +90,12 @@ def test_row_stream_does_not_depend_on_batch_neighbours(model, prompts):
 def test_mixed_lengths_and_one_over_long_prompt(model, prompts):
     ctx = ll.context_create(model, n_ctx=512, n_seq_max=4)
     too_long = prompts[1].replace("Name a primary colour.", "word " * 600)
-    batch = [*prompts[:3], "Tell me a story. " * 3, *prompts[3:]] * 2
+    batch = [*prompts[:3], "Tell me a story. " * 3, *prompts[3:]] * 3
     batch = [*batch[:7], too_long, *batch[7:19]]  # the long one in the middle
     results = ll.generate_parallel(ctx, batch, max_tokens=8, progress=False)
     errors = [r for r in results if not r.ok]
     assert len(results) == 20 and len(errors) == 1
-    assert errors[0].index == 7 and errors[0].startswith("Error: ")
+    assert errors[0].row == 7 and errors[0].startswith("Error: ")
     assert "n_ctx" in errors[0].error and errors[0].finish_reason == "error"
     # the context is still usable and the others are real answers
     assert all(r.n_tokens > 0 for r in results if r.ok)
@@ -134,7 +134,7 @@ def test_progress_events_and_on_result(pctx, prompts):
     )
     assert events[-1].done == events[-1].total == len(prompts)
     assert events[-1].generated_tokens >= sum(r.n_tokens for r in results)
-    assert sorted(r.index for r in finished) == list(range(len(prompts)))
+    assert sorted(r.row for r in finished) == list(range(len(prompts)))
 
 
 def test_keyboard_interrupt_keeps_finished_rows_and_context_usable(pctx, prompts):

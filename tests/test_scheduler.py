@@ -40,9 +40,7 @@ def step(s: Scheduler, outputs: dict[int, int]):
     """One step: plan, then answer every slot that asked for logits from ``outputs``
     (keyed by request index)."""
     plan = s.schedule()
-    sampled = {
-        w.slot: outputs[s.slots[w.slot].request.index] for w in plan.work if w.wants_logits
-    }
+    sampled = {w.slot: outputs[s.slots[w.slot].request.index] for w in plan.work if w.wants_logits}
     finished, deltas = s.update_from_output(plan, sampled)
     return plan, finished, deltas
 
@@ -64,7 +62,7 @@ def test_decode_tokens_come_first_then_prompt_chunks_and_slot_is_refilled():
     s.add_request(req(2, max_tokens=3))
     # step 1: both prompts; row 0 is done after one token (max_tokens=1)
     _, finished, _ = step(s, {0: 5, 1: 6})
-    assert [(slot, r.index, r.finish_reason) for slot, r in finished] == [(0, 0, "length")]
+    assert [(slot, r.row, r.finish_reason) for slot, r in finished] == [(0, 0, "length")]
     # step 2: row 1's pending token first, then row 2's prompt in the freed slot 0
     plan = s.schedule()
     assert [(w.slot, len(w.tokens), w.start_pos) for w in plan.work] == [(1, 1, 3), (0, 3, 0)]
@@ -101,10 +99,10 @@ def test_finish_reasons_eog_stop_length():
     s.add_request(req(1, max_tokens=5, stop=["<8>"]))
     s.add_request(req(2, max_tokens=1))
     _, finished, _ = step(s, {0: EOG, 1: 7, 2: 9})
-    got = {r.index: (r.finish_reason, str(r), r.n_tokens) for _, r in finished}
+    got = {r.row: (r.finish_reason, str(r), r.n_tokens) for _, r in finished}
     assert got == {0: ("eog", "", 0), 2: ("length", "<9>", 1)}
     _, finished, _ = step(s, {1: 8})
-    (_, r), = finished
+    ((_, r),) = finished
     assert (r.finish_reason, str(r), r.n_tokens, r.n_prompt_tokens) == ("stop", "<7>", 2, 3)
     assert not s.has_unfinished_requests()
 
@@ -118,7 +116,7 @@ def test_stop_string_split_across_tokens_is_held_back_and_removed():
         deltas_all += [d for _, d in deltas]
         if finished:
             break
-    (_, r), = finished
+    ((_, r),) = finished
     assert str(r) == "<2><" and r.finish_reason == "stop"
     assert "".join(deltas_all) == "<2><"
 

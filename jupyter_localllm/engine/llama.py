@@ -97,8 +97,13 @@ class Model:
         self.path = Path(path)
         params = _ll.llama_model_default_params()
         params.n_gpu_layers = _resolve_gpu_layers(n_gpu_layers)
-        params.use_mmap = bool(use_mmap)
-        params.use_mlock = bool(use_mlock)
+        params.load_mode = {
+            (True, True): _ll.LLAMA_LOAD_MODE_MMAP_MLOCK,
+            (False, True): _ll.LLAMA_LOAD_MODE_MLOCK,
+            (True, False): _ll.LLAMA_LOAD_MODE_MMAP,
+            (False, False): _ll.LLAMA_LOAD_MODE_NONE,
+        }[(bool(use_mmap), bool(use_mlock))]
+        self.use_mmap, self.use_mlock = bool(use_mmap), bool(use_mlock)
         # Extra buffer types repack weights (AMX, ARM); on AMX CPUs that path crashes on the
         # first multi-token decode (llama.cpp #20824), so it is opt-in.
         params.use_extra_bufts = bool(use_extra_bufts)
@@ -288,6 +293,7 @@ class Context:
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
         kv_unified: bool = True,
+        flash_attn: bool = False,
     ):
         model._require_open()
         _check_int("n_ctx", n_ctx, 16, None)
@@ -304,6 +310,11 @@ class Context:
         params.n_threads = n_threads
         params.n_threads_batch = n_threads_batch or n_threads
         params.kv_unified = bool(kv_unified)
+        # AUTO would pick flash attention by device; fixing it keeps outputs bit-identical
+        # across machines and equal to llama-cpp-python's Llama (which disables it too).
+        params.flash_attn_type = (
+            _ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else _ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         params.no_perf = True
         handle = _ll.llama_init_from_model(model._handle, params)
         if not handle:
@@ -360,6 +371,11 @@ class Context:
         handle = self._require_open()
         if batch.n_tokens == 0:
             return
+        if batch.n_tokens > self.n_batch:  # llama.cpp would abort the process
+            raise InvalidParameterError(
+                f"A batch of {batch.n_tokens} tokens exceeds this context's n_batch "
+                f"({self.n_batch}); split it."
+            )
         rc = _ll.llama_decode(handle, batch._struct)
         if rc == 0:
             return

@@ -113,6 +113,7 @@ class GenerationContext:
         self.model = model
         self.n_seq_max = n_seq_max
         self.n_batch = n_batch
+        self._requested_n_batch = n_batch
         self.n_threads = n_threads
         self.fixed_n_ctx = n_ctx
         self.lock = threading.RLock()
@@ -126,8 +127,11 @@ class GenerationContext:
     # -- lifecycle -------------------------------------------------------------------------
     @property
     def n_ctx(self) -> int | None:
-        """KV cells of the current llama.cpp context (None until an auto-sized one exists)."""
-        return self._ctx.n_ctx if self._ctx is not None else self.fixed_n_ctx
+        """KV cells rows may use: the ``n_ctx`` asked for (llama.cpp may round its cache up),
+        or the auto-sized context's (None until one exists)."""
+        if self.fixed_n_ctx is not None:
+            return self.fixed_n_ctx
+        return self._ctx.n_ctx if self._ctx is not None else None
 
     @property
     def backend(self) -> Context | None:
@@ -141,9 +145,11 @@ class GenerationContext:
             self.model,
             n_ctx=n_ctx,
             n_seq_max=self.n_seq_max,
-            n_batch=self.n_batch,
+            n_batch=self._requested_n_batch,
             n_threads=self.n_threads,
         )
+        # llama.cpp caps n_batch at n_ctx; plan steps with the size it really accepts.
+        self.n_batch = self._ctx.n_batch
         self._batch = Batch(self.n_batch, self.n_seq_max, self.model.n_vocab)
         self._prefix = []
         return self._ctx
@@ -264,7 +270,7 @@ class GenerationContext:
         valid = [i for i, p in enumerate(prompts) if len(p) > 0 and i not in invalid]
         for i in sorted(set(range(len(prompts))) - set(valid)):
             message = invalid.get(i, "the prompt is empty; give some text")
-            results[i] = Result.failed(message, index=i)
+            results[i] = Result.failed(message, row=i)
         # Every row keeps at least one token of its own: its logits start the answer. A single
         # row shares only what is cached, and is decoded whole like llama.cpp's own examples.
         prefix_len = 0
@@ -280,15 +286,16 @@ class GenerationContext:
             (len(prompts[i]) - prefix_len + per_row[i].max_tokens for i in valid), default=1
         )
         ctx = self._ensure_context(prefix_len, per_slot, n_slots)
-        stats.n_ctx, stats.n_slots, stats.prefix_tokens = ctx.n_ctx, n_slots, prefix_len
-        if prefix_len >= ctx.n_ctx:
+        n_ctx = self.n_ctx
+        stats.n_ctx, stats.n_slots, stats.prefix_tokens = n_ctx, n_slots, prefix_len
+        if prefix_len >= n_ctx:
             prefix, prefix_len = [], 0  # cannot share it; every row will report its length
         model = self.model
         sched = Scheduler(
             n_slots=n_slots,
             n_batch=self.n_batch,
             prefix_len=prefix_len,
-            kv_capacity=ctx.n_ctx - prefix_len,
+            kv_capacity=n_ctx - prefix_len,
             token_bytes=model.token_bytes,
             is_eog=model.is_eog,
         )
@@ -314,8 +321,8 @@ class GenerationContext:
             )
 
         def finish(res: Result) -> None:
-            results[res.index] = res
-            sampler = samplers.pop(res.index, None)
+            results[res.row] = res
+            sampler = samplers.pop(res.row, None)
             if sampler is not None:
                 sampler.close()
             if on_result is not None:

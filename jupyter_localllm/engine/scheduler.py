@@ -39,7 +39,7 @@ class Result(str):
 
     Attributes: ``finish_reason`` (``"stop"`` a stop string, ``"length"`` max_tokens or the
     context was reached, ``"eog"`` the model ended its turn, ``"error"``), ``n_prompt_tokens``,
-    ``n_tokens`` (generated), ``error`` (message or ``None``), ``index`` (input position).
+    ``n_tokens`` (generated), ``error`` (message or ``None``), ``row`` (position in the input).
     A failed row's text is ``"Error: <message>"``, as localLLM users check for.
     """
 
@@ -47,7 +47,7 @@ class Result(str):
     n_prompt_tokens: int
     n_tokens: int
     error: str | None
-    index: int
+    row: int
 
     def __new__(
         cls,
@@ -57,24 +57,24 @@ class Result(str):
         n_prompt_tokens: int = 0,
         n_tokens: int = 0,
         error: str | None = None,
-        index: int = 0,
+        row: int = 0,
     ) -> Result:
         obj = super().__new__(cls, text)
         obj.finish_reason = finish_reason
         obj.n_prompt_tokens = n_prompt_tokens
         obj.n_tokens = n_tokens
         obj.error = error
-        obj.index = index
+        obj.row = row
         return obj
 
     @classmethod
-    def failed(cls, message: str, *, index: int = 0, n_prompt_tokens: int = 0) -> Result:
+    def failed(cls, message: str, *, row: int = 0, n_prompt_tokens: int = 0) -> Result:
         """An error result whose text is ``"Error: <message>"``."""
         return cls(
             f"Error: {message}",
             finish_reason="error",
             error=message,
-            index=index,
+            row=row,
             n_prompt_tokens=n_prompt_tokens,
         )
 
@@ -194,14 +194,15 @@ class Scheduler:
             return self._finish_early(
                 request,
                 f"the prompt has {n_prompt} tokens, more than the context holds "
-                f"({self.prefix_len + self.kv_capacity}); use a larger n_ctx or a shorter prompt",
+                f"(n_ctx={self.prefix_len + self.kv_capacity}); use a larger n_ctx or a shorter "
+                "prompt",
             )
         self.waiting.append(request)
         return None
 
     def _finish_early(self, request: Request, message: str) -> Result:
         result = Result.failed(
-            message, index=request.index, n_prompt_tokens=self.prefix_len + len(request.tokens)
+            message, row=request.index, n_prompt_tokens=self.prefix_len + len(request.tokens)
         )
         self.finished[request.index] = result
         return result
@@ -320,7 +321,7 @@ class Scheduler:
             finish_reason=reason,
             n_prompt_tokens=self.prefix_len + slot.suffix_len,
             n_tokens=len(slot.generated),
-            index=slot.request.index,
+            row=slot.request.index,
         )
         self.finished[slot.request.index] = result
         return result
@@ -332,7 +333,7 @@ class Scheduler:
         self.slots[i] = None
         self._reserved -= slot.budget
         result = Result.failed(
-            message, index=slot.request.index, n_prompt_tokens=self.prefix_len + slot.suffix_len
+            message, row=slot.request.index, n_prompt_tokens=self.prefix_len + slot.suffix_len
         )
         self.finished[slot.request.index] = result
         return result

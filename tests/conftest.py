@@ -1,0 +1,104 @@
+"""Shared fixtures: one loaded default model and one context for the whole session.
+
+A model load takes about half a second and a context a little more, so every test that only
+needs "a model" or "a context" shares these. Tests that must not disturb them (a small n_ctx, a
+crash that could take the interpreter down) build their own or run in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# llama.cpp's CPU backend runs on OpenMP, whose threads spin while they wait at a barrier. On a
+# machine whose cores are busy with other work (CI runners, a shared 2-core VM) a spinning thread
+# starves the one it waits for and a 0.3 s generation can take a minute. Passive waiting keeps the
+# same results and keeps the timings sane. Set before llama_cpp (and libgomp) is first loaded;
+# subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import jupyter_localllm as ll
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The packaged SmolLM2-135M-Instruct, loaded once."""
+    m = ll.model_load("default")
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def ctx(model):
+    """A one-sequence context on :func:`model` (auto-sized n_ctx)."""
+    c = ll.context_create(model, n_seq_max=1)
+    yield c
+    c.close()
+
+
+def chat(model, text: str, system: str | None = None) -> str:
+    """``text`` as one user turn (after an optional system turn), rendered with the model's
+    chat template and the assistant's turn opened."""
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    messages.append({"role": "user", "content": text})
+    return ll.apply_chat_template(model, messages)
+
+
+def read_shared_csv(name: str):
+    """A CSV from ``../shared/data`` as a DataFrame; skips the test when the file is absent."""
+    path = DATA_DIR / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not there (the shared data folder sits beside the repository)")
+    import pandas as pd
+
+    return pd.read_csv(path)
+
+
+@pytest.fixture(scope="session")
+def ag_news():
+    """The 100-row AG News sample (class, title, description) from ``../shared/data``."""
+    return read_shared_csv("ag_news_sample.csv")
+
+
+def run_python(code: str, *, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (this venv, the repository as working directory).
+
+    For checks where llama.cpp might abort the process: the test sees a return code instead of
+    losing the whole pytest session.
+    """
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+
+
+SEED_INSTRUCTION = (
+    "Classify this news article into exactly one category: World, Sports, Business, or "
+    "Sci/Tech. Respond with only the category name."
+)
+
+
+@pytest.fixture(scope="session")
+def ag_news_prompts(model, ag_news):
+    """The localLLM seed tutorial's classification prompt for every AG News row."""
+    return [
+        chat(
+            model,
+            f"{SEED_INSTRUCTION}\n\nTitle: {r.title}\nDescription: {r.description[:100]}"
+            "\n\nCategory:",
+            system="You are a helpful assistant.",
+        )
+        for r in ag_news.itertuples()
+    ]
