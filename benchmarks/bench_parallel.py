@@ -133,16 +133,29 @@ def measure_rates(model, n_seqs: list[int]) -> tuple[float, dict[int, float]]:
 
 
 def run_llama_loop(model, prompts, max_tokens):
-    from llama_cpp import Llama
+    import llama_cpp
+    import llama_cpp.llama_cpp as low_level
 
-    llm = Llama(
-        model_path=str(model.path),
-        n_ctx=2048,
-        verbose=False,
-        use_extra_bufts=False,
-        n_threads=ll.hardware_profile()["cores_physical"],
-        seed=1234,
-    )
+    # Llama() has no use_extra_bufts argument (it swallows unknown keywords); on AMX CPUs the
+    # repacked buffers crash, so hand its constructor default params with the field cleared.
+    defaults = low_level.llama_model_default_params
+
+    def params_without_extra_bufts():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    low_level.llama_model_default_params = params_without_extra_bufts
+    try:
+        llm = llama_cpp.Llama(
+            model_path=str(model.path),
+            n_ctx=2048,
+            verbose=False,
+            seed=1234,
+            n_threads=ll.hardware_profile()["cores_physical"],
+        )
+    finally:
+        low_level.llama_model_default_params = defaults
     t0 = time.perf_counter()
     out, n_prompt, n_gen = [], 0, 0
     for p in prompts:

@@ -86,20 +86,29 @@ def context_create(
     n_seq_max: int = 1,
     *,
     n_batch: int = 512,
+    kv_unified: bool = False,
     verbosity: int | None = None,
 ) -> GenerationContext:
     """A context for generating with ``model``: ``n_seq_max`` rows run in parallel.
 
     ``n_ctx=None`` sizes the KV cache from each call's work (grown when needed); give a
-    number to fix it. Unlike localLLM, ``n_ctx`` is not split evenly between sequences: they
-    share one cache, and a prompt prefix common to all rows is stored once. ``n_threads``
-    defaults to the physical cores.
+    number to fix it. By default each sequence gets its own share of the cache
+    (``n_ctx / n_seq_max`` tokens, as in localLLM): attention then only reads a row's own
+    tokens, which is the fastest layout on CPUs; the prompt prefix shared by all rows is
+    decoded once and copied into each share. ``kv_unified=True`` stores it once in a single
+    shared cache instead (less memory for long shared prefixes, slower attention with many
+    rows). ``n_threads`` defaults to the physical cores.
     """
     if verbosity is not None:
         backend.set_verbosity(verbosity)
     _check_model(model)
     return open_context(
-        model, n_ctx=n_ctx, n_seq_max=n_seq_max, n_batch=n_batch, n_threads=n_threads
+        model,
+        n_ctx=n_ctx,
+        n_seq_max=n_seq_max,
+        n_batch=n_batch,
+        n_threads=n_threads,
+        kv_unified=kv_unified,
     )
 
 

@@ -69,6 +69,7 @@ def open_context(
     n_seq_max: int = 1,
     n_batch: int = 512,
     n_threads: int | None = None,
+    kv_unified: bool = False,
 ) -> GenerationContext:
     """A generation context sized for this machine (threads = physical cores)."""
     return GenerationContext(
@@ -77,6 +78,7 @@ def open_context(
         n_seq_max=n_seq_max,
         n_batch=n_batch,
         n_threads=n_threads or hardware.physical_cores(),
+        kv_unified=kv_unified,
     )
 
 

@@ -431,10 +431,16 @@ class Context:
         _ll.llama_memory_seq_rm(self._memory, seq, p0, p1)
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
-        """Let sequence ``dst`` share positions [p0, p1) of ``src`` (no copy when unified)."""
+        """Give sequence ``dst`` positions [p0, p1) of ``src``: shared cells in a unified
+        cache; between per-sequence streams only whole copies (p0 = p1 = -1) exist."""
         self._require_open()
         self._check_seq(src)
         self._check_seq(dst)
+        if not self.kv_unified and src != dst and (p0 > 0 or p1 >= 0):
+            # llama.cpp asserts (aborting the process) on partial cross-stream copies.
+            raise InvalidParameterError(
+                "Without a unified KV cache, seq_cp copies whole sequences only; pass p0=-1, p1=-1."
+            )
         _ll.llama_memory_seq_cp(self._memory, src, dst, p0, p1)
 
     def seq_pos_max(self, seq: int) -> int:

@@ -80,6 +80,10 @@ class RunStats:
         return 1.0 - self.decode_time / self.wall if self.wall > 0 else 0.0
 
 
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
 class GenerationContext:
     """A model's context for generation: up to ``n_seq_max`` rows decoded together.
 
@@ -97,6 +101,7 @@ class GenerationContext:
         n_seq_max: int = 1,
         n_batch: int = 512,
         n_threads: int | None = None,
+        kv_unified: bool = False,
     ):
         model._require_open()
         if n_ctx is not None:
@@ -116,6 +121,7 @@ class GenerationContext:
         self._requested_n_batch = n_batch
         self.n_threads = n_threads
         self.fixed_n_ctx = n_ctx
+        self.kv_unified = bool(kv_unified)
         self.lock = threading.RLock()
         self.last_run = RunStats()
         self._ctx: Context | None = None
@@ -147,6 +153,7 @@ class GenerationContext:
             n_seq_max=self.n_seq_max,
             n_batch=self._requested_n_batch,
             n_threads=self.n_threads,
+            kv_unified=self.kv_unified,
         )
         # llama.cpp caps n_batch at n_ctx; plan steps with the size it really accepts.
         self.n_batch = self._ctx.n_batch
@@ -172,17 +179,31 @@ class GenerationContext:
         n_ctx = self.n_ctx if self.n_ctx is not None else "auto"
         return (
             f"<GenerationContext model={self.model.name!r} n_ctx={n_ctx} "
-            f"n_seq_max={self.n_seq_max} n_batch={self.n_batch}>"
+            f"n_seq_max={self.n_seq_max} n_batch={self.n_batch} kv_unified={self.kv_unified}>"
         )
 
     def _ensure_context(self, prefix_len: int, per_slot: int, n_slots: int) -> Context:
         if self.fixed_n_ctx is not None:
             return self._ctx or self._open(self.fixed_n_ctx)
-        need = prefix_len + n_slots * per_slot
-        need = max(512, -(-need // _CTX_ROUND) * _CTX_ROUND)
-        if self._ctx is None or self._ctx.n_ctx < need:
-            self._open(need)
+        if self.kv_unified:  # one cache shared by all rows, the prefix stored once
+            need = max(512, _round_up(prefix_len + n_slots * per_slot, _CTX_ROUND))
+            if self._ctx is None or self._ctx.n_ctx < need:
+                self._open(need)
+            return self._ctx
+        # one stream per sequence, each holding the prefix and one row
+        need_seq = _round_up(prefix_len + per_slot, 64)
+        if self._ctx is None or self._ctx.n_ctx_seq < need_seq:
+            self._open(max(512, _round_up(need_seq * self.n_seq_max, _CTX_ROUND)))
         return self._ctx
+
+    def _seq_cells(self) -> int:
+        """KV cells one sequence may use."""
+        ctx = self._ctx
+        if self.kv_unified:
+            return min(ctx.n_ctx, self.fixed_n_ctx or ctx.n_ctx)
+        if self.fixed_n_ctx is not None:
+            return min(ctx.n_ctx_seq, max(1, self.fixed_n_ctx // self.n_seq_max))
+        return ctx.n_ctx_seq
 
     # -- prefix cache ----------------------------------------------------------------------
     def _set_prefix(
@@ -286,18 +307,19 @@ class GenerationContext:
             (len(prompts[i]) - prefix_len + per_row[i].max_tokens for i in valid), default=1
         )
         ctx = self._ensure_context(prefix_len, per_slot, n_slots)
-        n_ctx = self.n_ctx
-        stats.n_ctx, stats.n_slots, stats.prefix_tokens = n_ctx, n_slots, prefix_len
-        if prefix_len >= n_ctx:
+        seq_cells = self._seq_cells()
+        stats.n_ctx, stats.n_slots, stats.prefix_tokens = self.n_ctx, n_slots, prefix_len
+        if prefix_len >= seq_cells:
             prefix, prefix_len = [], 0  # cannot share it; every row will report its length
-        model = self.model
+        slot_capacity = seq_cells - prefix_len
         sched = Scheduler(
             n_slots=n_slots,
             n_batch=self.n_batch,
             prefix_len=prefix_len,
-            kv_capacity=n_ctx - prefix_len,
-            token_bytes=model.token_bytes,
-            is_eog=model.is_eog,
+            kv_capacity=slot_capacity if self.kv_unified else slot_capacity * n_slots,
+            slot_capacity=slot_capacity,
+            token_bytes=self.model.token_bytes,
+            is_eog=self.model.is_eog,
         )
         for i in valid:
             p = per_row[i]

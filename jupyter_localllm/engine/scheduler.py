@@ -159,7 +159,9 @@ class Scheduler:
 
     ``prefix_len`` tokens are already in every slot; requests carry only their suffix.
     ``kv_capacity`` is the number of KV cells left for suffixes and generated tokens across
-    all slots. ``token_bytes`` and ``is_eog`` describe the vocabulary.
+    all slots; ``slot_capacity`` (default: all of them) is what one slot may use — smaller
+    when every sequence has its own share of the cache. ``token_bytes`` and ``is_eog``
+    describe the vocabulary.
     """
 
     def __init__(
@@ -171,11 +173,13 @@ class Scheduler:
         kv_capacity: int,
         token_bytes: Callable[[int], bytes],
         is_eog: Callable[[int], bool],
+        slot_capacity: int | None = None,
     ):
         self.n_slots = n_slots
         self.n_batch = n_batch
         self.prefix_len = prefix_len
         self.kv_capacity = kv_capacity
+        self.slot_capacity = min(kv_capacity, slot_capacity or kv_capacity)
         self._token_bytes = token_bytes
         self._is_eog = is_eog
         self.waiting: deque[Request] = deque()
@@ -189,13 +193,13 @@ class Scheduler:
         need = len(request.tokens) + 1
         if len(request.tokens) == 0:
             return self._finish_early(request, "the prompt adds no tokens to the shared prefix")
-        if need > self.kv_capacity:
+        if need > self.slot_capacity:
             n_prompt = self.prefix_len + len(request.tokens)
             return self._finish_early(
                 request,
                 f"the prompt has {n_prompt} tokens, more than the context holds "
-                f"(n_ctx={self.prefix_len + self.kv_capacity}); use a larger n_ctx or a shorter "
-                "prompt",
+                f"({self.prefix_len + self.slot_capacity} tokens per sequence); use a larger n_ctx "
+                "or a shorter prompt",
             )
         self.waiting.append(request)
         return None
@@ -222,7 +226,7 @@ class Scheduler:
             if slot is not None or not self.waiting:
                 continue
             request = self.waiting[0]
-            budget = min(len(request.tokens) + request.params.max_tokens, self.kv_capacity)
+            budget = min(len(request.tokens) + request.params.max_tokens, self.slot_capacity)
             if self._reserved + budget > self.kv_capacity:
                 break  # wait for cells; FIFO keeps the order fair
             self.waiting.popleft()
