@@ -30,6 +30,16 @@ _EXPORTS: dict[str, str] = {
     "model_load": "api",
     "quick_llama": "api",
     "tokenize": "api",
+    "classify": "tasks",
+    "explore": "explore",
+    "Exploration": "explore",
+    "document_start": "repro",
+    "document_end": "repro",
+    "clear_cache": "cache",
+    "extract": "tasks",
+    "compute_confusion_matrices": "evaluation",
+    "intercoder_reliability": "evaluation",
+    "validate": "evaluation",
     "list_cached_models": "models",
     "list_ollama_models": "models",
     "Result": "engine.scheduler",
@@ -41,24 +51,34 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = ("datasets", "errors")
 
 __all__ = [
+    "Exploration",
     "Progress",
     "Result",
     "SamplingParams",
     "apply_chat_template",
+    "classify",
     "clean",
+    "clear_cache",
+    "compute_confusion_matrices",
     "context_create",
     "datasets",
     "detokenize",
+    "document_end",
+    "document_start",
     "errors",
+    "explore",
+    "extract",
     "generate",
     "generate_parallel",
     "hardware_profile",
+    "intercoder_reliability",
     "list_cached_models",
     "list_ollama_models",
     "model_load",
     "quick_llama",
     "set_verbosity",
     "tokenize",
+    "validate",
 ]
 
 
@@ -89,9 +109,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         quick_llama,
         tokenize,
     )
+    from .cache import clear_cache
     from .engine.llama import set_verbosity
     from .engine.runner import Progress
     from .engine.sampling import SamplingParams
     from .engine.scheduler import Result
     from .engine.text import clean
+    from .evaluation import compute_confusion_matrices, intercoder_reliability, validate
+    from .explore import Exploration, explore
     from .models import list_cached_models, list_ollama_models
+    from .repro import document_end, document_start
+    from .tasks import classify, extract

@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import hardware
+from .cache import cache_enabled, get_cache
 from .chat import render_chat
 from .engine import llama as backend
 from .engine.llama import Model
 from .engine.runner import GenerationContext, Progress
 from .engine.sampling import DEFAULT_SEED, SamplingParams
-from .engine.scheduler import Result
+from .engine.scheduler import Result, Results
 from .engine.text import clean as clean_text
 from .errors import BatchInterrupted, InvalidParameterError, PromptError
 from .manager import get_manager, open_context, open_model
 from .progress import progress_callback
+from .repro import file_sha256, log_call
 
 __all__ = [
     "apply_chat_template",
@@ -196,10 +199,20 @@ def generate(
         raise PromptError(problem[0].upper() + problem[1:] + ".")
     tokens = _prompt_tokens(context.model, prompt)
     on_text = (lambda _i, piece: stream(piece)) if stream is not None else None
+    t_start = time.perf_counter()
     (result,) = context.run([tokens], params, on_text=on_text)
     if result.error is not None:
         raise PromptError(result.error[0].upper() + result.error[1:] + ".")
-    return _finish(result, clean)
+    result = _finish(result, clean)
+    log_call(
+        "generate",
+        context.model,
+        {**params.as_dict(), "clean": clean},
+        [prompt],
+        [str(result)],
+        time.perf_counter() - t_start,
+    )
+    return result
 
 
 def generate_parallel(
@@ -221,8 +234,9 @@ def generate_parallel(
     on_error: str = "return",
     on_result: Callable[[Result], Any] | None = None,
     cancel: threading.Event | None = None,
+    cache: bool | None = None,
     **unknown: Any,
-) -> list[Result]:
+) -> Results:
     """Generate for every prompt, ``context.n_seq_max`` at a time with continuous batching.
 
     Results come back in input order. A row that fails (empty, longer than the context)
@@ -234,6 +248,11 @@ def generate_parallel(
     ``on_result`` is called with each row's result as soon as it finishes. A
     KeyboardInterrupt (or setting ``cancel``) raises :class:`BatchInterrupted` whose
     ``results`` hold the finished rows.
+
+    ``cache``: finished rows are stored on disk as they finish and reused by later calls with
+    the same model file, parameters, ``n_seq_max`` and prompt, so a re-run computes only
+    missing rows (``None`` follows ``$LOCALLLM_RESULT_CACHE``, on by default; ``False`` turns
+    it off). The returned :class:`Results` list carries ``hashes`` of inputs and outputs.
     """
     params = SamplingParams.from_kwargs(
         max_tokens=max_tokens,
@@ -257,33 +276,65 @@ def generate_parallel(
         )
     prompts = list(prompts)
     invalid = {i: m for i, p in enumerate(prompts) if (m := _prompt_problem(p)) is not None}
-    tokens = [
-        [] if i in invalid else _prompt_tokens(context.model, p) for i, p in enumerate(prompts)
-    ]
-    on_progress, close_bar = progress_callback(progress, len(prompts), desc="generate")
-    deliver = None
-    if on_result is not None:
+    t_start = time.perf_counter()
+    finished: dict[int, Result] = {}
+    keys: dict[int, str] = {}
+    store = None
+    if cache_enabled(cache):
+        store = get_cache()
+        digest = file_sha256(context.model.path)
+        for i, p in enumerate(prompts):
+            if i not in invalid:
+                keys[i] = store.key(digest, params.as_dict(), context.n_seq_max, p)
+                hit = store.get(keys[i])
+                if hit is not None:
+                    hit.row = i
+                    finished[i] = hit
+    todo = [i for i in range(len(prompts)) if i not in finished]
+    tokens = [[] if i in invalid else _prompt_tokens(context.model, prompts[i]) for i in todo]
+    on_progress, close_bar = progress_callback(progress, len(todo), desc="generate")
 
-        def deliver(res: Result) -> None:
+    def deliver(res: Result) -> None:
+        res.row = todo[res.row]  # back to the caller's row numbers
+        if store is not None and res.row in keys:
+            store.put(keys[res.row], res)
+        if on_result is not None:
             on_result(_finish(res, clean))
 
     failed = True
     try:
-        results = context.run(
+        ran = context.run(
             tokens,
             params,
             on_progress=on_progress,
             on_result=deliver,
             cancel=cancel,
-            invalid=invalid,
+            invalid={k: invalid[i] for k, i in enumerate(todo) if i in invalid},
+            seed_rows=todo,
         )
         failed = False
     except BatchInterrupted as exc:
-        exc.results = [_finish(r, clean) for r in exc.results]
+        done = {r.row: r for r in exc.results if r.finish_reason != "cancelled"}
+        exc.results = [
+            _finish(finished.get(i) or done.get(i) or Result.failed("cancelled", row=i), clean)
+            for i in range(len(prompts))
+        ]
+        for r in exc.results:
+            if r.error == "cancelled":
+                r.finish_reason = "cancelled"
         raise
     finally:
         close_bar(failed)
-    results = [_finish(r, clean) for r in results]
+    finished.update((r.row, r) for r in ran)
+    results = Results(_finish(finished[i], clean) for i in range(len(prompts)))
+    results.hashes = log_call(
+        "generate_parallel",
+        context.model,
+        {**params.as_dict(), "clean": clean, "n_seq_max": context.n_seq_max},
+        prompts,
+        [str(r) for r in results],
+        time.perf_counter() - t_start,
+    )
     if on_error == "raise":
         bad = next((r for r in results if r.error is not None), None)
         if bad is not None:

@@ -35,6 +35,7 @@ __all__ = [
     "Context",
     "Model",
     "Sampler",
+    "json_schema_to_grammar",
     "set_verbosity",
     "supports_gpu_offload",
 ]
@@ -597,3 +598,22 @@ def _check_int(name: str, value: Any, low: int, high: int | None) -> None:
     if not ok:
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise InvalidParameterError(f"{name} must be an integer {bound}, got {value!r}.")
+
+
+def json_schema_to_grammar(schema: dict) -> str:
+    """A GBNF grammar accepting exactly the JSON documents of ``schema`` (llama-cpp-python's
+    converter), checked by parsing it before any sampler sees it."""
+    import json
+
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        grammar = json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:  # the converter raises bare errors on unsupported schemas
+        raise GrammarError(
+            f"The JSON schema cannot be turned into a grammar ({exc}); simplify it "
+            "(plain objects, arrays, strings, numbers, enums)."
+        ) from exc
+    if not grammar.strip():
+        raise GrammarError("The JSON schema produced an empty grammar; give it some properties.")
+    return grammar

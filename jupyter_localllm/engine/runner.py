@@ -80,6 +80,19 @@ class RunStats:
         return 1.0 - self.decode_time / self.wall if self.wall > 0 else 0.0
 
 
+@dataclass
+class RunPlan:
+    """What :meth:`GenerationContext._plan` decided for a run."""
+
+    valid: list[int]
+    prefix: list[int]
+    prefix_len: int
+    n_slots: int
+    ctx: Context
+    slot_capacity: int
+    """KV cells each row may use after the shared prefix."""
+
+
 def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
@@ -249,6 +262,40 @@ class GenerationContext:
             self._prefix = []
 
     # -- running ---------------------------------------------------------------------------
+    def _plan(
+        self,
+        prompts: Sequence[Sequence[int]],
+        invalid: Mapping[int, str],
+        cells_per_row: Callable[[int, int], int],
+        results: dict[int, Result],
+        stats: RunStats,
+    ) -> RunPlan:
+        """Shared set-up of a run: error results for rows that cannot run, the shared prefix,
+        the slot count, and a context big enough for ``cells_per_row(row, own_tokens)``."""
+        valid = [i for i, p in enumerate(prompts) if len(p) > 0 and i not in invalid]
+        for i in sorted(set(range(len(prompts))) - set(valid)):
+            message = invalid.get(i, "the prompt is empty; give some text")
+            results[i] = Result.failed(message, row=i)
+        # Every row keeps at least one token of its own: its logits start the answer. A single
+        # row shares only what is cached, and is decoded whole like llama.cpp's own examples.
+        prefix_len = 0
+        if len(valid) == 1:
+            prefix_len = common_prefix_length([self._prefix, prompts[valid[0]]])
+            prefix_len = min(prefix_len, len(prompts[valid[0]]) - 1)
+        elif valid:
+            prefix_len = common_prefix_length([prompts[i] for i in valid])
+            prefix_len = min(prefix_len, min(len(prompts[i]) for i in valid) - 1)
+        n_slots = max(1, min(self.n_seq_max, len(valid)))
+        per_slot = max((cells_per_row(i, len(prompts[i]) - prefix_len) for i in valid), default=1)
+        ctx = self._ensure_context(prefix_len, per_slot, n_slots)
+        seq_cells = self._seq_cells()
+        if prefix_len >= seq_cells:
+            prefix_len = 0  # cannot share it; every row will report its length
+        prefix = list(prompts[valid[0]][:prefix_len]) if valid else []
+        stats.n_ctx, stats.n_slots, stats.prefix_tokens = self.n_ctx, n_slots, prefix_len
+        stats.prompt_tokens = sum(len(p) for p in prompts)
+        return RunPlan(valid, prefix, prefix_len, n_slots, ctx, seq_cells - prefix_len)
+
     def run(
         self,
         prompts: Sequence[Sequence[int]],
@@ -259,11 +306,14 @@ class GenerationContext:
         on_text: Callable[[int, str], None] | None = None,
         cancel: threading.Event | None = None,
         invalid: Mapping[int, str] | None = None,
+        seed_rows: Sequence[int] | None = None,
     ) -> list[Result]:
         """Generate for each tokenized prompt; results come back in input order.
 
         A row that cannot run (empty, too long, or listed in ``invalid`` with its error
-        message) is an error result in its place; the others go on. A KeyboardInterrupt (or
+        message) is an error result in its place; the others go on. Row ``i`` samples with
+        the seed derived from ``seed_rows[i]`` (default ``i``): a subset of a larger input keeps
+        its rows' random streams. A KeyboardInterrupt (or
         ``cancel`` being set) stops between steps, leaves the context usable and raises
         :class:`BatchInterrupted` holding the partial results.
         """
@@ -278,40 +328,28 @@ class GenerationContext:
             return []
         with self.lock:
             return self._run(
-                prompts, per_row, on_progress, on_result, on_text, cancel, invalid or {}
+                prompts,
+                per_row,
+                on_progress,
+                on_result,
+                on_text,
+                cancel,
+                invalid or {},
+                list(seed_rows) if seed_rows is not None else range(n),
             )
 
     def _run(
-        self, prompts, per_row, on_progress, on_result, on_text, cancel, invalid
+        self, prompts, per_row, on_progress, on_result, on_text, cancel, invalid, seed_rows
     ) -> list[Result]:
         t_start = time.perf_counter()
         stats = RunStats(rows=len(prompts))
         self.last_run = stats
         results: dict[int, Result] = {}
-        valid = [i for i, p in enumerate(prompts) if len(p) > 0 and i not in invalid]
-        for i in sorted(set(range(len(prompts))) - set(valid)):
-            message = invalid.get(i, "the prompt is empty; give some text")
-            results[i] = Result.failed(message, row=i)
-        # Every row keeps at least one token of its own: its logits start the answer. A single
-        # row shares only what is cached, and is decoded whole like llama.cpp's own examples.
-        prefix_len = 0
-        if len(valid) == 1:
-            prefix_len = common_prefix_length([self._prefix, prompts[valid[0]]])
-            prefix_len = min(prefix_len, len(prompts[valid[0]]) - 1)
-        elif valid:
-            prefix_len = common_prefix_length([prompts[i] for i in valid])
-            prefix_len = min(prefix_len, min(len(prompts[i]) for i in valid) - 1)
-        prefix = list(prompts[valid[0]][:prefix_len]) if valid else []
-        n_slots = max(1, min(self.n_seq_max, len(valid)))
-        per_slot = max(
-            (len(prompts[i]) - prefix_len + per_row[i].max_tokens for i in valid), default=1
+        plan = self._plan(
+            prompts, invalid, lambda i, own: own + per_row[i].max_tokens, results, stats
         )
-        ctx = self._ensure_context(prefix_len, per_slot, n_slots)
-        seq_cells = self._seq_cells()
-        stats.n_ctx, stats.n_slots, stats.prefix_tokens = self.n_ctx, n_slots, prefix_len
-        if prefix_len >= seq_cells:
-            prefix, prefix_len = [], 0  # cannot share it; every row will report its length
-        slot_capacity = seq_cells - prefix_len
+        valid, prefix, prefix_len, n_slots = plan.valid, plan.prefix, plan.prefix_len, plan.n_slots
+        ctx, slot_capacity = plan.ctx, plan.slot_capacity
         sched = Scheduler(
             n_slots=n_slots,
             n_batch=self.n_batch,
@@ -324,11 +362,10 @@ class GenerationContext:
         for i in valid:
             p = per_row[i]
             early = sched.add_request(
-                Request(i, prompts[i][prefix_len:], p, derive_seed(p.seed, i))
+                Request(i, prompts[i][prefix_len:], p, derive_seed(p.seed, seed_rows[i]))
             )
             if early is not None:
                 results[i] = early
-        stats.prompt_tokens = sum(len(p) for p in prompts)
         samplers: dict[int, Sampler | None] = {}
         emitted = {"done": 0, "at": 0.0}
 

@@ -25,6 +25,7 @@ __all__ = [
     "FINISH_REASONS",
     "Request",
     "Result",
+    "Results",
     "Scheduler",
     "SlotWork",
     "StepPlan",
@@ -85,6 +86,18 @@ class Result(str):
 
     def __reduce__(self):  # keep the attributes through pickling (Dask, caches)
         return (_rebuild_result, (str(self), self.__dict__))
+
+
+class Results(list):
+    """The results of a batch call, in input order, with ``hashes``: the SHA-256 of the
+    inputs (model file, parameters, prompts) and of the outputs (see
+    :mod:`jupyter_localllm.repro`)."""
+
+    hashes: dict[str, str]
+
+    def __init__(self, items=(), hashes: dict[str, str] | None = None):
+        super().__init__(items)
+        self.hashes = dict(hashes or {})
 
 
 def _rebuild_result(text: str, attrs: dict) -> Result:

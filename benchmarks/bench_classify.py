@@ -1,0 +1,147 @@
+"""Classification benchmark: generate-and-parse vs label scoring, side by side.
+
+    .venv/bin/python benchmarks/bench_classify.py [--n-seq-max 8]
+
+On ../shared/data/ag_news_sample.csv (4 classes) and tweets_sentiment.csv (3 classes), default
+model, same n_seq_max for all:
+  (a) the seed tutorial's approach: generate_parallel(max_tokens=5), first line compared to
+      the class
+  (b) classify() zero-shot (label scoring)
+  (c) classify() with 4 short examples written for this benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+import jupyter_localllm as ll
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+TASKS = {
+    "ag_news": dict(
+        file="ag_news_sample.csv",
+        labels=["World", "Sports", "Business", "Sci/Tech"],
+        text=lambda r: f"Title: {r.title}\nDescription: {str(r.description)[:100]}",
+        truth="class",
+        instruction="Classify this news article into exactly one category: World, Sports, "
+        "Business, or Sci/Tech. Respond with only the category name.",
+        examples=[
+            (
+                "Title: Rebels and government sign ceasefire in capital\nDescription: Talks "
+                "brokered by neighbouring states end months of fighting.",
+                "World",
+            ),
+            (
+                "Title: Striker scores twice as champions stay top\nDescription: The league "
+                "leaders won 3-1 away on Saturday.",
+                "Sports",
+            ),
+            (
+                "Title: Retailer's quarterly profit beats forecasts\nDescription: Shares rose "
+                "after the chain reported higher sales and margins.",
+                "Business",
+            ),
+            (
+                "Title: New chip doubles battery life of laptops\nDescription: Engineers "
+                "unveiled a processor built on a smaller transistor process.",
+                "Sci/Tech",
+            ),
+        ],
+    ),
+    "tweets": dict(
+        file="tweets_sentiment.csv",
+        labels=["negative", "neutral", "positive"],
+        text=lambda r: str(r.text),
+        truth="label",
+        instruction="What is the sentiment of this tweet: negative, neutral, or positive? "
+        "Respond with only the sentiment.",
+        examples=[
+            ("Ugh, my flight got cancelled again. Worst day.", "negative"),
+            ("The meeting is moved to 3pm on Thursday.", "neutral"),
+            ("Just got the job offer!! So happy right now :)", "positive"),
+            ("Lost my keys and it's pouring rain.", "negative"),
+        ],
+    ),
+}
+
+
+def run_task(model, name: str, spec: dict, n_seq_max: int) -> pd.DataFrame:
+    df = pd.read_csv(DATA / spec["file"])
+    texts = [spec["text"](r) for r in df.itertuples()]
+    truth = df[spec["truth"]].astype(str).tolist()
+    rows = []
+
+    # (a) generate and parse, as in the seed tutorial
+    ctx = ll.context_create(model, n_seq_max=n_seq_max)
+    prompts = [
+        ll.apply_chat_template(
+            model,
+            [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": f"{spec['instruction']}\n\n{t}"},
+            ],
+        )
+        for t in texts
+    ]
+    t0 = time.perf_counter()
+    out = ll.generate_parallel(ctx, prompts, max_tokens=5, clean=True, progress=False)
+    wall = time.perf_counter() - t0
+    pred = [o.strip().split("\n")[0].strip() for o in out]
+    rows.append(("(a) generate + parse", wall, pred))
+
+    for engine, shots in (
+        ("(b) classify zero-shot", None),
+        ("(c) classify 4-shot", spec["examples"]),
+    ):
+        ctx = ll.context_create(model, n_seq_max=n_seq_max)
+        t0 = time.perf_counter()
+        res = ll.classify(
+            ctx,
+            texts,
+            spec["labels"],
+            instruction=spec["instruction"],
+            examples=shots,
+            system_prompt="You are a helpful assistant.",
+            progress=False,
+        )
+        rows.append((engine, time.perf_counter() - t0, res.label.tolist()))
+
+    table = pd.DataFrame(
+        [
+            {
+                "engine": e,
+                "wall_s": w,
+                "correct": sum(p == t for p, t in zip(pred, truth, strict=True)),
+                "valid_labels": sum(p in spec["labels"] for p in pred),
+            }
+            for e, w, pred in rows
+        ]
+    ).set_index("engine")
+    table["accuracy"] = table.correct / len(df)
+    table["wall_vs_a"] = table.wall_s / table.loc["(a) generate + parse", "wall_s"]
+    print(f"\n== {name}: {len(df)} rows, {len(spec['labels'])} labels, n_seq_max={n_seq_max} ==")
+    print(table.to_string(float_format=lambda x: f"{x:.2f}"))
+    return table
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-seq-max", type=int, default=8)
+    args = ap.parse_args(argv)
+    if not DATA.exists():
+        print(f"skipped: {DATA} is absent", file=sys.stderr)
+        return 0
+    model = ll.model_load("default")
+    for name, spec in TASKS.items():
+        run_task(model, name, spec, args.n_seq_max)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,233 @@
+"""Agreement and accuracy of annotations: confusion matrices, Cohen's kappa, Krippendorff's
+alpha and per-model metrics, computed with scikit-learn and the ``krippendorff`` package.
+
+Annotations come in localLLM's long format (``sample_id, model_id, label[, truth]``, as
+``explore()`` returns) or wide (one row per sample, one column per model/coder).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import InvalidParameterError
+
+__all__ = [
+    "ReliabilityResult",
+    "ValidationReport",
+    "compute_confusion_matrices",
+    "intercoder_reliability",
+    "validate",
+]
+
+
+def _wide(annotations: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series | None]:
+    """(wide labels: index sample_id, one column per model; truth or None)."""
+    if not isinstance(annotations, pd.DataFrame):
+        raise InvalidParameterError("annotations must be a pandas DataFrame.")
+    if {"sample_id", "model_id", "label"} <= set(annotations.columns):
+        wide = annotations.pivot_table(
+            index="sample_id", columns="model_id", values="label", aggfunc="first"
+        )
+        wide.columns.name = None
+        truth = None
+        if "truth" in annotations.columns:
+            truth = annotations.groupby("sample_id")["truth"].first()
+        return wide, truth
+    return annotations.copy(), None
+
+
+def _gold(wide: pd.DataFrame, truth: pd.Series | None, gold: Any) -> pd.Series | None:
+    if gold is None:
+        return truth
+    if isinstance(gold, str):
+        if gold not in wide.columns:
+            raise InvalidParameterError(
+                f"Column {gold!r} not found; columns are {', '.join(map(str, wide.columns))}."
+            )
+        return wide[gold]
+    gold = pd.Series(gold)
+    if len(gold) == len(wide) and not gold.index.equals(wide.index):
+        gold.index = wide.index
+    return gold
+
+
+def _coders(wide: pd.DataFrame, gold: Any) -> pd.DataFrame:
+    return wide.drop(columns=[gold]) if isinstance(gold, str) else wide
+
+
+def _confusion(a: pd.Series, b: pd.Series) -> pd.DataFrame:
+    from sklearn.metrics import confusion_matrix
+
+    keep = a.notna() & b.notna()
+    a, b = a[keep].astype(str), b[keep].astype(str)
+    labels = sorted(set(a) | set(b))
+    m = confusion_matrix(a, b, labels=labels)
+    return pd.DataFrame(
+        m,
+        index=pd.Index(labels, name="truth" if a.name is None else str(a.name)),
+        columns=pd.Index(labels, name="predicted"),
+    )
+
+
+def compute_confusion_matrices(
+    annotations: pd.DataFrame, gold: Any = None, *, pairwise: bool = True
+) -> dict[str, dict]:
+    """Confusion matrices of every model against ``gold`` (``vs_gold``: rows are the gold
+    labels) and, with ``pairwise``, between every pair of models (``pairwise``).
+
+    ``gold``: a Series/list aligned with the samples, the name of a wide column, or ``None``
+    to use the ``truth`` column of long annotations.
+    """
+    wide, truth = _wide(annotations)
+    ref = _gold(wide, truth, gold)
+    coders = _coders(wide, gold)
+    out: dict[str, dict] = {"vs_gold": {}, "pairwise": {}}
+    if ref is not None:
+        ref = ref.reindex(coders.index).rename("truth")
+        for col in coders.columns:
+            out["vs_gold"][col] = _confusion(ref, coders[col])
+    if pairwise:
+        for a, b in itertools.combinations(coders.columns, 2):
+            out["pairwise"][(a, b)] = _confusion(coders[a].rename(str(a)), coders[b])
+    return out
+
+
+@dataclass
+class ReliabilityResult:
+    """Krippendorff's alpha with per-item detail (how many coders, and whether they agree)."""
+
+    alpha: float
+    level: str
+    items: pd.DataFrame = field(repr=False)
+
+    def __float__(self) -> float:
+        return float(self.alpha)
+
+
+def _kappa_table(coders: pd.DataFrame) -> pd.DataFrame:
+    from sklearn.metrics import cohen_kappa_score
+
+    rows = []
+    for a, b in itertools.combinations(coders.columns, 2):
+        pair = coders[[a, b]].dropna().astype(str)
+        if pair.empty:
+            continue
+        kappa = float(cohen_kappa_score(pair[a], pair[b]))
+        observed = float((pair[a] == pair[b]).mean())
+        pa = pair[a].value_counts(normalize=True)
+        pb = pair[b].value_counts(normalize=True)
+        categories = set(pa.index) | set(pb.index)
+        expected = float(sum(pa.get(k, 0.0) * pb.get(k, 0.0) for k in categories))
+        rows.append(
+            {
+                "model_a": a,
+                "model_b": b,
+                "kappa": kappa,
+                "observed": observed,
+                "expected": expected,
+                "n": len(pair),
+            }
+        )
+    return pd.DataFrame(rows, columns=["model_a", "model_b", "kappa", "observed", "expected", "n"])
+
+
+def _alpha(coders: pd.DataFrame, level: str) -> ReliabilityResult:
+    import krippendorff
+
+    values = sorted({str(v) for v in coders.stack().dropna()})
+    if level == "nominal":
+        codes = {v: i for i, v in enumerate(values)}
+        data = coders.apply(
+            lambda s: s.map(lambda v: codes.get(str(v), np.nan) if pd.notna(v) else np.nan)
+        )
+    else:
+        data = coders.astype(float)
+    matrix = data.to_numpy(dtype=float).T  # coders x units
+    alpha = float(krippendorff.alpha(reliability_data=matrix, level_of_measurement=level))
+    items = pd.DataFrame(
+        {
+            "n_coders": coders.notna().sum(axis=1),
+            "n_distinct": coders.apply(lambda r: r.dropna().astype(str).nunique(), axis=1),
+        }
+    )
+    items["agree"] = items.n_distinct <= 1
+    return ReliabilityResult(alpha, level, items)
+
+
+def intercoder_reliability(
+    annotations: pd.DataFrame, method: str = "auto", *, level: str = "nominal"
+) -> pd.DataFrame | ReliabilityResult:
+    """Agreement between models (coders).
+
+    ``method="cohen"`` gives Cohen's kappa for every pair as a DataFrame (``model_a,
+    model_b, kappa, observed, expected, n``); ``"krippendorff"`` gives Krippendorff's alpha
+    over all coders (missing labels allowed) with per-item detail; ``"auto"`` picks Cohen for
+    two coders and Krippendorff for more. Values equal R's irr ``kappa2`` and ``kripp.alpha``.
+    """
+    if method not in ("auto", "cohen", "krippendorff"):
+        raise InvalidParameterError(
+            f'method must be "auto", "cohen" or "krippendorff", got {method!r}.'
+        )
+    wide, _ = _wide(annotations)
+    if wide.shape[1] < 2:
+        raise InvalidParameterError("Reliability needs at least two coders (models).")
+    if method == "auto":
+        method = "cohen" if wide.shape[1] == 2 else "krippendorff"
+    return _kappa_table(wide) if method == "cohen" else _alpha(wide, level)
+
+
+@dataclass
+class ValidationReport:
+    """What :func:`validate` found: per-model metrics against gold, confusion matrices and
+    reliability between models."""
+
+    metrics: pd.DataFrame
+    confusion: dict[str, dict]
+    reliability: Any
+
+    def _repr_html_(self) -> str:
+        parts = ["<h4>Accuracy against gold</h4>", self.metrics.to_html(float_format="%.3f")]
+        for name, m in self.confusion["vs_gold"].items():
+            parts += [f"<h4>Confusion: {name}</h4>", m.to_html()]
+        if isinstance(self.reliability, pd.DataFrame):
+            parts += ["<h4>Cohen's kappa</h4>", self.reliability.to_html(float_format="%.3f")]
+        elif self.reliability is not None:
+            parts.append(f"<h4>Krippendorff's alpha: {self.reliability.alpha:.3f}</h4>")
+        return "\n".join(parts)
+
+
+def validate(
+    annotations: pd.DataFrame, gold: Any = None, *, method: str = "auto", pairwise: bool = True
+) -> ValidationReport:
+    """Accuracy, macro-F1 and per-class recall of every model against ``gold``, confusion
+    matrices, and agreement between models (see :func:`intercoder_reliability`)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    wide, truth = _wide(annotations)
+    ref = _gold(wide, truth, gold)
+    coders = _coders(wide, gold)
+    rows = []
+    if ref is not None:
+        ref = ref.reindex(coders.index)
+        for col in coders.columns:
+            pair = pd.DataFrame({"t": ref, "p": coders[col]}).dropna().astype(str)
+            rows.append(
+                {
+                    "model": col,
+                    "n": len(pair),
+                    "accuracy": accuracy_score(pair.t, pair.p) if len(pair) else np.nan,
+                    "macro_f1": f1_score(pair.t, pair.p, average="macro", zero_division=0)
+                    if len(pair)
+                    else np.nan,
+                }
+            )
+    metrics = pd.DataFrame(rows, columns=["model", "n", "accuracy", "macro_f1"])
+    reliability = intercoder_reliability(coders, method) if coders.shape[1] >= 2 else None
+    return ValidationReport(
+        metrics, compute_confusion_matrices(annotations, gold, pairwise=pairwise), reliability
+    )

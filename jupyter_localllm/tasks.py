@@ -1,0 +1,268 @@
+"""Annotation tasks on top of the engine: ``classify`` (label scoring with probabilities) and
+``extract`` (JSON constrained by a schema). Part of the public API; re-exported by
+:mod:`jupyter_localllm.api`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .chat import render_chat
+from .engine.llama import Model, json_schema_to_grammar
+from .engine.runner import GenerationContext, Progress
+from .engine.scheduler import Result
+from .engine.scoring import score_labels
+from .errors import InvalidParameterError
+from .progress import progress_callback
+from .repro import log_call
+
+__all__ = ["classify", "extract"]
+
+_FORMATS = ("auto", "chat", "plain", "raw")
+
+
+def _model_of(context: Any) -> Model:
+    if not isinstance(context, GenerationContext):
+        raise InvalidParameterError(
+            f"Expected a context from context_create(), got {type(context).__name__}."
+        )
+    return context.model
+
+
+def _format(model: Model, fmt: str) -> str:
+    if fmt not in _FORMATS:
+        raise InvalidParameterError(f"format must be one of {', '.join(_FORMATS)}, got {fmt!r}.")
+    if fmt == "auto":
+        return "chat" if model.chat_template else "plain"
+    return fmt
+
+
+def _normalize_examples(examples: Any, labels: Sequence[str]) -> list[tuple[str, str]]:
+    if examples is None:
+        return []
+    if isinstance(examples, pd.DataFrame):
+        missing = {"text", "label"} - set(examples.columns)
+        if missing:
+            raise InvalidParameterError(
+                "examples needs columns 'text' and 'label'; columns are "
+                f"{', '.join(map(str, examples.columns))}."
+            )
+        pairs = list(zip(examples["text"], examples["label"], strict=True))
+    else:
+        pairs = [(e["text"], e["label"]) if isinstance(e, Mapping) else tuple(e) for e in examples]
+    for text, label in pairs:
+        if label not in labels:
+            raise InvalidParameterError(
+                f"Example label {label!r} is not one of the labels ({', '.join(labels)})."
+            )
+        if not isinstance(text, str):
+            raise InvalidParameterError("Example texts must be strings.")
+    return [(str(t), str(lab)) for t, lab in pairs]
+
+
+def _row_problem(text: Any) -> str | None:
+    if not isinstance(text, str):
+        return f"the text must be a string, got {type(text).__name__}"
+    if not text.strip():
+        return "the text is empty"
+    return None
+
+
+def _prompt(
+    model: Model,
+    fmt: str,
+    text: str,
+    instruction: str | None,
+    system_prompt: str | None,
+    examples: list[tuple[str, str]],
+) -> str:
+    """One row's prompt; the instruction and the examples come first so all rows share them."""
+    if fmt == "raw":
+        return text
+    user = f"{instruction}\n\n{text}" if instruction else text
+    if fmt == "chat":
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        for ex_text, ex_label in examples:
+            ex_user = f"{instruction}\n\n{ex_text}" if instruction else ex_text
+            messages += [
+                {"role": "user", "content": ex_user},
+                {"role": "assistant", "content": ex_label},
+            ]
+        messages.append({"role": "user", "content": user})
+        bos = model.token_text(model.bos_token) if model.bos_token >= 0 else ""
+        return render_chat(model.chat_template, messages, bos_token=bos)
+    head = f"{system_prompt}\n\n" if system_prompt else ""
+    head += f"{instruction}\n\n" if instruction else ""
+    shots = "".join(f"Text: {t}\nAnswer: {lab}\n\n" for t, lab in examples)
+    return f"{head}{shots}Text: {text}\nAnswer:"
+
+
+def _tokens(model: Model, prompt: str) -> list[int]:
+    bos_text = model.token_text(model.bos_token) if model.add_bos and model.bos_token >= 0 else ""
+    return model.tokenize(prompt, add_special=not (bos_text and prompt.startswith(bos_text)))
+
+
+def classify(
+    context: GenerationContext,
+    prompts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    examples: Any = None,
+    instruction: str | None = None,
+    system_prompt: str | None = None,
+    format: str = "auto",
+    progress: bool | Callable[[Progress], Any] | None = None,
+    cancel: threading.Event | None = None,
+) -> pd.DataFrame:
+    """Pick one of ``labels`` for each text by scoring every label as the model's answer.
+
+    Instead of generating text and parsing it, the log-probability of each label's tokens
+    after the prompt is computed (the shared instructions and examples are decoded once), so
+    the answer is always a valid label and comes with probabilities.
+
+    ``prompts`` are the texts to label. ``format``: ``"chat"`` wraps each in the model's chat
+    template (``system_prompt``, ``examples`` as earlier user/assistant turns, then
+    ``instruction`` + text), ``"plain"`` writes ``Text: …\\nAnswer:`` blocks for base models,
+    ``"raw"`` uses the prompts as they are, ``"auto"`` is chat when the model has a template.
+    ``instruction`` defaults to one naming the labels. ``examples``: ``(text, label)`` pairs,
+    dicts or a DataFrame with ``text`` and ``label`` columns.
+
+    Returns a DataFrame in input order: ``label`` (the most probable), one probability column
+    per label (summing to 1 over the labels), and ``error`` (``None`` or why a row failed;
+    its label and probabilities are then missing).
+    """
+    model = _model_of(context)
+    labels = [str(lab) for lab in labels]
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise InvalidParameterError("labels must hold at least two distinct labels.")
+    if "label" in labels or "error" in labels:
+        raise InvalidParameterError('Labels cannot be named "label" or "error".')
+    if isinstance(prompts, str):
+        raise InvalidParameterError("prompts must be a list of texts; wrap a single one in [].")
+    fmt = _format(model, format)
+    shots = _normalize_examples(examples, labels)
+    if instruction is None and fmt != "raw":
+        instruction = (
+            "Classify the text into exactly one of these categories: "
+            f"{', '.join(labels)}. Answer with the category name only."
+        )
+    prompts = list(prompts)
+    invalid = {i: m for i, p in enumerate(prompts) if (m := _row_problem(p)) is not None}
+    texts = [
+        "" if i in invalid else _prompt(model, fmt, p, instruction, system_prompt, shots)
+        for i, p in enumerate(prompts)
+    ]
+    tokens = [[] if i in invalid else _tokens(model, t) for i, t in enumerate(texts)]
+    # Chat replies start right after the template's newline; plain prompts end with "Answer:"
+    # and the label follows after a space.
+    sep = "" if fmt == "chat" or (fmt == "raw" and texts and texts[0][-1:].isspace()) else " "
+    label_tokens = [model.tokenize(sep + lab, add_special=False) for lab in labels]
+    on_progress, close_bar = progress_callback(progress, len(prompts), desc="classify")
+    t_start = time.perf_counter()
+    failed = True
+    try:
+        scores, errors = score_labels(
+            context,
+            tokens,
+            label_tokens,
+            invalid=invalid,
+            on_progress=on_progress,
+            cancel=cancel,
+        )
+        failed = False
+    finally:
+        close_bar(failed)
+    probs = np.exp(scores - np.nanmax(scores, axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    out = pd.DataFrame(probs, columns=labels)
+    best = np.nan_to_num(scores, nan=-np.inf).argmax(axis=1)
+    out.insert(0, "label", [labels[j] for j in best])
+    out["error"] = None
+    for i, res in errors.items():
+        out.loc[i, "label"] = None
+        out.loc[i, "error"] = res.error
+    out.attrs["logprobs"] = scores
+    out.attrs["hashes"] = log_call(
+        "classify",
+        model,
+        {
+            "labels": labels,
+            "instruction": instruction,
+            "system_prompt": system_prompt,
+            "examples": shots,
+            "format": fmt,
+            "n_seq_max": context.n_seq_max,
+        },
+        prompts,
+        out.drop(columns="error").round(6).to_dict("list"),
+        time.perf_counter() - t_start,
+    )
+    return out
+
+
+def extract(
+    context: GenerationContext,
+    prompts: Sequence[str],
+    schema: Mapping[str, Any] | type,
+    *,
+    instruction: str | None = None,
+    system_prompt: str | None = None,
+    format: str = "auto",
+    max_tokens: int = 256,
+    progress: bool | Callable[[Progress], Any] | None = None,
+    **sampling: Any,
+) -> list[dict | Result]:
+    """Extract a JSON object matching ``schema`` from each text.
+
+    ``schema`` is a JSON-schema dict or a pydantic model class. Generation is constrained by a
+    grammar built from the schema, in the batched engine; each output is parsed and checked
+    against the schema. Returns, in input order, a dict per row, or an error
+    :class:`Result` (text ``"Error: …"``) in place of a row whose output is not valid.
+    """
+    from . import api
+
+    model = _model_of(context)
+    if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
+        schema = schema.model_json_schema()
+    if not isinstance(schema, Mapping):
+        raise InvalidParameterError("schema must be a JSON-schema dict or a pydantic model.")
+    schema = dict(schema)
+    grammar = json_schema_to_grammar(schema)
+    fmt = _format(model, format)
+    if instruction is None and fmt != "raw":
+        instruction = (
+            f"Extract the information from the text as JSON with this schema: {json.dumps(schema)}"
+        )
+    prompts = list(prompts)
+    texts = [
+        _prompt(model, fmt, p, instruction, system_prompt, []) if _row_problem(p) is None else p
+        for p in prompts
+    ]
+    results = api.generate_parallel(
+        context, texts, max_tokens=max_tokens, grammar=grammar, progress=progress, **sampling
+    )
+    return [_parse_json(res, schema) for res in results]
+
+
+def _parse_json(res: Result, schema: Mapping[str, Any]) -> dict | Result:
+    if res.error is not None:
+        return res
+    try:
+        value = json.loads(res)
+    except json.JSONDecodeError as exc:
+        reason = "the output was cut at max_tokens" if res.finish_reason == "length" else exc
+        return Result.failed(f"invalid JSON ({reason})", row=res.row)
+    import jsonschema
+
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as exc:
+        return Result.failed(f"the JSON does not match the schema: {exc.message}", row=res.row)
+    return value
