@@ -182,7 +182,7 @@ def run_ours(model, prompts, max_tokens, n_seq_max):
             decoded += ctx.last_run.decoded_prompt_tokens
             in_decode += ctx.last_run.decode_time
     else:
-        out = ll.generate_parallel(ctx, prompts, max_tokens=max_tokens, progress=False)
+        out = ll.generate_parallel(ctx, prompts, max_tokens=max_tokens, progress=False, cache=False)
         decoded, in_decode = ctx.last_run.decoded_prompt_tokens, ctx.last_run.decode_time
     wall = time.perf_counter() - t0
     ctx.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -21,6 +22,10 @@ import pytest
 # same results and keeps the timings sane. Set before llama_cpp (and libgomp) is first loaded;
 # subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# Tests check the engine, not yesterday's answers: the result cache is off unless a test
+# turns it on (cache=True), and downloads/caches go to a folder of this test session.
+os.environ["LOCALLLM_RESULT_CACHE"] = "0"
+os.environ.setdefault("LOCALLLM_CACHE_DIR", tempfile.mkdtemp(prefix="localllm-tests-"))
 
 import jupyter_localllm as ll
 

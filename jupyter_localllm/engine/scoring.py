@@ -2,11 +2,11 @@
 prompt, instead of generating text and parsing it.
 
 Rows run ``n_slots`` at a time on the context's slots, on top of the shared prompt prefix
-(decoded once). A label's first token is scored from the prompt's own logits, so single-token
-labels cost nothing beyond the prompt. A multi-token label is decoded after the prompt in the
-row's own sequence — every row of the wave in one ``llama_decode`` — scored, and rolled back
-with ``seq_rm`` before the next label, so no KV is copied and every label sees exactly the
-prompt's cache.
+(decoded once); rows' prompt parts of equal length are decoded together. A label's first
+token is scored from the prompt's own logits, so single-token labels cost nothing beyond the
+prompt. A multi-token label is decoded after the prompt in the row's own sequence — every row
+of the wave in one ``llama_decode`` — scored, and rolled back with ``seq_rm`` before the next
+label, so no KV is copied and every label sees exactly the prompt's cache.
 """
 
 from __future__ import annotations
@@ -73,11 +73,15 @@ def score_labels(
             """Decode (row, seq, tokens, start_pos, all_logits) pieces in as few batches as
             n_batch allows; return {row: [logits...]} for the positions asked for."""
             out: dict[int, list[np.ndarray]] = {}
-            queue = [list(p) for p in pieces]
+            # Only pieces of equal length share a decode: with one KV stream per sequence
+            # llama.cpp splits a batch into equal per-sequence parts, so mixed lengths would
+            # cost several small passes instead of one.
+            queue = sorted((list(p) for p in pieces), key=lambda p: len(p[2]))
             while queue:
                 batch.clear()
                 wants = []
-                while queue and batch.free > 0:
+                size = len(queue[0][2])
+                while queue and batch.free > 0 and len(queue[0][2]) == size:
                     row, seq, toks, pos, all_logits = queue[0]
                     take = min(len(toks), batch.free)
                     last_piece = take == len(toks)
@@ -92,6 +96,7 @@ def score_labels(
                         queue.pop(0)
                     else:
                         queue[0] = [row, seq, toks[take:], pos + take, all_logits]
+                        break
                 t0 = time.perf_counter()
                 ctx.decode(batch)
                 stats.decode_time += time.perf_counter() - t0
