@@ -31,8 +31,8 @@ _EXPORTS: dict[str, str] = {
     "quick_llama": "api",
     "tokenize": "api",
     "classify": "tasks",
-    "explore": "explore",
-    "Exploration": "explore",
+    "explore": "exploration",
+    "Exploration": "exploration",
     "document_start": "repro",
     "document_end": "repro",
     "clear_cache": "cache",
@@ -116,7 +116,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .engine.scheduler import Result
     from .engine.text import clean
     from .evaluation import compute_confusion_matrices, intercoder_reliability, validate
-    from .explore import Exploration, explore
+    from .exploration import Exploration, explore
     from .models import list_cached_models, list_ollama_models
     from .repro import document_end, document_start
     from .tasks import classify, extract
