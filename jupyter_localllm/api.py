@@ -23,6 +23,7 @@ from .engine.text import clean as clean_text
 from .errors import BatchInterrupted, InvalidParameterError, PromptError
 from .manager import get_manager, open_context, open_model
 from .progress import progress_callback
+from .prompts import input_problem, prompt_tokens
 from .repro import file_sha256, log_call
 
 __all__ = [
@@ -194,10 +195,10 @@ def generate(
         **unknown,
     )
     _check_context(context)
-    problem = _prompt_problem(prompt)
+    problem = input_problem(prompt)
     if problem is not None:
         raise PromptError(problem[0].upper() + problem[1:] + ".")
-    tokens = _prompt_tokens(context.model, prompt)
+    tokens = prompt_tokens(context.model, prompt)
     on_text = (lambda _i, piece: stream(piece)) if stream is not None else None
     t_start = time.perf_counter()
     (result,) = context.run([tokens], params, on_text=on_text)
@@ -275,7 +276,7 @@ def generate_parallel(
             "prompts must be a list of strings; for one prompt use generate()."
         )
     prompts = list(prompts)
-    invalid = {i: m for i, p in enumerate(prompts) if (m := _prompt_problem(p)) is not None}
+    invalid = {i: m for i, p in enumerate(prompts) if (m := input_problem(p)) is not None}
     t_start = time.perf_counter()
     finished: dict[int, Result] = {}
     keys: dict[int, str] = {}
@@ -291,7 +292,7 @@ def generate_parallel(
                     hit.row = i
                     finished[i] = hit
     todo = [i for i in range(len(prompts)) if i not in finished]
-    tokens = [[] if i in invalid else _prompt_tokens(context.model, prompts[i]) for i in todo]
+    tokens = [[] if i in invalid else prompt_tokens(context.model, prompts[i]) for i in todo]
     on_progress, close_bar = progress_callback(progress, len(todo), desc="generate")
 
     def deliver(res: Result) -> None:
@@ -356,23 +357,6 @@ def _check_context(context: Any) -> None:
         raise InvalidParameterError(
             f"Expected a context from context_create(), got {type(context).__name__}."
         )
-
-
-def _prompt_problem(prompt: Any) -> str | None:
-    """Why ``prompt`` cannot run (a message for its error row), or None."""
-    if not isinstance(prompt, str):
-        return f"the prompt must be a string, got {type(prompt).__name__}"
-    if not prompt.strip():
-        return "the prompt is empty; give some text"
-    return None
-
-
-def _prompt_tokens(model: Model, prompt: str) -> list[int]:
-    """Tokens of one prompt, with BOS added unless the text already starts with it."""
-    # A template may already write the BOS text; do not add a second BOS token then.
-    bos_text = model.token_text(model.bos_token) if model.add_bos and model.bos_token >= 0 else ""
-    add_special = not (bos_text and prompt.startswith(bos_text))
-    return model.tokenize(prompt, add_special=add_special)
 
 
 def _finish(result: Result, clean: bool) -> Result:

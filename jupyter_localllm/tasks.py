@@ -21,6 +21,7 @@ from .engine.scheduler import Result
 from .engine.scoring import score_labels
 from .errors import InvalidParameterError
 from .progress import progress_callback
+from .prompts import input_problem, prompt_tokens
 from .repro import log_call
 
 __all__ = ["classify", "extract"]
@@ -67,14 +68,6 @@ def _normalize_examples(examples: Any, labels: Sequence[str]) -> list[tuple[str,
     return [(str(t), str(lab)) for t, lab in pairs]
 
 
-def _row_problem(text: Any) -> str | None:
-    if not isinstance(text, str):
-        return f"the text must be a string, got {type(text).__name__}"
-    if not text.strip():
-        return "the text is empty"
-    return None
-
-
 def _prompt(
     model: Model,
     fmt: str,
@@ -102,11 +95,6 @@ def _prompt(
     head += f"{instruction}\n\n" if instruction else ""
     shots = "".join(f"Text: {t}\nAnswer: {lab}\n\n" for t, lab in examples)
     return f"{head}{shots}Text: {text}\nAnswer:"
-
-
-def _tokens(model: Model, prompt: str) -> list[int]:
-    bos_text = model.token_text(model.bos_token) if model.add_bos and model.bos_token >= 0 else ""
-    return model.tokenize(prompt, add_special=not (bos_text and prompt.startswith(bos_text)))
 
 
 def classify(
@@ -157,14 +145,14 @@ def classify(
             f"{', '.join(labels)}. Answer with the category name only."
         )
     prompts = list(prompts)
-    invalid = {i: m for i, p in enumerate(prompts) if (m := _row_problem(p)) is not None}
+    invalid = {i: m for i, p in enumerate(prompts) if (m := input_problem(p, "text")) is not None}
     texts = [
         "" if i in invalid else _prompt(model, fmt, p, instruction, system_prompt, shots)
         for i, p in enumerate(prompts)
     ]
     if calibrate:  # one content-free row measures the model's prior over the labels
         texts.append(_prompt(model, fmt, "N/A", instruction, system_prompt, shots))
-    tokens = [[] if i in invalid else _tokens(model, t) for i, t in enumerate(texts)]
+    tokens = [[] if i in invalid else prompt_tokens(model, t) for i, t in enumerate(texts)]
     # Chat replies start right after the template's newline; plain prompts end with "Answer:"
     # and the label follows after a space.
     sep = "" if fmt == "chat" or (fmt == "raw" and texts and texts[0][-1:].isspace()) else " "
@@ -251,7 +239,9 @@ def extract(
         )
     prompts = list(prompts)
     texts = [
-        _prompt(model, fmt, p, instruction, system_prompt, []) if _row_problem(p) is None else p
+        _prompt(model, fmt, p, instruction, system_prompt, [])
+        if input_problem(p, "text") is None
+        else p
         for p in prompts
     ]
     results = api.generate_parallel(

@@ -89,7 +89,7 @@ def test_classify_bad_rows_in_place_and_examples(cctx):
     out = ll.classify(cctx, texts, SENTIMENT, examples=shots, progress=False)
     assert out.positive[0] > out.positive[3]  # the answered rows keep their order and sense
     assert out.error[1] == "the text must be a string, got NoneType"
-    assert out.error[2] == "the text is empty" and pd.isna(out.label[2])
+    assert out.error[2] == "the text is empty; give some text" and pd.isna(out.label[2])
     assert np.isnan(out.loc[1, "positive"])
     with pytest.raises(InvalidParameterError, match="Example label 'meh'"):
         ll.classify(cctx, TEXTS, SENTIMENT, examples=[("ok", "meh")])
