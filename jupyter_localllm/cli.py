@@ -23,8 +23,9 @@ DEMO_QUESTIONS = (
 
 def demo(model_ref: str = "default", max_tokens: int = 40) -> int:
     """Load a model, answer a few questions through its chat template (streaming each answer
-    and its speed), then classify the demo news sample in parallel."""
+    and its speed), then label the demo news sample in parallel by label scoring."""
     from . import api, datasets
+    from .tasks import classify
 
     t0 = time.perf_counter()
     model = api.model_load(model_ref)
@@ -52,32 +53,19 @@ def demo(model_ref: str = "default", max_tokens: int = 40) -> int:
             f"finish: {answer.finish_reason}]"
         )
 
-    news = datasets.news_sample().head(32)
-    prompts = [
-        api.apply_chat_template(
-            model,
-            [
-                {"role": "system", "content": "Classify news articles."},
-                {
-                    "role": "user",
-                    "content": "Category (World, Sports, Business or Sci/Tech) of this "
-                    f"article: {row.title}",
-                },
-            ],
-        )
-        for row in news.itertuples()
-    ]
-    pctx = api.context_create(model, n_seq_max=16)
+    news = datasets.news_sample()
+    labels = list(datasets.NEWS_CLASSES)
+    pctx = api.context_create(model, n_seq_max=8)
     t0 = time.perf_counter()
-    results = api.generate_parallel(pctx, prompts, max_tokens=8, clean=True, progress=False)
+    out = classify(pctx, news.title.tolist(), labels, calibrate=True, progress=False)
     dt = time.perf_counter() - t0
-    n_tok = sum(r.n_tokens for r in results)
+    accuracy = (out.label == news["class"].astype(str)).mean()
     print(
-        f"\nParallel: {len(prompts)} news titles, n_seq_max=16, {dt:.1f} s, "
-        f"{n_tok / dt:.0f} generated tok/s, {len(prompts) / dt:.1f} rows/s"
+        f"\nClassified {len(news)} news titles into {', '.join(labels)} by label scoring "
+        f"(n_seq_max=8): {dt:.1f} s, {len(news) / dt:.1f} rows/s, accuracy {accuracy:.0%}"
     )
-    for row, res in list(zip(news.itertuples(), results, strict=True))[:5]:
-        print(f"  {row.title[:60]:60s} -> {res.splitlines()[0] if res else ''}")
+    for title, row in list(zip(news.title, out.itertuples(), strict=True))[:5]:
+        print(f"  {title[:60]:60s} -> {row.label}")
     return 0
 
 
