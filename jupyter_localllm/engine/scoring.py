@@ -2,11 +2,11 @@
 prompt, instead of generating text and parsing it.
 
 Rows run ``n_slots`` at a time on the context's slots, on top of the shared prompt prefix
-(decoded once); rows' prompt parts of equal length are decoded together. A label's first
-token is scored from the prompt's own logits, so single-token labels cost nothing beyond the
-prompt. A multi-token label is decoded after the prompt in the row's own sequence — every row
-of the wave in one ``llama_decode`` — scored, and rolled back with ``seq_rm`` before the next
-label, so no KV is copied and every label sees exactly the prompt's cache.
+(decoded once); the wave's prompt parts go into one batch. A label's first token is scored
+from the prompt's own logits, so single-token labels cost nothing beyond the prompt. A
+multi-token label is decoded after the prompt in the row's own sequence — every row of the
+wave in one ``llama_decode`` — scored, and rolled back with ``seq_rm`` before the next label,
+so no KV is copied and every label sees exactly the prompt's cache.
 """
 
 from __future__ import annotations
@@ -73,15 +73,11 @@ def score_labels(
             """Decode (row, seq, tokens, start_pos, all_logits) pieces in as few batches as
             n_batch allows; return {row: [logits...]} for the positions asked for."""
             out: dict[int, list[np.ndarray]] = {}
-            # Only pieces of equal length share a decode: with one KV stream per sequence
-            # llama.cpp splits a batch into equal per-sequence parts, so mixed lengths would
-            # cost several small passes instead of one.
-            queue = sorted((list(p) for p in pieces), key=lambda p: len(p[2]))
+            queue = [list(p) for p in pieces]
             while queue:
                 batch.clear()
                 wants = []
-                size = len(queue[0][2])
-                while queue and batch.free > 0 and len(queue[0][2]) == size:
+                while queue and batch.free > 0:
                     row, seq, toks, pos, all_logits = queue[0]
                     take = min(len(toks), batch.free)
                     last_piece = take == len(toks)
