@@ -27,6 +27,7 @@ from ..errors import (
     ModelLoadError,
     PromptError,
 )
+from .checks import check_int, default_threads
 from .sampling import SamplingParams
 
 __all__ = [
@@ -78,7 +79,40 @@ def supports_gpu_offload() -> bool:
     return bool(_ll.llama_supports_gpu_offload())
 
 
-class Model:
+class _Native:
+    """Lifecycle shared by the wrappers: one native handle, freed once by :meth:`close`
+    (also at the end of a ``with`` block); subclasses say how in ``_free``."""
+
+    _handle: Any = None
+    _closed_message = "This object was closed; create a new one."
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` freed the native object."""
+        return self._handle is None
+
+    def close(self) -> None:
+        """Free the native object (safe to call twice)."""
+        if self._handle is not None:
+            self._free(self._handle)
+            self._handle = None
+
+    def _free(self, handle: Any) -> None:
+        raise NotImplementedError
+
+    def _require_open(self) -> Any:
+        if self._handle is None:
+            raise InvalidParameterError(self._closed_message)
+        return self._handle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Model(_Native):
     """A GGUF model loaded by llama.cpp (weights memory-mapped by default).
 
     Use :func:`jupyter_localllm.model_load` rather than this class directly: it resolves
@@ -132,36 +166,18 @@ class Model:
         self._piece_cache: dict[tuple[int, bool], bytes] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` freed the weights."""
-        return self._handle is None
-
-    def close(self) -> None:
-        """Free the weights (and every context still open on this model first)."""
-        if getattr(self, "_handle", None) is None:
-            return
-        for ctx in list(self._contexts):
+    def _free(self, handle: Any) -> None:
+        for ctx in list(self._contexts):  # children before their parent
             ctx.close()
-        _ll.llama_model_free(self._handle)
-        self._handle = None
-
-    def __enter__(self) -> Model:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        _ll.llama_model_free(handle)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.size_bytes / 2**20:.0f} MiB"
         return f"<Model {self.name!r} ({state}) from {self.path}>"
 
-    def _require_open(self) -> Any:
-        if self._handle is None:
-            raise InvalidParameterError(
-                f"Model {self.name!r} was closed; load it again with model_load()."
-            )
-        return self._handle
+    @property
+    def _closed_message(self) -> str:
+        return f"Model {self.name!r} was closed; load it again with model_load()."
 
     # -- metadata --------------------------------------------------------------------------
     def _read_metadata(self) -> dict[str, str]:
@@ -276,7 +292,7 @@ def _resolve_gpu_layers(n_gpu_layers: int | str) -> int:
     return n_gpu_layers
 
 
-class Context:
+class Context(_Native):
     """A llama.cpp context on a :class:`Model`: the KV cache for up to ``n_seq_max``
     sequences sharing ``n_ctx`` cells (a unified cache, so a shared prefix is stored once).
 
@@ -297,12 +313,12 @@ class Context:
         flash_attn: bool = False,
     ):
         model._require_open()
-        _check_int("n_ctx", n_ctx, 16, None)
-        _check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
-        _check_int("n_batch", n_batch, 1, None)
+        check_int("n_ctx", n_ctx, 16, None)
+        check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
+        check_int("n_batch", n_batch, 1, None)
         if n_threads is None:
             n_threads = default_threads()
-        _check_int("n_threads", n_threads, 1, 1024)
+        check_int("n_threads", n_threads, 1, 1024)
         params = _ll.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -333,38 +349,19 @@ class Context:
         self.kv_unified = bool(kv_unified)
         # Tokens per sequence: the whole cache when unified, else its share.
         self.n_ctx_seq = int(_ll.llama_n_ctx_seq(handle))
-        self.lock = threading.RLock()
         model._contexts.add(self)
 
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` freed the context."""
-        return self._handle is None
+    _closed_message = "This context was closed; create a new one."
 
-    def close(self) -> None:
-        """Free the KV cache and compute buffers."""
-        if getattr(self, "_handle", None) is None:
-            return
-        _ll.llama_free(self._handle)
-        self._handle = None
+    def _free(self, handle: Any) -> None:
+        _ll.llama_free(handle)
         self._memory = None
-
-    def __enter__(self) -> Context:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (
             f"<Context n_ctx={self.n_ctx} n_seq_max={self.n_seq_max} n_batch={self.n_batch} "
             f"model={self.model.name!r}{' closed' if self.closed else ''}>"
         )
-
-    def _require_open(self) -> Any:
-        if self._handle is None:
-            raise InvalidParameterError("This context was closed; create a new one.")
-        return self._handle
 
     # -- decoding --------------------------------------------------------------------------
     def decode(self, batch: Batch) -> None:
@@ -458,7 +455,7 @@ class Batch:
     """
 
     def __init__(self, capacity: int, n_seq_max: int, n_vocab: int):
-        _check_int("capacity", capacity, 1, None)
+        check_int("capacity", capacity, 1, None)
         self.capacity = capacity
         self.n_seq_max = n_seq_max
         self.n_vocab = n_vocab
@@ -523,14 +520,14 @@ class Batch:
         return i + n - 1 if want_last_logits else -1
 
 
-class Sampler:
+class Sampler(_Native):
     """A llama.cpp sampler chain built from :class:`SamplingParams` (one per request)."""
 
     def __init__(self, model: Model, params: SamplingParams, seed: int | None = None):
         model._require_open()
         chain_params = _ll.llama_sampler_chain_default_params()
         chain_params.no_perf = True
-        self._chain = _ll.llama_sampler_chain_init(chain_params)
+        self._handle = _ll.llama_sampler_chain_init(chain_params)
         try:
             self._build(model, params, params.seed if seed is None else seed)
         except BaseException:
@@ -538,7 +535,7 @@ class Sampler:
             raise
 
     def _add(self, sampler: Any) -> None:
-        _ll.llama_sampler_chain_add(self._chain, sampler)  # the chain owns it from here
+        _ll.llama_sampler_chain_add(self._handle, sampler)  # the chain owns it from here
 
     def _build(self, model: Model, p: SamplingParams, seed: int) -> None:
         if p.grammar is not None:
@@ -567,37 +564,10 @@ class Sampler:
 
     def sample(self, ctx: Context, index: int) -> int:
         """Pick (and accept) the next token from output ``index`` of the last decode."""
-        return int(_ll.llama_sampler_sample(self._chain, ctx._require_open(), index))
+        return int(_ll.llama_sampler_sample(self._handle, ctx._require_open(), index))
 
-    def close(self) -> None:
-        """Free the chain and its samplers."""
-        if getattr(self, "_chain", None):
-            _ll.llama_sampler_free(self._chain)
-            self._chain = None
-
-    def __enter__(self) -> Sampler:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def default_threads() -> int:
-    """Threads for decoding when none are given: the CPUs this process may use (the API
-    layer passes the physical core count, which is faster on hyper-threaded machines)."""
-    return max(
-        1,
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
-    )
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise InvalidParameterError(f"{name} must be an integer {bound}, got {value!r}.")
+    def _free(self, handle: Any) -> None:
+        _ll.llama_sampler_free(handle)  # frees the samplers the chain owns too
 
 
 def json_schema_to_grammar(schema: dict) -> str:

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import BatchInterrupted, DecodeError, InvalidParameterError, LocalLLMError
-from .llama import MAX_SEQUENCES, Batch, Context, Model, Sampler, _check_int
+from .checks import check_int
+from .llama import MAX_SEQUENCES, Batch, Context, Model, Sampler
 from .sampling import SamplingParams, derive_seed
 from .scheduler import Request, Result, Scheduler, common_prefix_length
 
@@ -118,16 +119,16 @@ class GenerationContext:
     ):
         model._require_open()
         if n_ctx is not None:
-            _check_int("n_ctx", n_ctx, 16, None)
-        _check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
-        _check_int("n_batch", n_batch, 1, None)
+            check_int("n_ctx", n_ctx, 16, None)
+        check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
+        check_int("n_batch", n_batch, 1, None)
         if n_batch < n_seq_max:
             raise InvalidParameterError(
                 f"n_batch ({n_batch}) must be at least n_seq_max ({n_seq_max}) so every "
                 "parallel row gets a token in each step."
             )
         if n_threads is not None:
-            _check_int("n_threads", n_threads, 1, 1024)
+            check_int("n_threads", n_threads, 1, 1024)
         self.model = model
         self.n_seq_max = n_seq_max
         self.n_batch = n_batch
