@@ -8,6 +8,7 @@ crash that could take the interpreter down) build their own or run in a subproce
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -107,3 +108,22 @@ def ag_news_prompts(model, ag_news):
         )
         for r in ag_news.itertuples()
     ]
+
+
+def place(src: Path, dst: Path) -> Path:
+    """Put the model at ``dst``: a hard link when the file system allows, else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+    return dst
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty model cache folder, set as ``$LOCALLLM_CACHE_DIR`` for the test."""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    monkeypatch.setenv("LOCALLLM_CACHE_DIR", str(folder))
+    return folder
