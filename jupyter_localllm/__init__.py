@@ -47,12 +47,27 @@ _EXPORTS: dict[str, str] = {
     "Progress": "engine.runner",
     "clean": "engine.text",
     "set_verbosity": "engine.llama",
+    "Job": "jobs",
+    "start_job": "jobs",
+    "confusion_matrix_figure": "charts",
+    "per_class_figure": "charts",
+    "model_comparison_figure": "charts",
+    "AccuracyPanel": "widgets",
+    "HardwarePanel": "widgets",
+    "ModelPanel": "widgets",
+    "ProgressPanel": "widgets",
+    "dashboard": "widgets",
 }
 _SUBMODULES = ("datasets", "errors")
 
 __all__ = [
+    "AccuracyPanel",
     "Exploration",
+    "HardwarePanel",
+    "Job",
+    "ModelPanel",
     "Progress",
+    "ProgressPanel",
     "Result",
     "SamplingParams",
     "apply_chat_template",
@@ -60,7 +75,9 @@ __all__ = [
     "clean",
     "clear_cache",
     "compute_confusion_matrices",
+    "confusion_matrix_figure",
     "context_create",
+    "dashboard",
     "datasets",
     "detokenize",
     "document_end",
@@ -74,9 +91,12 @@ __all__ = [
     "intercoder_reliability",
     "list_cached_models",
     "list_ollama_models",
+    "model_comparison_figure",
     "model_load",
+    "per_class_figure",
     "quick_llama",
     "set_verbosity",
+    "start_job",
     "tokenize",
     "validate",
 ]
@@ -110,6 +130,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         tokenize,
     )
     from .cache import clear_cache
+    from .charts import confusion_matrix_figure, model_comparison_figure, per_class_figure
     from .engine.llama import set_verbosity
     from .engine.runner import Progress
     from .engine.sampling import SamplingParams
@@ -117,6 +138,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .engine.text import clean
     from .evaluation import compute_confusion_matrices, intercoder_reliability, validate
     from .exploration import Exploration, explore
+    from .jobs import Job, start_job
     from .models import list_cached_models, list_ollama_models
     from .repro import document_end, document_start
     from .tasks import classify, extract
+    from .widgets import AccuracyPanel, HardwarePanel, ModelPanel, ProgressPanel, dashboard

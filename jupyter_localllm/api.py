@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import hardware
 from .cache import cache_enabled, get_cache
@@ -25,6 +25,9 @@ from .manager import get_manager, open_context, open_model
 from .progress import progress_callback
 from .prompts import input_problem, prompt_tokens
 from .repro import file_sha256, log_call
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 __all__ = [
     "apply_chat_template",
@@ -236,8 +239,9 @@ def generate_parallel(
     on_result: Callable[[Result], Any] | None = None,
     cancel: threading.Event | None = None,
     cache: bool | None = None,
+    background: bool = False,
     **unknown: Any,
-) -> Results:
+) -> Results | Job:
     """Generate for every prompt, ``context.n_seq_max`` at a time with continuous batching.
 
     Results come back in input order. A row that fails (empty, longer than the context)
@@ -254,7 +258,13 @@ def generate_parallel(
     the same model file, parameters, ``n_seq_max`` and prompt, so a re-run computes only
     missing rows (``None`` follows ``$LOCALLLM_RESULT_CACHE``, on by default; ``False`` turns
     it off). The returned :class:`Results` list carries ``hashes`` of inputs and outputs.
+
+    ``background=True`` returns a :class:`Job` at once and runs in a thread (the kernel
+    stays free): ``job.result()`` gives the :class:`Results`, ``job.partial()`` the rows
+    finished so far, ``job.cancel()`` stops it; in a notebook its progress panel has a Cancel
+    button. Jobs on the same context run one after the other.
     """
+    call = dict(locals())  # the arguments as given, for a background run
     params = SamplingParams.from_kwargs(
         max_tokens=max_tokens,
         temperature=temperature,
@@ -276,6 +286,18 @@ def generate_parallel(
             "prompts must be a list of strings; for one prompt use generate()."
         )
     prompts = list(prompts)
+    if background:
+        from .jobs import run_in_background
+
+        call.update(call.pop("unknown"), prompts=prompts)  # a generator is spent by now
+        return run_in_background(
+            generate_parallel,
+            call,
+            desc="generate",
+            total=len(prompts),
+            context=context,
+            per_row=lambda res: res,
+        )
     invalid = {i: m for i, p in enumerate(prompts) if (m := input_problem(p)) is not None}
     t_start = time.perf_counter()
     finished: dict[int, Result] = {}
@@ -302,6 +324,9 @@ def generate_parallel(
         if on_result is not None:
             on_result(_finish(res, clean))
 
+    if on_result is not None:  # rows taken from the result cache are finished too
+        for r in finished.values():
+            on_result(_finish(r, clean))
     failed = True
     try:
         ran = context.run(

@@ -19,6 +19,7 @@ __all__ = [
     "InsufficientMemoryError",
     "InvalidModelFileError",
     "InvalidParameterError",
+    "JobTimeoutError",
     "LocalLLMError",
     "ModelLoadError",
     "ModelNotFoundError",
@@ -90,3 +91,7 @@ class BatchInterrupted(LocalLLMError, KeyboardInterrupt):
     def __init__(self, message: str, results: list):
         super().__init__(message)
         self.results = results
+
+
+class JobTimeoutError(LocalLLMError, TimeoutError):
+    """A background job did not end within the time given to ``job.result(timeout=...)``."""

@@ -190,10 +190,34 @@ class ValidationReport:
     confusion: dict[str, dict]
     reliability: Any
 
-    def _repr_html_(self) -> str:
-        parts = ["<h4>Accuracy against gold</h4>", self.metrics.to_html(float_format="%.3f")]
+    def figures(self) -> dict[str, Any]:
+        """The report's matplotlib figures: ``"comparison"`` (accuracy, kappa and macro-F1 of
+        every model) and, per model, ``"confusion: NAME"`` and ``"per class: NAME"``."""
+        from .charts import confusion_matrix_figure, model_comparison_figure, per_class_figure
+
+        figs: dict[str, Any] = {}
+        if not self.metrics.empty:
+            figs["comparison"] = model_comparison_figure(self.metrics)
         for name, m in self.confusion["vs_gold"].items():
-            parts += [f"<h4>Confusion: {name}</h4>", m.to_html()]
+            if not m.empty:
+                figs[f"confusion: {name}"] = confusion_matrix_figure(m, title=str(name))
+                figs[f"per class: {name}"] = per_class_figure(m, title=str(name))
+        return figs
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        from .charts import figure_html
+
+        figs = self.figures()
+        parts = ["<h4>Accuracy against gold</h4>", self.metrics.to_html(float_format="%.3f")]
+        if "comparison" in figs:
+            parts.append(figure_html(figs["comparison"]))
+        row = "<div style='display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start'>{}</div>"
+        for name, m in self.confusion["vs_gold"].items():
+            keys = (f"confusion: {name}", f"per class: {name}")
+            cells = [m.to_html(), *(figure_html(figs[k]) for k in keys if k in figs)]
+            parts += [f"<h4>Confusion: {escape(str(name))}</h4>", row.format("".join(cells))]
         if isinstance(self.reliability, pd.DataFrame):
             parts += ["<h4>Cohen's kappa</h4>", self.reliability.to_html(float_format="%.3f")]
         elif self.reliability is not None:
@@ -201,11 +225,23 @@ class ValidationReport:
         return "\n".join(parts)
 
 
+def _kappa(gold: pd.Series, predicted: pd.Series) -> float:
+    """Cohen's kappa of a model against gold (NaN without rows; 1 when both use one label)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    if len(gold) == 0:
+        return float("nan")
+    if gold.nunique() == 1 and predicted.nunique() == 1:
+        return 1.0 if gold.iloc[0] == predicted.iloc[0] else 0.0
+    return float(cohen_kappa_score(gold, predicted))
+
+
 def validate(
     annotations: pd.DataFrame, gold: Any = None, *, method: str = "auto", pairwise: bool = True
 ) -> ValidationReport:
-    """Accuracy, macro-F1 and per-class recall of every model against ``gold``, confusion
-    matrices, and agreement between models (see :func:`intercoder_reliability`)."""
+    """Accuracy, macro-F1 and Cohen's kappa of every model against ``gold``, confusion
+    matrices, and agreement between models (see :func:`intercoder_reliability`). In a
+    notebook the report shows its tables with charts (see :meth:`ValidationReport.figures`)."""
     from sklearn.metrics import accuracy_score, f1_score
 
     wide, truth = _wide(annotations)
@@ -224,9 +260,10 @@ def validate(
                     "macro_f1": f1_score(pair.t, pair.p, average="macro", zero_division=0)
                     if len(pair)
                     else np.nan,
+                    "kappa": _kappa(pair.t, pair.p),
                 }
             )
-    metrics = pd.DataFrame(rows, columns=["model", "n", "accuracy", "macro_f1"])
+    metrics = pd.DataFrame(rows, columns=["model", "n", "accuracy", "macro_f1", "kappa"])
     reliability = intercoder_reliability(coders, method) if coders.shape[1] >= 2 else None
     return ValidationReport(
         metrics, compute_confusion_matrices(annotations, gold, pairwise=pairwise), reliability

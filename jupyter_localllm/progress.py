@@ -1,15 +1,25 @@
-"""Progress display for batch runs: a ``tqdm.auto`` bar by default (a widget bar in notebooks,
-text in scripts). Counting happens in the engine; this only draws :class:`Progress` events."""
+"""Progress display for batch runs: a :class:`~jupyter_localllm.widgets.ProgressPanel` in a
+Jupyter kernel whose front-end shows widgets, a tqdm text bar elsewhere. Counting happens in
+the engine; this only draws :class:`Progress` events."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engine.runner import Progress
 
-__all__ = ["TqdmProgress", "is_interactive", "progress_callback"]
+if TYPE_CHECKING:
+    from .widgets.progress import ProgressPanel
+
+__all__ = [
+    "TqdmProgress",
+    "is_interactive",
+    "progress_callback",
+    "progress_panel",
+    "widget_frontend",
+]
 
 
 def is_interactive() -> bool:
@@ -23,11 +33,39 @@ def is_interactive() -> bool:
     return get_ipython() is not None
 
 
+def widget_frontend() -> bool:
+    """True in a Jupyter kernel (ipykernel's shell) with ipywidgets installed: the places
+    where a widget can be drawn. Plain IPython and scripts get text instead."""
+    if "IPython" not in sys.modules:  # nothing imported IPython: not inside a kernel
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None or not any(c.__name__ == "ZMQInteractiveShell" for c in type(shell).__mro__):
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def progress_panel(
+    total: int, desc: str = "llm", *, on_cancel: Callable[[], Any] | None = None
+) -> ProgressPanel | None:
+    """A new :class:`ProgressPanel` (not yet displayed), or ``None`` without ipywidgets."""
+    try:
+        from .widgets.progress import ProgressPanel
+    except ImportError:
+        return None
+    return ProgressPanel(total, desc, on_cancel=on_cancel)
+
+
 class TqdmProgress:
-    """Draws progress events on a tqdm bar: rows done, tokens/s, errors."""
+    """Draws progress events on a text tqdm bar: rows done, tokens/s, errors."""
 
     def __init__(self, total: int, desc: str = "llm"):
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         self.bar = tqdm(total=total, desc=desc, unit="row", dynamic_ncols=True)
 
@@ -40,7 +78,7 @@ class TqdmProgress:
         self.bar.refresh()
 
     def close(self, failed: bool = False) -> None:
-        """Finish the bar (a notebook bar turns red when ``failed``)."""
+        """Finish the bar (its colour is red when ``failed``, where colours show)."""
         if failed:
             self.bar.colour = "red"
         self.bar.close()
@@ -51,8 +89,10 @@ def progress_callback(
 ) -> tuple[Callable[[Progress], Any] | None, Callable[[bool], None]]:
     """Resolve a ``progress=`` argument into ``(on_progress, close)``.
 
-    ``True`` shows a tqdm bar, ``None`` shows one in interactive sessions, ``False`` nothing,
-    and a callable receives the :class:`Progress` events itself.
+    ``True`` shows progress, ``None`` shows it in interactive sessions, ``False`` nothing,
+    and a callable receives the :class:`Progress` events itself. Progress is a
+    :class:`ProgressPanel` (displayed at once) in a notebook kernel, a tqdm bar elsewhere.
+    ``close(failed)`` ends it: a failed run's panel turns red and stays visible.
     """
     if callable(progress):
         return progress, lambda failed: None
@@ -60,5 +100,12 @@ def progress_callback(
         progress = is_interactive()
     if not progress:
         return None, lambda failed: None
+    if widget_frontend():
+        panel = progress_panel(total, desc)
+        if panel is not None:
+            from IPython.display import display
+
+            display(panel)
+            return panel, panel.finish
     bar = TqdmProgress(total, desc)
     return bar, bar.close

@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,9 @@ from .errors import InvalidParameterError
 from .progress import progress_callback
 from .prompts import input_problem, prompt_tokens
 from .repro import log_call
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 __all__ = ["classify", "extract"]
 
@@ -109,7 +112,8 @@ def classify(
     calibrate: bool = False,
     progress: bool | Callable[[Progress], Any] | None = None,
     cancel: threading.Event | None = None,
-) -> pd.DataFrame:
+    background: bool = False,
+) -> pd.DataFrame | Job:
     """Pick one of ``labels`` for each text by scoring every label as the model's answer.
 
     Instead of generating text and parsing it, the log-probability of each label's tokens
@@ -128,7 +132,13 @@ def classify(
     Returns a DataFrame in input order: ``label`` (the most probable), one probability column
     per label (summing to 1 over the labels), and ``error`` (``None`` or why a row failed;
     its label and probabilities are then missing).
+
+    ``background=True`` returns a :class:`~jupyter_localllm.jobs.Job` at once (see
+    :func:`~jupyter_localllm.generate_parallel`); ``job.result()`` gives the DataFrame and
+    ``job.partial()`` its rows as dicts once the run ends (rows are scored a wave at a time
+    but come out together).
     """
+    call = dict(locals())  # the arguments as given, for a background run
     model = _model_of(context)
     labels = [str(lab) for lab in labels]
     if len(labels) < 2 or len(set(labels)) != len(labels):
@@ -145,6 +155,18 @@ def classify(
             f"{', '.join(labels)}. Answer with the category name only."
         )
     prompts = list(prompts)
+    if background:
+        from .jobs import run_in_background
+
+        call["prompts"] = prompts  # a generator is spent by now
+        return run_in_background(
+            classify,
+            call,
+            desc="classify",
+            total=len(prompts) + bool(calibrate),
+            context=context,
+            rows_of=lambda out: dict(enumerate(out.to_dict("records"))),
+        )
     invalid = {i: m for i, p in enumerate(prompts) if (m := input_problem(p, "text")) is not None}
     texts = [
         "" if i in invalid else _prompt(model, fmt, p, instruction, system_prompt, shots)
@@ -214,14 +236,19 @@ def extract(
     format: str = "auto",
     max_tokens: int = 256,
     progress: bool | Callable[[Progress], Any] | None = None,
+    background: bool = False,
     **sampling: Any,
-) -> list[dict | Result]:
+) -> list[dict | Result] | Job:
     """Extract a JSON object matching ``schema`` from each text.
 
     ``schema`` is a JSON-schema dict or a pydantic model class. Generation is constrained by a
     grammar built from the schema, in the batched engine; each output is parsed and checked
     against the schema. Returns, in input order, a dict per row, or an error
     :class:`Result` (text ``"Error: …"``) in place of a row whose output is not valid.
+
+    ``background=True`` returns a :class:`~jupyter_localllm.jobs.Job` at once (see
+    :func:`~jupyter_localllm.generate_parallel`); ``job.partial()`` holds each finished row's
+    dict or error, ``job.result()`` the list.
     """
     from . import api
 
@@ -244,9 +271,22 @@ def extract(
         else p
         for p in prompts
     ]
-    results = api.generate_parallel(
-        context, texts, max_tokens=max_tokens, grammar=grammar, progress=progress, **sampling
-    )
+    call = dict(prompts=texts, max_tokens=max_tokens, grammar=grammar, progress=progress)
+    if background:
+        from .jobs import run_in_background
+
+        def run(**kwargs: Any) -> list[dict | Result]:
+            return [_parse_json(res, schema) for res in api.generate_parallel(**kwargs)]
+
+        return run_in_background(
+            run,
+            {"context": context, **call, **sampling},
+            desc="extract",
+            total=len(texts),
+            context=context,
+            per_row=lambda res: _parse_json(res, schema),
+        )
+    results = api.generate_parallel(context, **call, **sampling)
     return [_parse_json(res, schema) for res in results]
 
 

@@ -1,0 +1,425 @@
+"""Background jobs: a batch run in its own thread, so the kernel stays free while it works.
+
+A :class:`Job` holds the state of one run (status, last :class:`Progress` event, the rows
+finished so far, the result or the error); widgets only draw it. One generation context is
+driven by one thread at a time: jobs on the same context wait in a first-come queue, and
+hold the context's lock while they run, so a foreground call on that context waits too.
+llama.cpp's ctypes calls release the GIL, so the kernel answers while a job decodes.
+
+The batch functions start jobs with ``background=True``; front-ends start their own with
+:func:`start_job`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .engine.runner import GenerationContext, Progress
+from .errors import BatchInterrupted, JobTimeoutError
+from .progress import TqdmProgress, progress_panel, widget_frontend
+
+if TYPE_CHECKING:
+    from .widgets.progress import ProgressPanel
+
+__all__ = ["Job", "run_in_background", "start_job", "tee_progress"]
+
+JobFunction = Callable[
+    [threading.Event, Callable[..., None], Callable[[Progress], None]],
+    Any,
+]
+
+
+class _ContextQueue:
+    """First-come, first-served turns on one context (a plain lock wakes waiters in any
+    order). A waiter gives up its place when its job is cancelled."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._owner: Job | None = None
+
+    def acquire(self, job: Job, cancel: threading.Event, on_wait: Callable[[int], Any]) -> bool:
+        """Wait for ``job``'s turn (calling ``on_wait(jobs_ahead)`` once if it must wait);
+        False if ``cancel`` was set first."""
+        with self._cond:
+            self._waiting.append(job)
+            if self._owner is not None or self._waiting[0] is not job:
+                on_wait(len(self._waiting) - 1 + (self._owner is not None))
+            while self._owner is not None or self._waiting[0] is not job:
+                if cancel.is_set():
+                    self._waiting.remove(job)
+                    self._cond.notify_all()
+                    return False
+                self._cond.wait(0.1)  # also polls cancel
+            self._waiting.popleft()
+            self._owner = job
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._owner = None
+            self._cond.notify_all()
+
+
+_queues: weakref.WeakKeyDictionary[GenerationContext, _ContextQueue] = weakref.WeakKeyDictionary()
+_queues_lock = threading.Lock()
+_jobs: weakref.WeakSet[Job] = weakref.WeakSet()  # unfinished jobs, cancelled at exit
+
+
+def _queue_for(context: GenerationContext) -> _ContextQueue:
+    with _queues_lock:
+        queue = _queues.get(context)
+        if queue is None:
+            queue = _queues[context] = _ContextQueue()
+        return queue
+
+
+class Job:
+    """A batch run in a background thread. Start one with :func:`start_job` or with
+    ``background=True`` on :func:`~jupyter_localllm.generate_parallel`,
+    :func:`~jupyter_localllm.classify`, :func:`~jupyter_localllm.extract` or
+    :func:`~jupyter_localllm.explore`.
+
+    ``status`` is ``"queued"`` (waiting for its context), ``"running"``, ``"finished"``,
+    ``"failed"`` or ``"cancelled"``. In a notebook the job shows a :class:`ProgressPanel`
+    with a Cancel button (``job.panel``).
+    """
+
+    def __init__(
+        self,
+        fn: JobFunction,
+        *,
+        total: int,
+        desc: str = "job",
+        context: GenerationContext | None = None,
+        cancel: threading.Event | None = None,
+    ):
+        self.desc = desc
+        self.total = int(total)
+        self.context = context
+        self.status = "queued" if context is not None else "running"
+        self.progress: Progress | None = None
+        """The last progress event."""
+        self.error: BaseException | None = None
+        """What the run raised (``None`` while running or after success)."""
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self._fn = fn
+        self._cancel = cancel if cancel is not None else threading.Event()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._rows: dict[int, Any] = {}
+        self._value: Any = None
+        self._views: list[tuple[Callable[[Progress], Any], Callable[..., Any]]] = []
+        self._panel = None
+        self._ended = False
+        self._shown_in: int | None = None  # execution count of the cell that displayed it
+        self._queue = _queue_for(context) if context is not None else None
+        self._thread = threading.Thread(target=self._run, name=f"localllm-{desc}", daemon=True)
+
+    # -- the public face -----------------------------------------------------------------
+    def done(self) -> bool:
+        """True once the run has ended (finished, failed or cancelled)."""
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run ends or ``timeout`` seconds pass; True if it ended."""
+        return self._done.wait(timeout)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The run's return value, waiting for it (at most ``timeout`` seconds).
+
+        Re-raises what the run raised; a cancelled run raises :class:`BatchInterrupted`
+        whose ``results`` hold the finished rows (also in :meth:`partial`).
+        """
+        if not self._done.wait(timeout):
+            raise JobTimeoutError(
+                f"The {self.desc} job is still running after {timeout:g} s; wait longer, or "
+                "check job.done() before asking for the result."
+            )
+        if self.error is not None:
+            raise self.error
+        return self._value
+
+    def partial(self) -> dict[int, Any]:
+        """The rows finished so far, ``{row: value}`` in row order (the value is what the
+        run delivered: a :class:`Result` for generation, a dict for extract and classify)."""
+        with self._lock:
+            return dict(sorted(self._rows.items()))
+
+    def cancel(self) -> None:
+        """Ask the run to stop after the current step; finished rows are kept."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancel was asked for."""
+        return self._cancel.is_set()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds the job has been running (0 while queued)."""
+        if self.started_at is None:
+            return 0.0
+        return (self.ended_at or time.monotonic()) - self.started_at
+
+    @property
+    def panel(self) -> ProgressPanel | None:
+        """A :class:`~jupyter_localllm.widgets.ProgressPanel` showing this job, with a
+        working Cancel button (made on first use; ``None`` without ipywidgets)."""
+        with self._lock:
+            if self._panel is not None:
+                return self._panel
+            panel = progress_panel(self.total, self.desc, on_cancel=self.cancel)
+            if panel is None:
+                return None
+            self._panel = panel
+            self._views.append((panel, panel.finish))
+            ended = self._ended
+        if self.progress is not None:
+            panel(self.progress)
+        if ended:  # the run ended before anyone looked: draw its end
+            panel.finish(self.status != "finished", self.status, self._end_note())
+        elif self.status == "queued":
+            panel.set_note("queued")
+        return panel
+
+    def add_view(self, on_progress: Callable[[Progress], Any], finish: Callable[..., Any]) -> None:
+        """Send this job's progress events to ``on_progress`` and call ``finish(failed)`` at
+        the end (for front-ends drawing the job their own way)."""
+        with self._lock:
+            self._views.append((on_progress, finish))
+
+    def __repr__(self) -> str:
+        done = self.progress.done if self.progress is not None else len(self._rows)
+        return f"<Job {self.desc}: {self.status}, {done}/{self.total} rows>"
+
+    def _ipython_display_(self) -> None:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        shell = get_ipython()
+        count = getattr(shell, "execution_count", None)
+        if self._shown_in is not None and self._shown_in == count:
+            return  # the cell that started it shows its panel already
+        panel = self.panel if widget_frontend() else None
+        if panel is not None:
+            display(panel)
+        else:
+            display({"text/plain": repr(self)}, raw=True)
+
+    # -- the thread ----------------------------------------------------------------------
+    def _start(self, show: bool) -> None:
+        _jobs.add(self)
+        if show:
+            from IPython import get_ipython
+            from IPython.display import display
+
+            panel = self.panel
+            if panel is not None:
+                display(panel)
+                self._shown_in = getattr(get_ipython(), "execution_count", None)
+        self._thread.start()
+
+    def _deliver(self, value: Any, row: int | None = None) -> None:
+        """``on_result`` of the run: keep a finished row (``row`` defaults to ``value.row``)."""
+        if row is None:
+            row = value.row
+        with self._lock:
+            self._rows[int(row)] = value
+
+    def _report(self, event: Progress) -> None:
+        self.progress = event
+        for on_progress, _ in list(self._views):
+            on_progress(event)
+
+    def _note(self, text: str) -> None:
+        panel = self._panel
+        if panel is not None:
+            panel.set_note(text)
+
+    def _run(self) -> None:
+        queue = self._queue
+        try:
+            if queue is not None and not queue.acquire(self, self._cancel, self._queued):
+                raise BatchInterrupted(
+                    f"The {self.desc} job was cancelled before it started; nothing ran.", []
+                )
+            try:
+                lock = self.context.lock if self.context is not None else contextlib.nullcontext()
+                with lock:
+                    self.status = "running"
+                    self._note("")
+                    self.started_at = time.monotonic()
+                    try:
+                        self._value = self._fn(self._cancel, self._deliver, self._report)
+                    finally:  # before the next job in the queue gets the context
+                        self.ended_at = time.monotonic()
+            finally:
+                if queue is not None:
+                    queue.release()
+            self.status = "finished"
+        except BaseException as exc:  # the thread's end: keep it for result()
+            if isinstance(exc, KeyboardInterrupt) and self._cancel.is_set():
+                self.status = "cancelled"
+                if not isinstance(exc, BatchInterrupted):  # label scoring stops with a bare one
+                    rows = self.partial()
+                    exc = BatchInterrupted(
+                        f"The {self.desc} job was cancelled after {len(rows)} of "
+                        f"{self.total} rows; the finished rows are in job.partial().",
+                        list(rows.values()),
+                    )
+            else:
+                self.status = "failed"
+            self.error = exc
+        finally:
+            if self.ended_at is None:
+                self.ended_at = time.monotonic()
+            if self.started_at is None:
+                self.started_at = self.ended_at
+            note = self._end_note()
+            with self._lock:
+                self._ended = True
+                views = list(self._views)
+            for _, finish in views:
+                with contextlib.suppress(Exception):  # a broken view must not hide the result
+                    finish(self.status != "finished", self.status, note)
+            _jobs.discard(self)
+            self._done.set()
+
+    def _queued(self, ahead: int) -> None:
+        self._note(f"queued behind {ahead} job(s) on this context")
+
+    def _end_note(self) -> str:
+        if self.status == "failed" and self.error is not None:
+            return f"{type(self.error).__name__}: {self.error}"
+        return ""
+
+
+def tee_progress(report: Callable[[Progress], Any], progress: Any) -> Callable[[Progress], None]:
+    """An ``on_progress`` callback sending each event to ``report`` and, when the caller's
+    ``progress=`` argument is itself a callable, to that too."""
+    if not callable(progress):
+        return report
+
+    def both(event: Progress) -> None:
+        report(event)
+        progress(event)
+
+    return both
+
+
+def start_job(
+    fn: JobFunction,
+    *,
+    total: int,
+    desc: str = "job",
+    context: GenerationContext | None = None,
+    progress: bool | Callable[[Progress], Any] | None = None,
+    cancel: threading.Event | None = None,
+) -> Job:
+    """Run ``fn(cancel, on_result, on_progress)`` in a background thread; return its
+    :class:`Job` at once.
+
+    ``fn`` runs the batch and returns its result (what ``job.result()`` gives). It must
+    stop soon after ``cancel`` (a :class:`threading.Event`) is set, by raising
+    :class:`BatchInterrupted` (the batch functions do this when given ``cancel=``), call
+    ``on_result(value, row=None)`` for each finished row (``row`` defaults to
+    ``value.row``; these make ``job.partial()``), and may call ``on_progress(event)`` with
+    :class:`Progress` events. Exceptions are kept and re-raised by ``job.result()``.
+
+    ``total`` is the number of rows (for the bar before the first event). ``context``: the
+    :class:`GenerationContext` the run drives; jobs on the same context run one after the
+    other in the order they were started. ``progress``: ``None`` shows the job's
+    :class:`ProgressPanel` (with a Cancel button) in a notebook and nothing elsewhere,
+    ``True`` also a text bar outside notebooks, ``False`` nothing (``job.panel`` can still be
+    displayed), a callable receives the events. ``cancel``: an event of the caller's to use
+    as the job's cancel flag.
+
+    Example (what ``generate_parallel(..., background=True)`` does)::
+
+        job = start_job(
+            lambda cancel, on_result, on_progress: generate_parallel(
+                ctx, prompts, cancel=cancel, on_result=on_result, progress=on_progress
+            ),
+            total=len(prompts), desc="generate", context=ctx,
+        )
+        job.partial()   # {row: Result} finished so far
+        job.cancel()    # stop; job.result() then raises BatchInterrupted
+    """
+    job = Job(fn, total=total, desc=desc, context=context, cancel=cancel)
+    if callable(progress):
+        job.add_view(progress, lambda *args: None)
+    in_notebook = progress is not False and not callable(progress) and widget_frontend()
+    if progress is True and not in_notebook:
+        bar = TqdmProgress(total, desc)
+        job.add_view(bar, lambda failed, *rest: bar.close(failed))
+    job._start(show=in_notebook)
+    return job
+
+
+def run_in_background(
+    func: Callable[..., Any],
+    call: dict[str, Any],
+    *,
+    desc: str,
+    total: int,
+    context: GenerationContext | None = None,
+    per_row: Callable[[Any], Any] | None = None,
+    rows_of: Callable[[Any], dict[int, Any]] | None = None,
+) -> Job:
+    """Start ``func(**call)`` as a :class:`Job` (how the batch functions implement
+    ``background=True``; ``call`` holds their arguments, ``background`` among them).
+
+    ``func``'s ``progress=`` and ``cancel=`` keywords are wired to the job's; the caller's own
+    ``progress`` callable and ``cancel`` event still work. With ``per_row``, ``func`` gets an
+    ``on_result=`` callback and ``per_row(result)`` is kept under ``result.row`` as each row
+    finishes (the caller's own ``on_result`` still gets the result). ``rows_of(value)``
+    gives ``{row: value}`` from the return value, for functions that report no rows before
+    the end.
+    """
+    kwargs = {**call, "background": False}
+    progress = kwargs.get("progress")
+    user_on_result = kwargs.get("on_result")
+
+    def work(cancel: threading.Event, deliver: Callable[..., None], report: Callable) -> Any:
+        kwargs.update(progress=tee_progress(report, progress), cancel=cancel)
+        if per_row is not None:
+
+            def on_row(res: Any) -> None:
+                deliver(per_row(res), res.row)
+                if user_on_result is not None:
+                    user_on_result(res)
+
+            kwargs["on_result"] = on_row
+        value = func(**kwargs)
+        if rows_of is not None:
+            for row, item in rows_of(value).items():
+                deliver(item, row)
+        return value
+
+    return start_job(
+        work,
+        total=total,
+        desc=desc,
+        context=context,
+        progress=None if callable(progress) else progress,
+        cancel=call.get("cancel"),
+    )
+
+
+@atexit.register
+def _cancel_all() -> None:
+    """At interpreter exit, stop running jobs before the models they use are freed."""
+    jobs = list(_jobs)
+    for job in jobs:
+        job.cancel()
+    for job in jobs:
+        job.wait(5.0)
