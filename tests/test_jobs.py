@@ -62,7 +62,7 @@ def test_background_generate_returns_at_once_and_equals_foreground(model, jctx):
 
 def test_cancel_button_stops_a_job_and_partial_keeps_finished_rows(model, jctx):
     prompts = _counting(model, 12)
-    job = ll.generate_parallel(jctx, prompts, max_tokens=200, cache=False, background=True)
+    job = ll.generate_parallel(jctx, prompts, max_tokens=48, cache=False, background=True)
     panel = job.panel
     assert panel.cancel_button.layout.display != "none"
     _wait_for(lambda: len(job.partial()) >= 1)
