@@ -10,11 +10,17 @@ Quick start::
     print(ll.generate(ctx, prompt, max_tokens=20))
 
 Names are imported lazily, so ``import jupyter_localllm`` (and ``%load_ext``) is instant.
+The ``df.llm`` / ``s.llm`` pandas accessors are registered by ``%load_ext jupyter_localllm``,
+at import when pandas is already imported, and on first use of any public name.
+
+In IPython/Jupyter: ``%load_ext jupyter_localllm`` adds the ``%llm``, ``%%llm`` and
+``%llm_batch`` magics and the ``%config LocalLLM`` settings.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -106,6 +112,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
+        _register_accessors()
         return value
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
@@ -114,6 +121,37 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
+
+
+def _register_accessors() -> None:
+    """Register ``df.llm``/``s.llm`` once pandas is loaded (importing pandas here would make
+    ``import jupyter_localllm`` slow)."""
+    if "pandas" in sys.modules and "jupyter_localllm.accessor" not in sys.modules:
+        importlib.import_module(".accessor", __name__)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext jupyter_localllm``: the magics, ``%config LocalLLM`` and the accessors
+    (safe to run again)."""
+    from . import accessor, config, magics  # noqa: F401  (accessor registers df.llm)
+
+    config.attach(ipython)
+    ipython.register_magics(magics.LLMMagics)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext jupyter_localllm``: remove the magics (models stay loaded)."""
+    from . import magics
+
+    table = ipython.magics_manager.magics
+    for kind, names in (("line", ("llm", "llm_batch")), ("cell", ("llm",))):
+        for name in names:
+            owner = getattr(table[kind].get(name), "__self__", None)
+            if isinstance(owner, magics.LLMMagics):
+                del table[kind][name]
+
+
+_register_accessors()
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs

@@ -20,7 +20,14 @@ from .engine.llama import Model
 from .engine.runner import GenerationContext
 from .errors import InvalidParameterError
 
-__all__ = ["LoadedModel", "ModelManager", "get_manager", "open_context", "open_model"]
+__all__ = [
+    "LoadedModel",
+    "ModelManager",
+    "get_manager",
+    "kv_cache_bytes",
+    "open_context",
+    "open_model",
+]
 
 
 def open_model(
@@ -91,6 +98,12 @@ class LoadedModel:
     model: Model
     load_options: dict[str, Any]
     contexts: dict[tuple[int, int | None], GenerationContext] = field(default_factory=dict)
+    n_ctx: int | None = None
+    """Context size used when a caller does not give one (None: sized from the work)."""
+    n_seq_max: int | None = None
+    """Parallel rows used when a caller does not say (None: the caller's own default)."""
+    owned: bool = True
+    """Whether the manager loaded the model (and so frees it on unload)."""
 
 
 class ModelManager:
@@ -101,27 +114,58 @@ class ModelManager:
         self.default_alias: str | None = None
         self._lock = threading.RLock()
 
-    def load(self, ref: str = "default", *, alias: str | None = None, **options: Any) -> Model:
+    def load(
+        self,
+        ref: str = "default",
+        *,
+        alias: str | None = None,
+        n_ctx: int | None = None,
+        n_seq_max: int | None = None,
+        **options: Any,
+    ) -> Model:
         """Load ``ref`` under ``alias`` (default: the ref itself) unless it is already loaded
-        with the same options; the first model loaded becomes the default."""
+        with the same options; the first model loaded becomes the default. ``n_ctx`` and
+        ``n_seq_max`` become the defaults of its contexts; other options go to model_load."""
         alias = alias or str(ref)
         with self._lock:
             held = self._models.get(alias)
-            if held is not None and held.ref == str(ref) and held.load_options == options:
-                return held.model
-            if held is not None:
-                self.unload(alias)
-            model = open_model(ref, **options)
-            self._models[alias] = LoadedModel(alias, str(ref), model, dict(options))
+            if held is None or held.ref != str(ref) or held.load_options != options:
+                if held is not None:
+                    self.unload(alias)
+                model = open_model(ref, **options)
+                held = self._models[alias] = LoadedModel(alias, str(ref), model, dict(options))
+            if n_ctx is not None:
+                held.n_ctx = n_ctx
+            if n_seq_max is not None:
+                held.n_seq_max = n_seq_max
             if self.default_alias is None:
                 self.default_alias = alias
-            return model
+            return held.model
+
+    def adopt(self, model: Model, alias: str | None = None) -> str:
+        """Register a model loaded with model_load() so front-ends can use it by ``alias``
+        (default: its name); returns the alias. Unloading forgets it without closing it."""
+        with self._lock:
+            for entry in self._models.values():
+                if entry.model is model:
+                    return entry.alias
+            alias = alias or model.name
+            if alias in self._models:
+                raise InvalidParameterError(
+                    f"The alias {alias!r} is taken by another model; pass another alias."
+                )
+            self._models[alias] = LoadedModel(alias, str(model.path), model, {}, owned=False)
+            if self.default_alias is None:
+                self.default_alias = alias
+            return alias
 
     def get(self, alias: str | None = None) -> Model:
         """The model loaded under ``alias`` (the default model when ``None``)."""
-        return self._entry(alias).model
+        return self.entry(alias).model
 
-    def _entry(self, alias: str | None) -> LoadedModel:
+    def entry(self, alias: str | None = None) -> LoadedModel:
+        """The :class:`LoadedModel` under ``alias`` (the default model when ``None``); raises
+        :class:`InvalidParameterError` naming the loaded aliases when there is none."""
         with self._lock:
             alias = alias or self.default_alias
             if alias is None:
@@ -136,10 +180,13 @@ class ModelManager:
             return self._models[alias]
 
     def context(
-        self, alias: str | None = None, *, n_seq_max: int = 1, n_ctx: int | None = None
+        self, alias: str | None = None, *, n_seq_max: int | None = None, n_ctx: int | None = None
     ) -> GenerationContext:
-        """A cached context for the model under ``alias`` with ``n_seq_max`` slots."""
-        entry = self._entry(alias)
+        """A cached context for the model under ``alias`` with ``n_seq_max`` slots (both
+        default to the values given when the model was loaded)."""
+        entry = self.entry(alias)
+        n_seq_max = n_seq_max or entry.n_seq_max or 1
+        n_ctx = n_ctx or entry.n_ctx
         key = (n_seq_max, n_ctx)
         with self._lock:
             ctx = entry.contexts.get(key)
@@ -150,16 +197,17 @@ class ModelManager:
 
     def use(self, alias: str) -> None:
         """Make ``alias`` the default model."""
-        self._entry(alias)
+        self.entry(alias)
         self.default_alias = alias
 
     def unload(self, alias: str) -> None:
         """Free the model under ``alias`` and its contexts."""
         with self._lock:
-            entry = self._entry(alias)
+            entry = self.entry(alias)
             for ctx in entry.contexts.values():
                 ctx.close()
-            entry.model.close()
+            if entry.owned:
+                entry.model.close()
             del self._models[entry.alias]
             if self.default_alias == entry.alias:
                 self.default_alias = next(iter(self._models), None)
@@ -175,22 +223,48 @@ class ModelManager:
         return list(self._models)
 
     def table(self) -> pd.DataFrame:
-        """The loaded models: alias, name, size, contexts, default flag."""
-        rows = [
-            {
-                "alias": e.alias,
-                "name": e.model.name,
-                "size_mb": round(e.model.size_bytes / 2**20, 1),
-                "contexts": ", ".join(
-                    f"n_seq_max={k[0]} n_ctx={c.n_ctx or 'auto'}" for k, c in e.contexts.items()
-                ),
-                "default": e.alias == self.default_alias,
-                "path": str(e.model.path),
-            }
-            for e in self._models.values()
-        ]
-        columns = ["alias", "name", "size_mb", "contexts", "default", "path"]
+        """The loaded models: alias, name, file size, context settings, the contexts made so
+        far, memory (weights + KV caches of those contexts, estimated) and the default flag."""
+        rows = []
+        for e in self._models.values():
+            kv = sum(kv_cache_bytes(e.model, c.n_ctx or 0) for c in e.contexts.values())
+            rows.append(
+                {
+                    "alias": e.alias,
+                    "name": e.model.name,
+                    "size_mb": round(e.model.size_bytes / 2**20, 1),
+                    "n_ctx": e.n_ctx or "auto",
+                    "n_seq_max": e.n_seq_max or "auto",
+                    "contexts": ", ".join(
+                        f"n_seq_max={k[0]} n_ctx={c.n_ctx or 'auto'}" for k, c in e.contexts.items()
+                    ),
+                    "memory_mb": round((e.model.size_bytes + kv) / 2**20, 1),
+                    "default": e.alias == self.default_alias,
+                    "path": str(e.model.path),
+                }
+            )
+        columns = [
+            "alias", "name", "size_mb", "n_ctx", "n_seq_max", "contexts", "memory_mb",
+            "default", "path",
+        ]  # fmt: skip
         return pd.DataFrame(rows, columns=columns)
+
+
+def kv_cache_bytes(model: Model, n_ctx: int) -> int:
+    """Bytes of an f16 KV cache of ``n_ctx`` cells for ``model`` (from its GGUF metadata;
+    0 when the metadata lacks the sizes)."""
+    meta = model.metadata
+    arch = meta.get("general.architecture", "")
+    try:
+        layers = int(meta[f"{arch}.block_count"])
+        heads = int(meta[f"{arch}.attention.head_count"])
+        kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+        embd = int(meta[f"{arch}.embedding_length"])
+        k_len = int(meta.get(f"{arch}.attention.key_length", embd // heads))
+        v_len = int(meta.get(f"{arch}.attention.value_length", k_len))
+    except (KeyError, ValueError, ZeroDivisionError):
+        return 0
+    return 2 * layers * n_ctx * kv_heads * (k_len + v_len)
 
 
 _manager: ModelManager | None = None

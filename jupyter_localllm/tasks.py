@@ -27,7 +27,7 @@ from .repro import log_call
 if TYPE_CHECKING:
     from .jobs import Job
 
-__all__ = ["classify", "extract"]
+__all__ = ["classify", "extract", "render_prompt", "resolve_format"]
 
 _FORMATS = ("auto", "chat", "plain", "raw")
 
@@ -40,7 +40,8 @@ def _model_of(context: Any) -> Model:
     return context.model
 
 
-def _format(model: Model, fmt: str) -> str:
+def resolve_format(model: Model, fmt: str) -> str:
+    """``fmt`` checked, with ``"auto"`` made ``"chat"`` for models with a chat template."""
     if fmt not in _FORMATS:
         raise InvalidParameterError(f"format must be one of {', '.join(_FORMATS)}, got {fmt!r}.")
     if fmt == "auto":
@@ -71,7 +72,7 @@ def _normalize_examples(examples: Any, labels: Sequence[str]) -> list[tuple[str,
     return [(str(t), str(lab)) for t, lab in pairs]
 
 
-def _prompt(
+def render_prompt(
     model: Model,
     fmt: str,
     text: str,
@@ -79,7 +80,8 @@ def _prompt(
     system_prompt: str | None,
     examples: list[tuple[str, str]],
 ) -> str:
-    """One row's prompt; the instruction and the examples come first so all rows share them."""
+    """One row's prompt in format ``fmt`` (see :func:`classify`); the system prompt,
+    instruction and examples come first so all rows share them as a prefix."""
     if fmt == "raw":
         return text
     user = f"{instruction}\n\n{text}" if instruction else text
@@ -147,7 +149,7 @@ def classify(
         raise InvalidParameterError('Labels cannot be named "label" or "error".')
     if isinstance(prompts, str):
         raise InvalidParameterError("prompts must be a list of texts; wrap a single one in [].")
-    fmt = _format(model, format)
+    fmt = resolve_format(model, format)
     shots = _normalize_examples(examples, labels)
     if instruction is None and fmt != "raw":
         instruction = (
@@ -169,11 +171,11 @@ def classify(
         )
     invalid = {i: m for i, p in enumerate(prompts) if (m := input_problem(p, "text")) is not None}
     texts = [
-        "" if i in invalid else _prompt(model, fmt, p, instruction, system_prompt, shots)
+        "" if i in invalid else render_prompt(model, fmt, p, instruction, system_prompt, shots)
         for i, p in enumerate(prompts)
     ]
     if calibrate:  # one content-free row measures the model's prior over the labels
-        texts.append(_prompt(model, fmt, "N/A", instruction, system_prompt, shots))
+        texts.append(render_prompt(model, fmt, "N/A", instruction, system_prompt, shots))
     tokens = [[] if i in invalid else prompt_tokens(model, t) for i, t in enumerate(texts)]
     # Chat replies start right after the template's newline; plain prompts end with "Answer:"
     # and the label follows after a space.
@@ -259,14 +261,14 @@ def extract(
         raise InvalidParameterError("schema must be a JSON-schema dict or a pydantic model.")
     schema = dict(schema)
     grammar = json_schema_to_grammar(schema)
-    fmt = _format(model, format)
+    fmt = resolve_format(model, format)
     if instruction is None and fmt != "raw":
         instruction = (
             f"Extract the information from the text as JSON with this schema: {json.dumps(schema)}"
         )
     prompts = list(prompts)
     texts = [
-        _prompt(model, fmt, p, instruction, system_prompt, [])
+        render_prompt(model, fmt, p, instruction, system_prompt, [])
         if input_problem(p, "text") is None
         else p
         for p in prompts

@@ -1,0 +1,481 @@
+"""IPython magics: ``%llm`` (model management), ``%%llm`` (a cell as a prompt) and
+``%llm_batch`` (a prompt over a DataFrame column).
+
+Each magic parses its line into typed arguments, runs a handler over the public API and
+returns a display object. Mistakes (an unknown subcommand, a bad flag, no model loaded, a
+missing variable) are one :class:`~IPython.core.error.UsageError` line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import string
+import time
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser
+
+from .config import get_settings
+from .errors import LocalLLMError
+from .templates import render, template_fields
+
+__all__ = ["LLMMagics", "LLMResponse"]
+
+_FORMATS = ("markdown", "text", "json", "code")
+_STREAM_INTERVAL = 0.1  # seconds between display updates while streaming (≤ 10/s)
+
+
+class LLMResponse:
+    """A model's answer as a display object: text/plain plus text/markdown (or JSON), with
+    the model, token count and speed in the output's metadata."""
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        fmt: str = "markdown",
+        model: str = "",
+        n_tokens: int = 0,
+        seconds: float = 0.0,
+        data: Any = None,
+    ):
+        self.text, self.fmt, self.model, self.data = text, fmt, model, data
+        self.n_tokens, self.seconds = n_tokens, seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second."""
+        return self.n_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict, dict]:
+        bundle: dict[str, Any] = {"text/plain": self.text}
+        if self.fmt == "markdown":
+            bundle["text/markdown"] = self.text
+        elif self.fmt == "code":
+            bundle["text/markdown"] = f"```python\n{self.text}\n```"
+        elif self.fmt == "json" and self.data is not None:
+            bundle["application/json"] = self.data
+        meta = {
+            "jupyter_localllm": {
+                "model": self.model,
+                "tokens": self.n_tokens,
+                "tokens_per_s": round(self.tokens_per_s, 1),
+            }
+        }
+        return bundle, meta
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _parser(prog: str, description: str) -> MagicArgumentParser:
+    # MagicArgumentParser raises UsageError (one line) instead of exiting.
+    return MagicArgumentParser(prog=prog, description=description, add_help=False)
+
+
+def _int_or_auto(value: str) -> int | str:
+    return value if value == "auto" else int(value)
+
+
+def _load_parser() -> MagicArgumentParser:
+    p = _parser("%llm load", "Load a model (default: %config LocalLLM.default_model).")
+    p.add_argument("ref", nargs="?", help="'default', a path, a cache name, ollama:NAME, hf://…")
+    p.add_argument("--alias", "-a", help="name to use it by (default: the reference)")
+    p.add_argument("--n-ctx", type=int, help="context size (default: sized from the work)")
+    p.add_argument("--n-gpu-layers", type=_int_or_auto, help="layers on the GPU, or auto")
+    p.add_argument("--n-seq-max", type=int, help="rows run in parallel by batch calls")
+    return p
+
+
+def _alias_parser(name: str, what: str) -> MagicArgumentParser:
+    p = _parser(f"%llm {name}", what)
+    p.add_argument("alias")
+    return p
+
+
+def _cell_parser() -> MagicArgumentParser:
+    p = _parser("%%llm", "Send the cell to the model as the user's message.")
+    p.add_argument("-m", "--model", help="alias of a loaded model (default: the default one)")
+    p.add_argument("-s", "--system", help="system prompt")
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("-f", "--format", choices=_FORMATS, default="markdown")
+    p.add_argument("--out", help="store the answer in this variable")
+    p.add_argument("--no-interpolate", action="store_true", help="send {braces} as they are")
+    p.add_argument("--no-stream", action="store_true", help="show the answer only at the end")
+    return p
+
+
+def _batch_parser() -> MagicArgumentParser:
+    p = _parser("%llm_batch", "Run a prompt over every row of a DataFrame column.")
+    p.add_argument("source", help="DF.COLUMN")
+    p.add_argument(
+        "--template", "-t", help='prompt with {column} placeholders (default "{COLUMN}")'
+    )
+    p.add_argument("--out", "-o", required=True, help="column to write the results into")
+    p.add_argument("-m", "--model", help="alias of a loaded model")
+    p.add_argument("-s", "--system", help="system prompt")
+    p.add_argument("--labels", help='classify into these comma-separated labels: "A,B,C"')
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--n-seq-max", type=int)
+    return p
+
+
+_HELP = """\
+%llm load [REF] [--alias NAME] [--n-ctx N] [--n-gpu-layers N|auto] [--n-seq-max N]
+%llm use ALIAS        make ALIAS the default model
+%llm models           loaded models (size, context, memory)
+%llm list             models you can load (packaged, cached, Ollama)
+%llm unload ALIAS     free a model
+%llm status           hardware and loaded models
+%llm panel            model, progress and hardware panels
+%llm help             this text
+
+%%llm [-m ALIAS] [-s SYSTEM] [--max-tokens N] [--temperature T] [--seed S]
+      [-f markdown|text|json|code] [--out VAR] [--no-interpolate] [--no-stream]
+    The cell is the user message; {var} inserts a variable, {{ and }} are braces.
+
+%llm_batch DF.COLUMN --out NEWCOL [--template "... {COLUMN} ..."] [-m ALIAS]
+      [-s SYSTEM] [--labels "A,B,C"] [--max-tokens N] [--n-seq-max N]
+
+Settings: %config LocalLLM (default_model, n_ctx, n_seq_max, n_gpu_layers, max_tokens,
+temperature, seed, progress, cache)."""
+
+
+def _split(line: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"Could not read the line ({exc}); check its quotes.") from None
+
+
+@magics_class
+class LLMMagics(Magics):
+    """The ``%llm``, ``%%llm`` and ``%llm_batch`` magics (``%load_ext jupyter_localllm``)."""
+
+    # -- %llm / %%llm ---------------------------------------------------------------------
+    @line_cell_magic
+    def llm(self, line: str, cell: str | None = None) -> Any:
+        """``%llm SUBCOMMAND`` manages models (``%llm help`` lists them); ``%%llm [options]``
+        sends the cell to a model and shows the answer as it is generated."""
+        try:
+            if cell is not None:
+                return self._cell(line, cell)
+            words = _split(line)
+            command = words[0] if words else "help"
+            handler = self._subcommands().get(command)
+            if handler is None:
+                raise UsageError(
+                    f"Unknown subcommand {command!r}; use one of {', '.join(self._subcommands())}."
+                )
+            return handler(words[1:])
+        except LocalLLMError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _subcommands(self) -> dict[str, Callable[[list[str]], Any]]:
+        return {
+            "load": self._load,
+            "use": self._use,
+            "models": self._models,
+            "list": self._list,
+            "unload": self._unload,
+            "status": self._status,
+            "panel": self._panel,
+            "help": self._help,
+        }
+
+    def _load(self, argv: list[str]) -> None:
+        from .manager import get_manager
+
+        args = _load_parser().parse_args(argv)
+        settings = get_settings()
+        ref = args.ref or settings.default_model
+        options = settings.load_options()
+        if args.n_gpu_layers is not None:
+            options["n_gpu_layers"] = args.n_gpu_layers
+        manager = get_manager()
+        t0 = time.perf_counter()
+        model = manager.load(
+            ref, alias=args.alias, n_ctx=args.n_ctx, n_seq_max=args.n_seq_max, **options
+        )
+        alias = args.alias or ref
+        default = " (the default model)" if manager.default_alias == alias else ""
+        print(
+            f"Loaded {model.name} as {alias!r}{default}: {model.size_bytes / 2**20:.0f} MiB, "
+            f"{time.perf_counter() - t0:.1f} s."
+        )
+
+    def _use(self, argv: list[str]) -> None:
+        from .manager import get_manager
+
+        args = _alias_parser("use", "Make a loaded model the default.").parse_args(argv)
+        get_manager().use(args.alias)
+        print(f"{args.alias!r} is now the default model.")
+
+    def _models(self, argv: list[str]) -> Any:
+        from .manager import get_manager
+
+        _parser("%llm models", "Loaded models.").parse_args(argv)
+        table = get_manager().table()
+        if table.empty:
+            print("No model is loaded; run %llm load default.")
+            return None
+        return table.drop(columns="path")
+
+    def _list(self, argv: list[str]) -> Any:
+        import pandas as pd
+
+        from . import models
+
+        _parser("%llm list", "Models you can load.").parse_args(argv)
+        rows = []
+        for ref, locate in (
+            ("default", models.default_model_path),
+            (models.GEMMA_REF, models.gemma_model_path),
+        ):
+            try:
+                path = locate()
+            except LocalLLMError:
+                continue
+            rows.append(("packaged", ref, path.stat().st_size, str(path)))
+        for _, r in models.list_cached_models().iterrows():
+            rows.append(("cache", r["name"], r["size_bytes"], r["path"]))
+        for _, r in models.list_ollama_models().iterrows():
+            rows.append(("ollama", f"ollama:{r['name']}", r["size_bytes"], r["path"]))
+        table = pd.DataFrame(rows, columns=["source", "ref", "size_bytes", "path"])
+        table.insert(3, "size_mb", (table.pop("size_bytes") / 2**20).round(1))
+        return table
+
+    def _unload(self, argv: list[str]) -> None:
+        from .manager import get_manager
+
+        args = _alias_parser("unload", "Free a loaded model.").parse_args(argv)
+        get_manager().unload(args.alias)
+        print(f"Unloaded {args.alias!r}.")
+
+    def _status(self, argv: list[str]) -> None:
+        from IPython.display import display
+
+        from .hardware import hardware_profile
+
+        _parser("%llm status", "Hardware and loaded models.").parse_args(argv)
+        display(hardware_profile())
+        table = self._models([])
+        if table is not None:
+            display(table)
+
+    def _panel(self, argv: list[str]) -> Any:
+        _parser("%llm panel", "Model, progress and hardware panels.").parse_args(argv)
+        import jupyter_localllm
+
+        if not hasattr(jupyter_localllm, "dashboard"):
+            raise UsageError("The panels are not available in this version.")
+        return jupyter_localllm.dashboard()
+
+    def _help(self, argv: list[str]) -> None:
+        print(_HELP)
+
+    # -- %%llm ----------------------------------------------------------------------------
+    def _cell(self, line: str, cell: str) -> LLMResponse | None:
+        from IPython.display import display
+
+        from . import api, tasks
+        from .manager import get_manager
+
+        args = _cell_parser().parse_args(_split(line))
+        text = cell if args.no_interpolate else self._interpolate(cell)
+        if not text.strip():
+            raise UsageError("The cell is empty; write the message to send below %%llm.")
+        manager = get_manager()
+        manager.entry(args.model)  # "No model is loaded; … %llm load default" when none
+        ctx = manager.context(args.model, n_seq_max=1)
+        model = ctx.model
+        fmt_name = tasks.resolve_format(model, "auto")
+        sampling = get_settings().sampling(
+            max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
+        )
+        t0 = time.perf_counter()
+        if args.format == "json":
+            (value,) = tasks.extract(
+                ctx,
+                [text],
+                {"type": "object"},
+                instruction="Answer with a JSON object.",
+                system_prompt=args.system,
+                progress=False,
+                **sampling,
+            )
+            if not isinstance(value, dict):
+                raise UsageError(f"The model gave no valid JSON: {value.error}.")
+            import json
+
+            response = LLMResponse(
+                json.dumps(value, indent=2, ensure_ascii=False),
+                fmt="json",
+                model=model.name,
+                seconds=time.perf_counter() - t0,
+                data=value,
+            )
+            self._store(args.out, value)
+            return response
+        prompt = tasks.render_prompt(model, fmt_name, text, None, args.system, [])
+        stream = None
+        if not args.no_stream:
+            stream = _StreamDisplay(display, args.format)
+        result = api.generate(ctx, prompt, clean=True, stream=stream, **sampling)
+        if stream is not None:
+            stream.close()
+        answer = str(result).strip()
+        if args.format == "code":
+            answer = _code_of(answer)
+            self.shell.set_next_input(answer, replace=False)
+        response = LLMResponse(
+            answer,
+            fmt=args.format,
+            model=model.name,
+            n_tokens=result.n_tokens,
+            seconds=time.perf_counter() - t0,
+        )
+        self._store(args.out, answer)
+        return response
+
+    def _store(self, name: str | None, value: Any) -> None:
+        if name is None:
+            return
+        if not name.isidentifier():
+            raise UsageError(f"--out needs a variable name, got {name!r}.")
+        self.shell.user_ns[name] = value
+
+    def _interpolate(self, cell: str) -> str:
+        """``{name}`` from the user's namespace, once; ``{{``/``}}`` are literal braces."""
+        from .errors import InvalidParameterError
+
+        try:
+            fields = template_fields(cell)
+        except InvalidParameterError as exc:
+            raise UsageError(f"{exc} Or use --no-interpolate.") from None
+        ns = self.shell.user_ns
+        missing = [f for f in fields if re.split(r"[.\[]", f, maxsplit=1)[0] not in ns]
+        if missing:
+            names = ", ".join(repr(m) for m in missing)
+            raise UsageError(
+                f"Not defined in the notebook: {names}; define it, write {{{{ and }}}} for "
+                "literal braces, or use --no-interpolate."
+            )
+        formatter = string.Formatter()
+
+        def lookup(field: str) -> Any:
+            try:
+                return formatter.get_field(field, (), ns)[0]
+            except (AttributeError, KeyError, IndexError, TypeError) as exc:
+                raise UsageError(f"Could not evaluate {{{field}}}: {exc!r}.") from None
+
+        return render(cell, lookup)
+
+    # -- %llm_batch -----------------------------------------------------------------------
+    @line_magic
+    def llm_batch(self, line: str) -> None:
+        """``%llm_batch DF.COLUMN --out NEWCOL [options]``: generate (or classify with
+        ``--labels``) for every row, writing into ``DF[NEWCOL]`` as rows finish."""
+        try:
+            self._batch(line)
+        except LocalLLMError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _batch(self, line: str) -> None:
+        import pandas as pd
+
+        import jupyter_localllm.accessor  # noqa: F401  (registers df.llm)
+
+        from .manager import get_manager
+
+        args = _batch_parser().parse_args(_split(line))
+        name, dot, column = args.source.partition(".")
+        if not dot or not column:
+            raise UsageError(f"Name the column as DF.COLUMN, got {args.source!r}.")
+        frame = self.shell.user_ns.get(name)
+        if frame is None:
+            raise UsageError(f"No DataFrame named {name!r} in the notebook.")
+        if not isinstance(frame, pd.DataFrame):
+            raise UsageError(f"{name!r} is a {type(frame).__name__}, not a DataFrame.")
+        if column not in frame.columns:
+            raise UsageError(
+                f"Column {column!r} not found in {name}; columns are "
+                f"{', '.join(map(str, frame.columns))}."
+            )
+        get_manager().entry(args.model)  # a clear line when no model is loaded
+        template = args.template or "{" + column + "}"
+        t0 = time.perf_counter()
+        if args.labels:
+            labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+            values = frame.llm.classify(
+                template,
+                labels,
+                out=args.out,
+                system_prompt=args.system,
+                model=args.model,
+                n_seq_max=args.n_seq_max,
+            )
+            errors = int(values.isna().sum())
+        else:
+            values = frame.llm.generate(
+                template,
+                out=args.out,
+                system_prompt=args.system,
+                model=args.model,
+                n_seq_max=args.n_seq_max,
+                max_tokens=args.max_tokens,
+            )
+            errors = int(sum(getattr(v, "error", None) is not None for v in values))
+        print(
+            f"Wrote {len(values)} rows to {name}[{args.out!r}] in "
+            f"{time.perf_counter() - t0:.1f} s ({errors} errors)."
+        )
+
+
+class _StreamDisplay:
+    """Shows the answer while it is generated: one display, updated at most 10 times a
+    second, cleared at the end (the final answer is the magic's return value)."""
+
+    def __init__(self, display: Callable[..., Any], fmt: str):
+        self.text = ""
+        self.fmt = fmt
+        self.updates = 0
+        self._last = 0.0
+        self._handle = display(self._bundle(), raw=True, display_id=True)
+
+    def _bundle(self) -> dict[str, str]:
+        if self.fmt == "markdown":
+            return {"text/plain": self.text, "text/markdown": self.text}
+        return {"text/plain": self.text}
+
+    def __call__(self, piece: str) -> None:
+        self.text += piece
+        now = time.perf_counter()
+        if now - self._last >= _STREAM_INTERVAL:
+            self._last = now
+            self._update()
+
+    def _update(self) -> None:
+        if self._handle is not None:
+            self._handle.update(self._bundle(), raw=True)
+            self.updates += 1
+
+    def close(self) -> None:
+        """Clear the streamed text; the magic's return value shows the answer."""
+        self.text = ""
+        self._update()
+
+
+def _code_of(answer: str) -> str:
+    """The code inside the first fenced block of ``answer`` (the answer when it has none)."""
+    match = re.search(r"```[\w+-]*\n(.*?)(```|$)", answer, re.S)
+    return match.group(1).strip() if match else answer
