@@ -105,7 +105,15 @@ def progress_callback(
         if panel is not None:
             from IPython.display import display
 
-            display(panel)
-            return panel, panel.finish
+            handle = display(panel, display_id=True)
+
+            def finish(failed: bool) -> None:
+                panel.finish(failed)
+                # Re-publish so saved notebooks (and front-ends without the widget manager)
+                # keep the final numbers as the output's text, not the starting ones.
+                if handle is not None:
+                    handle.update(panel)
+
+            return panel, finish
     bar = TqdmProgress(total, desc)
     return bar, bar.close
