@@ -29,6 +29,7 @@ from .templates import check_fields, formatted_fields, render
 if TYPE_CHECKING:
     from .engine.llama import Model
     from .engine.runner import GenerationContext
+    from .jobs import Job
 
 # The engine (and llama.cpp) is imported on first use, so registering the accessors when the
 # package is imported costs no more than pandas.
@@ -150,8 +151,9 @@ class _Accessor:
         clean: bool = True,
         progress: bool | Any | None = None,
         cache: bool | None = None,
+        background: bool = False,
         **sampling: Any,
-    ) -> pd.Series:
+    ) -> pd.Series | Job:
         """Generate an answer for every row: ``template`` with ``{column}`` placeholders is
         the user message (``format="chat"``/``"auto"``) after an optional ``system_prompt``.
 
@@ -160,6 +162,10 @@ class _Accessor:
         writes the answers into that column as rows finish. Sampling keywords
         (``max_tokens``, ``temperature``, ``seed``, ``stop``, …) default to ``%config
         LocalLLM``; run details go to ``df.attrs["llm"]``.
+
+        ``background=True`` returns a :class:`~jupyter_localllm.Job` at once (with a Cancel
+        button in notebooks); rows still land in ``out`` as they finish, ``job.partial()``
+        holds them by position, and ``job.result()`` gives the Series.
         """
         from . import api, tasks
         from .engine.scheduler import Result
@@ -182,31 +188,49 @@ class _Accessor:
             for pos in errors:
                 target.iat[pos, col] = results[pos]
 
-        def deliver(res: Result) -> None:
-            pos = todo[res.row]
-            results[pos] = res
-            if col is not None:
-                target.iat[pos, col] = res
+        kwargs = get_settings().sampling(**sampling)
 
-        t0 = time.perf_counter()
-        ran = api.generate_parallel(
-            ctx,
-            [prompts[pos] for pos in todo],
-            clean=clean,
-            progress=_progress(progress),
-            cache=_cache(cache),
-            on_result=deliver,
-            **get_settings().sampling(**sampling),
-        )
-        for k, res in enumerate(ran):  # rows served from the cache skip on_result
-            if results[todo[k]] is None:
-                deliver(res)
-        series = pd.Series(results, index=frame.index, name=out or "llm", dtype=object)
-        info = _run_info("generate", ctx, template, series, time.perf_counter() - t0)
-        info["hashes"] = ran.hashes
-        series.attrs["llm"] = info
-        self._record(info)
-        return series
+        def run(cancel: Any = None, report: Any = None, on_row: Any = None) -> pd.Series:
+            def deliver(res: Result) -> None:
+                pos = todo[res.row]
+                results[pos] = res
+                if col is not None:
+                    target.iat[pos, col] = res
+                if on_row is not None:
+                    on_row(res, pos)
+
+            t0 = time.perf_counter()
+            ran = api.generate_parallel(
+                ctx,
+                [prompts[pos] for pos in todo],
+                clean=clean,
+                progress=report if report is not None else _progress(progress),
+                cache=_cache(cache),
+                on_result=deliver,
+                cancel=cancel,
+                **kwargs,
+            )
+            for k, res in enumerate(ran):  # rows served from the cache skip on_result
+                if results[todo[k]] is None:
+                    deliver(res)
+            series = pd.Series(results, index=frame.index, name=out or "llm", dtype=object)
+            info = _run_info("generate", ctx, template, series, time.perf_counter() - t0)
+            info["hashes"] = ran.hashes
+            series.attrs["llm"] = info
+            self._record(info)
+            return series
+
+        if background:
+            from .jobs import start_job
+
+            return start_job(
+                lambda cancel, on_result, on_progress: run(cancel, on_progress, on_result),
+                total=len(todo),
+                desc="generate",
+                context=ctx,
+                progress=False if progress is False else None,
+            )
+        return run()
 
     def classify(
         self,

@@ -158,3 +158,22 @@ def test_default_model_is_loaded_from_settings(monkeypatch):
     out = df.llm.generate("{q}", max_tokens=3, progress=False)
     assert fresh.default_alias == "default" and out[0].error is None
     fresh.unload_all()
+
+
+def test_background_generate_writes_rows_and_cancels(ctx8, news):
+    import time
+
+    df = news.head(40).copy()
+    job = df.llm.generate("{title}", model=ctx8, max_tokens=8, out="x", background=True)
+    deadline = time.monotonic() + 120
+    while len(job.partial()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.cancel()
+    with pytest.raises(BatchInterrupted):
+        job.result(timeout=60)
+    kept = df["x"].dropna()
+    assert 4 <= len(kept) < 40
+    assert {df.index.get_loc(i) for i in kept.index} == set(job.partial())
+    full = df.head(6).llm.generate("{title}", model=ctx8, max_tokens=8, background=True)
+    series = full.result(timeout=120)
+    assert list(series) == list(df.head(6).llm.generate("{title}", model=ctx8, max_tokens=8))
