@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import hardware
@@ -315,7 +316,13 @@ def generate_parallel(
                     finished[i] = hit
     todo = [i for i in range(len(prompts)) if i not in finished]
     tokens = [[] if i in invalid else prompt_tokens(context.model, prompts[i]) for i in todo]
-    on_progress, close_bar = progress_callback(progress, len(todo), desc="generate")
+    on_progress, close_bar = progress_callback(progress, len(prompts), desc="generate")
+    if on_progress is not None and finished:  # count rows from the cache as done
+        n_cached, report = len(finished), on_progress
+        report(Progress(n_cached, len(prompts), 0, 0, 0.0))
+
+        def on_progress(event: Progress) -> None:
+            report(replace(event, done=event.done + n_cached, total=event.total + n_cached))
 
     def deliver(res: Result) -> None:
         res.row = todo[res.row]  # back to the caller's row numbers

@@ -61,10 +61,16 @@ class ModelPanel(w.VBox):
             ensure_option=False,
             layout=w.Layout(width="32em"),
         )
-        self.alias = w.Text(placeholder="(the model ref)", description="alias")
-        self.n_ctx = w.IntText(value=0, description="n_ctx", tooltip="0: sized from the work")
-        self.n_gpu_layers = w.Text(value="auto", description="n_gpu_layers")
-        self.n_seq_max = w.BoundedIntText(value=1, min=1, max=256, description="n_seq_max")
+        # Labels sized to their text: the default 8em width cuts "n_gpu_layers" off.
+        wide = {"description_width": "initial"}
+        self.alias = w.Text(placeholder="(the model ref)", description="alias", style=wide)
+        self.n_ctx = w.IntText(
+            value=0, description="n_ctx", tooltip="0: sized from the work", style=wide
+        )
+        self.n_gpu_layers = w.Text(value="auto", description="n_gpu_layers", style=wide)
+        self.n_seq_max = w.BoundedIntText(
+            value=1, min=1, max=256, description="n_seq_max", style=wide
+        )
         self.load_button = w.Button(description="Load", icon="upload", button_style="primary")
         self.loaded = w.HTML()
         self.unload_choice = w.Dropdown(description="loaded", options=[])

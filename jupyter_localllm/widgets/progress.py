@@ -133,11 +133,13 @@ class ProgressPanel(w.VBox):
         done, total = (e.done, e.total) if e is not None else (0, self.total)
         parts = [f"{done}/{total} rows"]
         if e is not None:
-            parts += [
-                f"{e.errors} errors",
-                f"{e.tokens_per_s:.1f} tok/s",
-                f"elapsed {format_seconds(e.elapsed)}",
-            ]
+            # Label scoring generates no tokens: rows per second is its honest speed.
+            speed = (
+                f"{e.tokens_per_s:.1f} tok/s"
+                if e.generated_tokens
+                else f"{e.done / e.elapsed if e.elapsed > 0 else 0.0:.1f} rows/s"
+            )
+            parts += [f"{e.errors} errors", speed, f"elapsed {format_seconds(e.elapsed)}"]
             if self.status == "running":
                 parts.append(f"ETA {format_seconds(e.eta)}")
         if self.status != "running":
