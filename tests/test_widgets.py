@@ -177,7 +177,7 @@ def test_hardware_panel_updates_from_its_thread_and_stops_on_close():
         assert len(u.cpu_per_core) == psutil.cpu_count()
         assert 0 < u.ram_used < u.ram_total and u.rss > 10 * 2**20
         assert "CPU" in panel.summary.value and "kernel RSS" in panel.summary.value
-        assert panel.cores.value.count("title='core") == psutil.cpu_count()
+        assert panel.cores.value.count(">core ") == psutil.cpu_count()
         assert "<polyline" in panel.sparkline.value
         assert panel.gpus.value == ""  # no nvidia-ml-py here
     finally:

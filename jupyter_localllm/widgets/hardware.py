@@ -55,17 +55,18 @@ def sparkline_svg(
 
 
 def _cores_html(percents: list[float]) -> str:
-    """One small bar per core, its height the load."""
-    bars = []
+    """One labelled bar per core, its length the load."""
+    rows = []
     for i, p in enumerate(percents):
-        height = 32 * min(max(p, 0.0), 100.0) / 100
-        bars.append(
-            f"<div title='core {i}: {p:.0f}%' style='display:inline-block;width:8px;"
-            "height:32px;margin-right:2px;background:#e3f2fd;position:relative'>"
-            f"<div style='position:absolute;bottom:0;width:8px;height:{height:.0f}px;"
-            "background:#1565c0'></div></div>"
+        p = min(max(p, 0.0), 100.0)
+        rows.append(
+            "<div style='display:flex;align-items:center;gap:6px;font:12px monospace'>"
+            f"<span style='width:4.5em'>core {i}</span>"
+            "<div style='width:160px;height:10px;background:#e3f2fd'>"
+            f"<div style='width:{p * 1.6:.0f}px;height:10px;background:#1565c0'></div></div>"
+            f"<span>{p:3.0f}%</span></div>"
         )
-    return f"<div style='line-height:0'>{''.join(bars)}</div>"
+    return "".join(rows)
 
 
 class HardwarePanel(w.VBox):

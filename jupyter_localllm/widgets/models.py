@@ -44,9 +44,20 @@ def _table_html(table: pd.DataFrame) -> str:
     frame = table[shown].copy()
     if "default" in table.columns:  # mark the default model instead of a column of booleans
         frame["alias"] = [
-            f"{a} ★" if d else a for a, d in zip(table["alias"], table["default"], strict=True)
+            f"{a}\u00a0★" if d else a for a, d in zip(table["alias"], table["default"], strict=True)
         ]
-    return frame.to_html(index=False, border=0, escape=True)
+    # Left-aligned, padded cells: pandas' default right-aligned headers run into each other.
+    styled = (
+        frame.style.hide(axis="index")
+        .format(precision=1)
+        .set_table_styles(
+            [
+                {"selector": "th, td", "props": "text-align:left; padding:2px 12px 2px 0;"},
+                {"selector": "th", "props": "border-bottom:1px solid #ccc;"},
+            ]
+        )
+    )
+    return styled.to_html()
 
 
 class ModelPanel(w.VBox):
