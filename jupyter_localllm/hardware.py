@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-__all__ = ["HardwareProfile", "cpu_has_amx", "hardware_profile", "physical_cores"]
+__all__ = ["HardwareProfile", "cpu_has_amx", "hardware_profile", "nvml", "physical_cores"]
 
 # CPU features that decide which llama.cpp kernels run (x86 names as /proc/cpuinfo spells them,
 # then ARM ones). Other flags are left out of the profile to keep it short.
@@ -285,8 +285,9 @@ def _probe_gpus() -> list[dict[str, Any]]:
     return gpus or []
 
 
-def _gpus_from_nvml() -> list[dict[str, Any]] | None:
-    """Query GPUs through NVML; ``None`` when nvidia-ml-py is missing or NVML will not start."""
+def nvml() -> Any | None:
+    """The ``pynvml`` module with NVML initialised (call ``nvmlShutdown`` when done);
+    ``None`` without nvidia-ml-py or an NVIDIA driver."""
     try:
         with warnings.catch_warnings():  # the old "pynvml" wrapper package warns on import
             warnings.simplefilter("ignore")
@@ -295,7 +296,15 @@ def _gpus_from_nvml() -> list[dict[str, Any]] | None:
         return None
     try:
         pynvml.nvmlInit()
-    except Exception:
+    except Exception:  # no driver, no device: NVML raises its own error classes
+        return None
+    return pynvml
+
+
+def _gpus_from_nvml() -> list[dict[str, Any]] | None:
+    """Query GPUs through NVML; ``None`` when nvidia-ml-py is missing or NVML will not start."""
+    pynvml = nvml()
+    if pynvml is None:
         return None
     try:
         driver = _safe(pynvml.nvmlSystemGetDriverVersion)

@@ -90,6 +90,15 @@ def run_python(code: str, *, timeout: float = 120) -> subprocess.CompletedProces
     )
 
 
+# Four clear-cut reviews and their labels, for tests of label scoring.
+SENTIMENT = ["positive", "negative"]
+TEXTS = [
+    "I love this phone, it is wonderful and fast.",
+    "This was the worst meal I have ever eaten. Disgusting.",
+    "What a fantastic, happy day with friends!",
+    "Terrible service, rude staff, never again.",
+]
+
 SEED_INSTRUCTION = (
     "Classify this news article into exactly one category: World, Sports, Business, or "
     "Sci/Tech. Respond with only the category name."

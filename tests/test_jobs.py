@@ -8,19 +8,11 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import chat
+from conftest import SENTIMENT, TEXTS, chat
 
 import jupyter_localllm as ll
 from jupyter_localllm.errors import BatchInterrupted, JobTimeoutError
 from jupyter_localllm.jobs import Job, start_job
-
-SENTIMENT = ["positive", "negative"]
-TEXTS = [
-    "I love this phone, it is wonderful and fast.",
-    "This was the worst meal I have ever eaten. Disgusting.",
-    "What a fantastic, happy day with friends!",
-    "Terrible service, rude staff, never again.",
-]
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,10 @@ import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SENTIMENT, TEXTS
 
 import jupyter_localllm as ll
 from jupyter_localllm.errors import GrammarError, InvalidParameterError
-
-SENTIMENT = ["positive", "negative"]
-TEXTS = [
-    "I love this phone, it is wonderful and fast.",
-    "This was the worst meal I have ever eaten. Disgusting.",
-    "What a fantastic, happy day with friends!",
-    "Terrible service, rude staff, never again.",
-]
 
 
 @pytest.fixture(scope="module")

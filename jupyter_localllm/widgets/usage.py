@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+
+from .. import hardware
 
 __all__ = ["GpuUsage", "Usage", "UsageSampler"]
 
@@ -54,21 +55,6 @@ class Usage:
         return 100.0 * self.ram_used / self.ram_total if self.ram_total else 0.0
 
 
-def _nvml() -> Any | None:
-    """The pynvml module, initialised; ``None`` without nvidia-ml-py or an NVIDIA driver."""
-    try:
-        with warnings.catch_warnings():  # the old "pynvml" wrapper package warns on import
-            warnings.simplefilter("ignore")
-            import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # no driver, no device: NVML raises its own error classes
-        return None
-    return pynvml
-
-
 class UsageSampler:
     """Takes :class:`Usage` samples. NVML is started on the first sample (when
     nvidia-ml-py is installed and a GPU is present) and shut down by :meth:`close`."""
@@ -97,7 +83,7 @@ class UsageSampler:
             return []
         if not self._nvml_tried:
             self._nvml_tried = True
-            self._nvml = _nvml()
+            self._nvml = hardware.nvml()
         nv = self._nvml
         if nv is None:
             return []
