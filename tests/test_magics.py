@@ -279,3 +279,27 @@ def test_batch_failures(loaded, frame, capsys):
     line = usage_error(loaded, '%llm_batch reviews.text --out x --template "{body}"', capsys)
     assert "Column 'body' not found" in line
     assert "unknown" not in frame.columns
+
+
+def test_model_option_picks_the_alias(loaded):
+    ip = loaded
+    ok(ip, "%llm load default --alias other")
+    try:
+        res = ok(ip, "%%llm -m other --no-stream --max-tokens 5\nSay hello.")
+        assert isinstance(res, LLMResponse) and res.n_tokens <= 5
+        assert get_manager().entry("other").contexts  # the answer came from 'other'
+        ip.user_ns["few"] = pd.DataFrame({"text": ["Hello there"]})
+        ok(ip, "%llm_batch few.text --out reply -m other --max-tokens 4")
+        assert not ip.user_ns["few"]["reply"][0].startswith("Error")
+    finally:
+        ok(ip, "%llm unload other")
+
+
+def test_panel_shows_the_dashboard(loaded):
+    board = ok(loaded, "%llm panel")
+    try:
+        assert type(board).__name__ == "Dashboard"
+        assert "smol" in board.models.loaded.value  # the loaded model is listed
+        assert board.hardware.running
+    finally:
+        board.close()
