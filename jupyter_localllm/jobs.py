@@ -373,6 +373,7 @@ def run_in_background(
     total: int,
     context: GenerationContext | None = None,
     per_row: Callable[[Any], Any] | None = None,
+    row_of: Callable[[Any], int] = lambda res: res.row,
     rows_of: Callable[[Any], dict[int, Any]] | None = None,
 ) -> Job:
     """Start ``func(**call)`` as a :class:`Job` (how the batch functions implement
@@ -380,10 +381,10 @@ def run_in_background(
 
     ``func``'s ``progress=`` and ``cancel=`` keywords are wired to the job's; the caller's own
     ``progress`` callable and ``cancel`` event still work. With ``per_row``, ``func`` gets an
-    ``on_result=`` callback and ``per_row(result)`` is kept under ``result.row`` as each row
-    finishes (the caller's own ``on_result`` still gets the result). ``rows_of(value)``
-    gives ``{row: value}`` from the return value, for functions that report no rows before
-    the end.
+    ``on_result=`` callback and ``per_row(result)`` is kept under ``row_of(result)`` (default
+    ``result.row``) as each row finishes (the caller's own ``on_result`` still gets the
+    result). ``rows_of(value)`` gives ``{row: value}`` from the return value, for functions
+    that report no rows before the end (or, after them, rows they did not report).
     """
     kwargs = {**call, "background": False}
     progress = kwargs.get("progress")
@@ -394,7 +395,7 @@ def run_in_background(
         if per_row is not None:
 
             def on_row(res: Any) -> None:
-                deliver(per_row(res), res.row)
+                deliver(per_row(res), row_of(res))
                 if user_on_result is not None:
                     user_on_result(res)
 

@@ -53,6 +53,13 @@ def resolve_format(model: Model, fmt: str) -> str:
     return fmt
 
 
+def _decide(row_scores: np.ndarray, labels: Sequence[str]) -> tuple[str, dict[str, float]]:
+    """One row's most probable label and its probabilities over the labels."""
+    probs = np.exp(row_scores - row_scores.max())
+    probs /= probs.sum()
+    return labels[int(row_scores.argmax())], dict(zip(labels, probs.tolist(), strict=True))
+
+
 def _content_free(calibrate: bool | Sequence[str]) -> list[str]:
     if calibrate is True:
         return list(CONTENT_FREE)
@@ -130,6 +137,7 @@ def classify(
     calibrate: bool | Sequence[str] = False,
     progress: bool | Callable[[Progress], Any] | None = None,
     cancel: threading.Event | None = None,
+    on_result: Callable[[dict[str, Any]], Any] | None = None,
     background: bool = False,
 ) -> pd.DataFrame | Job:
     """Pick one of ``labels`` for each text by scoring every label as the model's answer.
@@ -152,10 +160,11 @@ def classify(
     per label (summing to 1 over the labels), and ``error`` (``None`` or why a row failed;
     its label and probabilities are then missing).
 
-    ``background=True`` returns a :class:`~jupyter_localllm.jobs.Job` at once (see
-    :func:`~jupyter_localllm.generate_parallel`); ``job.result()`` gives the DataFrame and
-    ``job.partial()`` its rows as dicts once the run ends (rows are scored a wave at a time
-    but come out together).
+    ``on_result`` is called with each row's record (``row``, ``label``, the probabilities,
+    ``error``) as soon as its wave is scored. ``background=True`` returns a
+    :class:`~jupyter_localllm.jobs.Job` at once (see :func:`~jupyter_localllm.generate_parallel`);
+    ``job.partial()`` holds the records of the rows scored so far and ``job.result()`` the
+    DataFrame.
     """
     call = dict(locals())  # the arguments as given, for a background run
     model = _model_of(context)
@@ -185,6 +194,8 @@ def classify(
             desc="classify",
             total=len(prompts) + len(content_free),
             context=context,
+            per_row=lambda rec: {k: v for k, v in rec.items() if k != "row"},
+            row_of=lambda rec: rec["row"],
             rows_of=lambda out: dict(enumerate(out.to_dict("records"))),
         )
     invalid = {i: m for i, p in enumerate(prompts) if (m := input_problem(p, "text")) is not None}
@@ -199,6 +210,27 @@ def classify(
     # and the label follows after a space.
     sep = "" if fmt == "chat" or (fmt == "raw" and texts and texts[0][-1:].isspace()) else " "
     label_tokens = [model.tokenize(sep + lab, add_special=False) for lab in labels]
+    n = len(prompts)
+    prior = np.zeros(len(labels))  # log of the content-free label distribution (calibration)
+
+    def wave_done(rows: list[int], wave_scores: np.ndarray) -> None:
+        """Calibrate with the content-free rows (scored first), then report the wave's rows."""
+        nonlocal prior
+        by_row = dict(zip(rows, wave_scores, strict=True))
+        cf = [by_row[i] for i in range(n, len(texts)) if i in by_row]
+        if cf:
+            # Contextual calibration (Zhao et al. 2021): divide by the mean label distribution
+            # of the content-free inputs, so a small model's preference for one label word
+            # does not decide.
+            priors = np.array(cf)
+            dist = np.exp(priors - np.logaddexp.reduce(priors, axis=1, keepdims=True))
+            prior = np.log(dist.mean(axis=0))
+        if on_result is not None:
+            for row in rows:
+                if row < n:
+                    label, probs = _decide(by_row[row] - prior, labels)
+                    on_result({"row": row, "label": label, **probs, "error": None})
+
     on_progress, close_bar = progress_callback(progress, len(texts), desc="classify")
     t_start = time.perf_counter()
     failed = True
@@ -210,18 +242,13 @@ def classify(
             invalid=invalid,
             on_progress=on_progress,
             cancel=cancel,
+            first=range(n, len(texts)),
+            on_wave=wave_done,
         )
         failed = False
     finally:
         close_bar(failed)
-    if content_free:
-        k = len(content_free)
-        priors, scores = scores[-k:], scores[:-k]
-        # Contextual calibration (Zhao et al. 2021): divide by the mean label distribution of
-        # the content-free inputs, so a small model's preference for one label word does not
-        # decide.
-        dist = np.exp(priors - np.logaddexp.reduce(priors, axis=1, keepdims=True))
-        scores = scores - np.log(dist.mean(axis=0))
+    scores = scores[:n] - prior
     with np.errstate(invalid="ignore"):  # error rows are all-NaN
         top = np.nanmax(np.where(np.isnan(scores), -np.inf, scores), axis=1, keepdims=True)
         probs = np.exp(scores - top)

@@ -204,3 +204,27 @@ def test_start_job_progress_and_cancel_contract():
     assert list(rows) == list(range(len(rows))) and len(rows) < 1000
     assert info.value.results == list(rows.values())
     assert events and events[-1].done == len(rows)
+
+
+def test_classify_reports_rows_per_wave_and_cancel_keeps_them(jctx):
+    texts = TEXTS * 6  # 24 rows, 2 slots: 13 waves with the calibration row first
+    want = ll.classify(jctx, texts, SENTIMENT, calibrate=True, progress=False)
+    seen = []
+    ll.classify(jctx, texts, SENTIMENT, calibrate=True, progress=False, on_result=seen.append)
+    assert sorted(r["row"] for r in seen) == list(range(24))
+    for rec in seen:  # calibrated per row exactly as in the final frame
+        expected = want.iloc[rec["row"]]
+        assert rec["label"] == expected["label"]
+        assert rec["positive"] == pytest.approx(expected["positive"], abs=1e-12)
+
+    job = ll.classify(jctx, texts, SENTIMENT, calibrate=True, background=True, progress=False)
+    deadline = time.monotonic() + 120
+    while len(job.partial()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    job.cancel()
+    with pytest.raises(BatchInterrupted):
+        job.result(timeout=60)
+    partial = job.partial()
+    assert 4 <= len(partial) < 24
+    for row, rec in partial.items():
+        assert rec["label"] == want.iloc[row]["label"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -37,11 +37,14 @@ def score_labels(
     invalid: Mapping[int, str] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
+    first: Iterable[int] = (),
+    on_wave: Callable[[list[int], np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, dict[int, Result]]:
     """Log-probabilities ``[row, label]`` of each label's tokens after each prompt.
 
     Returns the matrix (NaN on rows that could not run) and the error results of those rows
-    by row index. ``label_tokens`` must each be non-empty.
+    by row index. ``label_tokens`` must each be non-empty. Rows in ``first`` are scored before
+    the others; ``on_wave(rows, scores)`` gets each wave's rows and their scores as it ends.
     """
     n_rows, n_labels = len(prompts), len(label_tokens)
     scores = np.full((n_rows, n_labels), np.nan)
@@ -66,6 +69,8 @@ def score_labels(
                 )
             else:
                 rows.append(i)
+        early = set(first)
+        rows.sort(key=lambda i: i not in early)  # stable: otherwise in input order
         first_tokens = [t[0] for t in label_tokens]
         multi = [j for j, t in enumerate(label_tokens) if len(t) > 1]
 
@@ -132,6 +137,8 @@ def score_labels(
                         ctx.seq_rm(seq_of[row], ends[row], -1)
                 for row in wave:
                     ctx.seq_rm(seq_of[row], plan.prefix_len, -1)
+                if on_wave is not None:
+                    on_wave(wave, scores[wave])
                 done += len(wave)
                 stats.decoded_prompt_tokens += sum(ends[r] - plan.prefix_len for r in wave)
                 if on_progress is not None:
