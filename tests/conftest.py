@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,14 @@ def ag_news_prompts(model, ag_news):
         )
         for r in ag_news.itertuples()
     ]
+
+
+def wait_for(condition, timeout: float = 120.0) -> None:
+    """Poll ``condition()`` until it is true; fail the test after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out waiting"
+        time.sleep(0.02)
 
 
 def place(src: Path, dst: Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import wait_for
 
 import jupyter_localllm as ll
 import jupyter_localllm.accessor  # registers the accessors
@@ -161,13 +162,9 @@ def test_default_model_is_loaded_from_settings(monkeypatch):
 
 
 def test_background_generate_writes_rows_and_cancels(ctx8, news):
-    import time
-
     df = news.head(40).copy()
     job = df.llm.generate("{title}", model=ctx8, max_tokens=8, out="x", background=True)
-    deadline = time.monotonic() + 120
-    while len(job.partial()) < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: len(job.partial()) >= 4)
     job.cancel()
     with pytest.raises(BatchInterrupted):
         job.result(timeout=60)

@@ -8,7 +8,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import SENTIMENT, TEXTS, chat
+from conftest import SENTIMENT, TEXTS, chat, wait_for
 
 import jupyter_localllm as ll
 from jupyter_localllm.errors import BatchInterrupted, JobTimeoutError
@@ -26,13 +26,6 @@ def jctx(model):
 def _counting(model, n: int) -> list[str]:
     """Prompts whose answers run long (so a job is still busy when the test acts)."""
     return [chat(model, f"Write a long story about dragon number {i}.") for i in range(n)]
-
-
-def _wait_for(condition, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "timed out waiting"
-        time.sleep(0.02)
 
 
 def test_background_generate_returns_at_once_and_equals_foreground(model, jctx):
@@ -57,7 +50,7 @@ def test_cancel_button_stops_a_job_and_partial_keeps_finished_rows(model, jctx):
     job = ll.generate_parallel(jctx, prompts, max_tokens=48, cache=False, background=True)
     panel = job.panel
     assert panel.cancel_button.layout.display != "none"
-    _wait_for(lambda: len(job.partial()) >= 1)
+    wait_for(lambda: len(job.partial()) >= 1)
     assert not job.done()  # the kernel got the job back at once; the run goes on
     panel.cancel_button.click()
     with pytest.raises(BatchInterrupted) as info:
@@ -87,7 +80,7 @@ def test_jobs_on_one_context_queue_in_order(model, jctx):
     second = ll.generate_parallel(
         jctx, [chat(model, "Say hi.")], max_tokens=5, cache=False, background=True
     )
-    _wait_for(lambda: first.status == "running")
+    wait_for(lambda: first.status == "running")
     assert second.status == "queued"
     assert "queued" in second.panel.stats.value
     second.result(timeout=120)
@@ -113,7 +106,7 @@ def test_a_foreground_call_waits_for_the_job_on_its_context(model, jctx):
     job = ll.generate_parallel(
         jctx, _counting(model, 2), max_tokens=30, cache=False, background=True
     )
-    _wait_for(lambda: job.status == "running")
+    wait_for(lambda: job.status == "running")
     ll.generate_parallel(jctx, [chat(model, "Say hi.")], max_tokens=3, progress=False)
     # the foreground run got the context only after the job had finished every row
     assert job.progress.done == 2
@@ -195,7 +188,7 @@ def test_start_job_progress_and_cancel_contract():
         return "done"
 
     job = start_job(work, total=1000, desc="squares", progress=events.append)
-    _wait_for(lambda: len(job.partial()) >= 5)
+    wait_for(lambda: len(job.partial()) >= 5)
     job.cancel()
     with pytest.raises(BatchInterrupted, match="cancelled after") as info:
         job.result(timeout=10)
@@ -218,9 +211,7 @@ def test_classify_reports_rows_per_wave_and_cancel_keeps_them(jctx):
         assert rec["positive"] == pytest.approx(expected["positive"], abs=1e-12)
 
     job = ll.classify(jctx, texts, SENTIMENT, calibrate=True, background=True, progress=False)
-    deadline = time.monotonic() + 120
-    while len(job.partial()) < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: len(job.partial()) >= 4)
     job.cancel()
     with pytest.raises(BatchInterrupted):
         job.result(timeout=60)
