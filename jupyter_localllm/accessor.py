@@ -243,6 +243,7 @@ class _Accessor:
         instruction: str | None = None,
         system_prompt: str | None = None,
         calibrate: bool = False,
+        scoring: str = "constrained",
         model: str | Model | GenerationContext | None = None,
         n_seq_max: int | None = None,
         progress: bool | Any | None = None,
@@ -268,6 +269,7 @@ class _Accessor:
             instruction=instruction,
             system_prompt=system_prompt,
             calibrate=calibrate,
+            scoring=scoring,
             progress=_progress(progress),
         )
         scored.index = frame.index

@@ -18,7 +18,7 @@ from .chat import render_chat
 from .engine.llama import Model, json_schema_to_grammar
 from .engine.runner import GenerationContext, Progress
 from .engine.scheduler import Result
-from .engine.scoring import score_labels
+from .engine.scoring import SCORINGS, score_labels
 from .errors import InvalidParameterError
 from .progress import progress_callback
 from .prompts import input_problem, prompt_tokens
@@ -135,6 +135,7 @@ def classify(
     system_prompt: str | None = None,
     format: str = "auto",
     calibrate: bool | Sequence[str] = False,
+    scoring: str = "constrained",
     progress: bool | Callable[[Progress], Any] | None = None,
     cancel: threading.Event | None = None,
     on_result: Callable[[dict[str, Any]], Any] | None = None,
@@ -156,6 +157,12 @@ def classify(
     as ``calibrate`` uses the mean over them): contextual calibration (Zhao et al. 2021),
     which removes a small model's bias towards one label word.
 
+    ``scoring="constrained"`` (default) gives each label the probability that decoding
+    constrained to the labels produces it: only the points where labels part count, so
+    labels that differ in their first token cost one prompt pass and nothing more.
+    ``"joint"`` uses each label's full token-sequence probability (a decode step per extra
+    token; longer labels score lower).
+
     Returns a DataFrame in input order: ``label`` (the most probable), one probability column
     per label (summing to 1 over the labels), and ``error`` (``None`` or why a row failed;
     its label and probabilities are then missing).
@@ -176,6 +183,10 @@ def classify(
     if isinstance(prompts, str):
         raise InvalidParameterError("prompts must be a list of texts; wrap a single one in [].")
     fmt = resolve_format(model, format)
+    if scoring not in SCORINGS:
+        raise InvalidParameterError(
+            f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}."
+        )
     shots = _normalize_examples(examples, labels)
     if instruction is None and fmt != "raw":
         instruction = (
@@ -244,6 +255,7 @@ def classify(
             cancel=cancel,
             first=range(n, len(texts)),
             on_wave=wave_done,
+            scoring=scoring,
         )
         failed = False
     finally:
@@ -268,6 +280,7 @@ def classify(
             "examples": shots,
             "format": fmt,
             "calibrate": content_free,
+            "scoring": scoring,
             "n_seq_max": context.n_seq_max,
         },
         prompts,

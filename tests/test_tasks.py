@@ -21,59 +21,106 @@ def cctx(model):
     c.close()
 
 
-def _label_logprob(model, prompt: str, label: str) -> float:
-    """Reference: sum of token log-probabilities of ``label`` after ``prompt``, one token at
-    a time through the plain single-row engine (logits read back by generating 1 token)."""
+def _logprobs_after(model, prompt: str, cont: list[int]) -> list[np.ndarray]:
+    """Reference: the log-softmax after ``prompt`` and after each token of ``cont``, one
+    token at a time through a plain single-sequence context."""
     from jupyter_localllm.engine.llama import Batch, Context
 
-    toks = model.tokenize(prompt)
-    cont = model.tokenize(label, add_special=False)
     ctx = Context(model, n_ctx=512, n_seq_max=1)
     batch = Batch(512, 1, model.n_vocab)
-    total, pos = 0.0, 0
-    seq = toks
-    for tok in cont:
+    out, pos, seq = [], 0, model.tokenize(prompt)
+    for tok in [*cont, None]:
         batch.clear()
         batch.add(seq, pos, 0, want_last_logits=True)
         ctx.decode(batch)
         lg = ctx.logits(batch.n_tokens - 1).astype(np.float64)
-        total += lg[tok] - (lg.max() + math.log(np.exp(lg - lg.max()).sum()))
+        out.append(lg - (lg.max() + math.log(np.exp(lg - lg.max()).sum())))
         pos += len(seq)
         seq = [tok]
     ctx.close()
-    return total
+    return out
 
 
-def test_classify_returns_valid_labels_and_probabilities(cctx):
-    out = ll.classify(cctx, TEXTS, SENTIMENT, progress=False)
-    assert list(out.columns) == ["label", "positive", "negative", "error"]
-    assert list(out.index) == [0, 1, 2, 3]
-    assert set(out.label) <= set(SENTIMENT)
-    np.testing.assert_allclose(out[SENTIMENT].sum(axis=1), 1.0)
-    # SmolLM2-135M leans to "positive" zero-shot, but ranks the negative texts lower
-    assert out.positive[0] > out.positive[1] and out.positive[2] > out.positive[3]
-    assert out.label[0] == out.label[2] == "positive"
-    assert out.error.isna().all()
-
-
-def test_label_scores_equal_token_by_token_reference(model, cctx):
-    labels = ["Sci/Tech", "Sports", "World"]  # Sci/Tech has several tokens
-    assert len(model.tokenize("Sci/Tech", add_special=False)) > 1
-    text = "NASA launches a new telescope to study distant galaxies."
-    out = ll.classify(cctx, [text, "The home team won the cup final."], labels, progress=False)
-    prompt = ll.apply_chat_template(
+def _default_prompt(model, labels, text):
+    return ll.apply_chat_template(
         model,
         [
             {
                 "role": "user",
                 "content": "Classify the text into exactly one of these categories: "
-                "Sci/Tech, Sports, World. Answer with the category name only.\n\n" + text,
+                f"{', '.join(labels)}. Answer with the category name only.\n\n" + text,
             }
         ],
     )
-    ref = np.array([_label_logprob(model, prompt, lab) for lab in labels])
-    np.testing.assert_allclose(out.attrs["logprobs"][0], ref, atol=0.05)
-    assert out.label[1] == "Sports"
+
+
+def test_label_scores_equal_token_by_token_reference(model, cctx):
+    labels = ["Sci/Tech", "Sports", "World"]  # Sci/Tech has several tokens
+    toks = [model.tokenize(lab, add_special=False) for lab in labels]
+    assert len(toks[0]) > 1 and len({t[0] for t in toks}) == 3
+    text = "NASA launches a new telescope to study distant galaxies."
+    texts = [text, "The home team won the cup final."]
+    prompt = _default_prompt(model, labels, text)
+    ref = [_logprobs_after(model, prompt, t) for t in toks]
+    # joint: the sum of every token's log-probability
+    joint = ll.classify(cctx, texts, labels, scoring="joint", progress=False)
+    joint_steps = cctx.last_run.steps
+    want = [sum(lp[d][tok] for d, tok in enumerate(t)) for lp, t in zip(ref, toks, strict=True)]
+    np.testing.assert_allclose(joint.attrs["logprobs"][0], want, atol=0.05)
+    # constrained: first tokens differ, so only the first token counts, renormalised over
+    # the labels' first tokens; later tokens are not decoded at all
+    out = ll.classify(cctx, texts, labels, progress=False)
+    first = ref[0][0][[t[0] for t in toks]]
+    np.testing.assert_allclose(
+        out.attrs["logprobs"][0], first - np.logaddexp.reduce(first), atol=0.05
+    )
+    assert cctx.last_run.steps < joint_steps
+    assert out.label[1] == joint.label[1] == "Sports"
+
+
+def test_constrained_scoring_is_a_distribution_over_labels(model, cctx):
+    """Labels sharing a first token, and one label that is a token-prefix of another: the
+    probabilities that label-constrained decoding gives sum to 1 before any normalising."""
+    labels = ["good", "good enough", "very bad", "very good"]
+    toks = [model.tokenize(lab, add_special=False) for lab in labels]
+    assert toks[1][: len(toks[0])] == toks[0] and toks[2][0] == toks[3][0]
+    text = "The food was fine, nothing special."
+    out = ll.classify(cctx, [text], labels, progress=False)
+    np.testing.assert_allclose(np.exp(out.attrs["logprobs"][0]).sum(), 1.0, atol=1e-6)
+    # by hand from the reference log-probabilities
+    prompt = _default_prompt(model, labels, text)
+    good = _logprobs_after(model, prompt, toks[1])  # after "good", " enough" may follow
+    very = _logprobs_after(model, prompt, toks[2][:1])
+    p0 = np.exp(good[0][[toks[0][0], toks[2][0]]])
+    p0 /= p0.sum()
+    p_enough = np.exp(good[1][toks[1][1]])
+    bad_good = np.exp(very[1][[toks[2][1], toks[3][1]]])
+    want = [
+        p0[0] * (1 - p_enough),
+        p0[0] * p_enough,
+        p0[1] * bad_good[0] / bad_good.sum(),
+        p0[1] * bad_good[1] / bad_good.sum(),
+    ]
+    np.testing.assert_allclose(np.exp(out.attrs["logprobs"][0]), want, atol=0.01)
+
+
+def test_label_steps_and_bad_scoring(cctx):
+    from jupyter_localllm.engine.scoring import Step, label_steps
+
+    steps = label_steps([[1], [1, 2], [3, 4], [3, 5]], "constrained")
+    assert steps == [
+        [Step(0, 1, (1, 3)), Step(1, None, (2,))],
+        [Step(0, 1, (1, 3)), Step(1, 2, None)],
+        [Step(0, 3, (1, 3)), Step(1, 4, (4, 5))],
+        [Step(0, 3, (1, 3)), Step(1, 5, (4, 5))],
+    ]
+    assert label_steps([[7, 8, 9], [6]], "constrained") == [
+        [Step(0, 7, (6, 7))],
+        [Step(0, 6, (6, 7))],
+    ]
+    assert [len(s) for s in label_steps([[7, 8, 9], [6]], "joint")] == [3, 1]
+    with pytest.raises(InvalidParameterError, match="scoring must be one of constrained, joint"):
+        ll.classify(cctx, TEXTS, SENTIMENT, scoring="sum")
 
 
 def test_classify_bad_rows_in_place_and_examples(cctx):

@@ -3,10 +3,21 @@ prompt, instead of generating text and parsing it.
 
 Rows run ``n_slots`` at a time on the context's slots, on top of the shared prompt prefix
 (decoded once); the wave's prompt parts go into one batch. A label's first token is scored
-from the prompt's own logits, so single-token labels cost nothing beyond the prompt. A
-multi-token label is decoded after the prompt in the row's own sequence — every row of the
-wave in one ``llama_decode`` — scored, and rolled back with ``seq_rm`` before the next label,
-so no KV is copied and every label sees exactly the prompt's cache.
+from the prompt's own logits. Where a label's later tokens must be scored, they are decoded
+after the prompt in the row's own sequence — every row of the wave in one ``llama_decode`` —
+and rolled back with ``seq_rm`` before the next label, so no KV is copied and every label
+sees exactly the prompt's cache.
+
+Two scorings (see :func:`label_steps`):
+
+``"constrained"``
+    the probability that decoding constrained to the label set produces the label: at each
+    point where labels part, the model's probabilities renormalised over the labels' next
+    tokens. Tokens that no other label shares are certain once the label has begun, so labels
+    whose first tokens differ cost nothing beyond the prompt.
+``"joint"``
+    the full sequence probability ``P(t1) P(t2|t1) …`` of each label's tokens; every token
+    after the first costs a decode step, and longer labels are penalised.
 """
 
 from __future__ import annotations
@@ -14,19 +25,81 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidParameterError
 from .runner import GenerationContext, Progress, RunStats
 from .scheduler import Result
 
-__all__ = ["score_labels"]
+__all__ = ["SCORINGS", "label_steps", "score_labels"]
+
+SCORINGS = ("constrained", "joint")
 
 
-def _log_softmax_at(logits: np.ndarray, tokens: Sequence[int]) -> np.ndarray:
-    m = logits.max()
-    lse = m + np.log(np.exp(logits - m).sum())
-    return logits[list(tokens)] - lse
+@dataclass(frozen=True)
+class Step:
+    """One term of a label's score: the log-probability at ``depth`` (tokens of the label
+    already decoded after the prompt) of the label's next token, or, at the label's end, of
+    stopping there."""
+
+    depth: int
+    token: int | None
+    """The label's token at ``depth``; None for the end of a label that a longer one
+    continues."""
+    among: tuple[int, ...] | None
+    """Tokens to renormalise over (the labels' continuations here); None for the plain
+    log-softmax over the vocabulary."""
+
+
+def label_steps(label_tokens: Sequence[Sequence[int]], scoring: str) -> list[list[Step]]:
+    """The terms that make up each label's score under ``scoring`` (see the module notes).
+
+    In ``"constrained"`` scoring a point where only one label token can follow contributes
+    nothing and is skipped; where a label ends but a longer label goes on, the label's end
+    has the probability of every token that does not continue the longer ones.
+    """
+    if scoring not in SCORINGS:
+        raise InvalidParameterError(
+            f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}."
+        )
+    labels = [tuple(t) for t in label_tokens]
+    complete = set(labels)
+    plans = []
+    for lab in labels:
+        steps = []
+        for depth in range(len(lab) + 1):
+            node = lab[:depth]
+            nexts = tuple(
+                sorted({o[depth] for o in labels if len(o) > depth and o[:depth] == node})
+            )
+            if depth < len(lab):
+                if scoring == "joint" or node in complete:
+                    # where a shorter label may also end, the options (its end and these
+                    # tokens) hold all the mass: the plain log-softmax is already normalised
+                    steps.append(Step(depth, lab[depth], None))
+                elif len(nexts) > 1:
+                    steps.append(Step(depth, lab[depth], nexts))
+            elif scoring == "constrained" and nexts:
+                steps.append(Step(depth, None, nexts))
+        plans.append(steps)
+    return plans
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    return logits - np.logaddexp.reduce(logits)
+
+
+def _step_logprob(step: Step, logp: np.ndarray) -> float:
+    """``step``'s term from the log-probabilities ``logp`` at its depth."""
+    if step.among is None:
+        return float(logp[step.token])
+    mass = float(np.exp(logp[list(step.among)]).sum())
+    if step.token is None:  # stopping: every token that continues no longer label
+        return float(np.log(max(1.0 - mass, 1e-30)))
+    return float(logp[step.token] - np.log(mass))
 
 
 def score_labels(
@@ -39,29 +112,34 @@ def score_labels(
     cancel: threading.Event | None = None,
     first: Iterable[int] = (),
     on_wave: Callable[[list[int], np.ndarray], None] | None = None,
+    scoring: str = "constrained",
 ) -> tuple[np.ndarray, dict[int, Result]]:
-    """Log-probabilities ``[row, label]`` of each label's tokens after each prompt.
+    """Log-probabilities ``[row, label]`` of each label after each prompt, under ``scoring``
+    (``"constrained"`` or ``"joint"``, see the module notes).
 
     Returns the matrix (NaN on rows that could not run) and the error results of those rows
     by row index. ``label_tokens`` must each be non-empty. Rows in ``first`` are scored before
     the others; ``on_wave(rows, scores)`` gets each wave's rows and their scores as it ends.
     """
+    steps = label_steps(label_tokens, scoring)
+    # Tokens of each label decoded after the prompt: up to its deepest scored point.
+    depth = [max((st.depth for st in label), default=0) for label in steps]
+    need = max(depth)
     n_rows, n_labels = len(prompts), len(label_tokens)
     scores = np.full((n_rows, n_labels), np.nan)
     errors: dict[int, Result] = {}
     if n_rows == 0:
         return scores, errors
-    longest = max(len(t) for t in label_tokens)
     with gctx.lock:
         t_start = time.perf_counter()
         stats = RunStats(rows=n_rows)
         gctx.last_run = stats
-        plan = gctx._plan(prompts, invalid or {}, lambda i, own: own + longest, errors, stats)
+        plan = gctx._plan(prompts, invalid or {}, lambda i, own: own + need, errors, stats)
         ctx, batch = plan.ctx, gctx._batch
         rows = []
         for i in plan.valid:
             own = len(prompts[i]) - plan.prefix_len
-            if own + longest - 1 > plan.slot_capacity:
+            if own + need > plan.slot_capacity:
                 errors[i] = Result.failed(
                     f"the prompt has {len(prompts[i])} tokens, more than the context holds "
                     "with the labels; use a larger n_ctx or a shorter prompt",
@@ -71,8 +149,6 @@ def score_labels(
                 rows.append(i)
         early = set(first)
         rows.sort(key=lambda i: i not in early)  # stable: otherwise in input order
-        first_tokens = [t[0] for t in label_tokens]
-        multi = [j for j, t in enumerate(label_tokens) if len(t) > 1]
 
         def decode(pieces: list[tuple[int, int, Sequence[int], int, bool]]) -> dict:
             """Decode (row, seq, tokens, start_pos, all_logits) pieces in as few batches as
@@ -122,19 +198,23 @@ def score_labels(
                         for row in wave
                     ]
                 )
-                for row in wave:
-                    scores[row] = _log_softmax_at(logits[row][-1], first_tokens)
-                for j in multi:
-                    cont = label_tokens[j]
-                    logits = decode(
-                        [(row, seq_of[row], cont[:-1], ends[row], True) for row in wave]
-                    )
-                    for row in wave:
-                        scores[row, j] += sum(
-                            _log_softmax_at(lg, [tok])[0]
-                            for lg, tok in zip(logits[row], cont[1:], strict=True)
+                at_prompt = {row: _log_softmax(logits[row][-1]) for row in wave}
+                scores[wave] = 0.0
+                for j, label in enumerate(steps):
+                    # log-probabilities after the prompt, then after each decoded label token
+                    after = {row: [at_prompt[row]] for row in wave}
+                    if depth[j]:
+                        cont = label_tokens[j][: depth[j]]
+                        decoded = decode(
+                            [(row, seq_of[row], cont, ends[row], True) for row in wave]
                         )
-                        ctx.seq_rm(seq_of[row], ends[row], -1)
+                        for row in wave:
+                            after[row] += [_log_softmax(lg) for lg in decoded[row]]
+                            ctx.seq_rm(seq_of[row], ends[row], -1)
+                    for row in wave:
+                        scores[row, j] = sum(
+                            _step_logprob(st, after[row][st.depth]) for st in label
+                        )
                 for row in wave:
                     ctx.seq_rm(seq_of[row], plan.prefix_len, -1)
                 if on_wave is not None:
