@@ -133,6 +133,9 @@ def explore(
     instruction: str | None = None,
     examples: Any = None,
     system_prompt: str | None = None,
+    calibrate: bool | Sequence[str] = False,
+    scoring: str = "constrained",
+    format: str = "auto",
     engine: str = "auto",
     n_seq_max: int = 8,
     batch_size: int | None = None,
@@ -153,7 +156,8 @@ def explore(
     column of ``data`` or a list) fills the ``truth`` column for validation.
 
     With ``labels``, each model labels by label scoring (:func:`classify`, always a valid
-    label, with ``instruction`` and ``examples``); without, it generates (``max_tokens``)
+    label, with ``instruction``, ``examples``, ``calibrate``, ``scoring`` and ``format`` as
+    there); without, it generates (``max_tokens``)
     and the first line of the cleaned answer is the label. ``engine="single"`` runs one row
     at a time, ``"parallel"``/``"auto"`` ``n_seq_max`` at a time. Rows go in chunks of
     ``batch_size`` (default: all); with ``sink`` (a CSV path) each finished chunk is appended
@@ -232,6 +236,9 @@ def explore(
                             instruction=instruction,
                             examples=examples,
                             system_prompt=system_prompt,
+                            calibrate=calibrate,
+                            scoring=scoring,
+                            format=format,
                             progress=tally.chunk(len(part)),
                             cancel=cancel,
                         )

@@ -124,6 +124,7 @@ def _batch_parser() -> MagicArgumentParser:
     p.add_argument("-m", "--model", help="alias of a loaded model")
     p.add_argument("-s", "--system", help="system prompt")
     p.add_argument("--labels", help='classify into these comma-separated labels: "A,B,C"')
+    p.add_argument("--calibrate", action="store_true", help="with --labels: contextual calibration")
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--n-seq-max", type=int)
     return p
@@ -144,7 +145,7 @@ _HELP = """\
     The cell is the user message; {var} inserts a variable, {{ and }} are braces.
 
 %llm_batch DF.COLUMN --out NEWCOL [--template "... {COLUMN} ..."] [-m ALIAS]
-      [-s SYSTEM] [--labels "A,B,C"] [--max-tokens N] [--n-seq-max N]
+      [-s SYSTEM] [--labels "A,B,C" [--calibrate]] [--max-tokens N] [--n-seq-max N]
 
 Settings: %config LocalLLM (default_model, n_ctx, n_seq_max, n_gpu_layers, max_tokens,
 temperature, seed, progress, cache)."""
@@ -421,6 +422,7 @@ class LLMMagics(Magics):
                 labels,
                 out=args.out,
                 system_prompt=args.system,
+                calibrate=args.calibrate,
                 model=args.model,
                 n_seq_max=args.n_seq_max,
             )

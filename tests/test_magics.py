@@ -264,6 +264,15 @@ def test_batch_template_and_labels(loaded, frame):
     assert mood[10] == "positive" and mood[20] == "negative"
     assert mood.isna().sum() == 2 and mood[30] is pd.NA
     assert frame.attrs["llm"]["labels"] == ["positive", "negative"]
+    plain_hash = frame.attrs["llm"]["hashes"]["input_sha256"]
+    ok(
+        loaded,
+        '%llm_batch reviews.text --out mood2 --labels "positive, negative" '
+        '--template "Review: {text}" -s "You rate reviews." --calibrate',
+    )
+    assert set(frame["mood2"].dropna()) <= {"positive", "negative"}
+    assert frame["mood2"].isna().sum() == 2
+    assert frame.attrs["llm"]["hashes"]["input_sha256"] != plain_hash  # calibration is hashed
 
 
 def test_batch_failures(loaded, frame, capsys):

@@ -187,3 +187,14 @@ def test_extract_pydantic_and_bad_schema(cctx):
     assert isinstance(value, dict) and set(value) == {"city"}
     with pytest.raises(GrammarError):
         ll.extract(cctx, ["x"], {"type": "object", "properties": {"a": {"$ref": "#/nope"}}})
+
+
+def test_explore_passes_classify_options(model):
+    res = ll.explore(
+        {"smol": model}, TEXTS, labels=SENTIMENT, calibrate=True, scoring="joint", progress=False
+    )
+    ctx = ll.context_create(model, n_seq_max=8)
+    want = ll.classify(ctx, TEXTS, SENTIMENT, calibrate=True, scoring="joint", progress=False)
+    ctx.close()
+    assert res.annotations.label.tolist() == want.label.tolist()
+    assert res.hashes["smol"]["input_sha256"] == want.attrs["hashes"]["input_sha256"]
