@@ -16,6 +16,7 @@ import pandas as pd
 
 from .engine.llama import Model
 from .engine.runner import Progress
+from .engine.scoring import check_scoring
 from .errors import InvalidParameterError
 from .manager import get_manager, open_context
 from .progress import progress_callback
@@ -175,6 +176,7 @@ def explore(
     from .api import generate_parallel
     from .tasks import classify
 
+    check_scoring(scoring)  # before any model loads
     if engine not in _ENGINES:
         raise InvalidParameterError(f"engine must be one of {', '.join(_ENGINES)}, got {engine!r}.")
     if (prompts is None) == (data is None):

@@ -18,7 +18,7 @@ from .chat import render_chat
 from .engine.llama import Model, json_schema_to_grammar
 from .engine.runner import GenerationContext, Progress
 from .engine.scheduler import Result
-from .engine.scoring import SCORINGS, score_labels
+from .engine.scoring import check_scoring, score_labels
 from .errors import InvalidParameterError
 from .progress import progress_callback
 from .prompts import input_problem, prompt_tokens
@@ -183,10 +183,7 @@ def classify(
     if isinstance(prompts, str):
         raise InvalidParameterError("prompts must be a list of texts; wrap a single one in [].")
     fmt = resolve_format(model, format)
-    if scoring not in SCORINGS:
-        raise InvalidParameterError(
-            f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}."
-        )
+    check_scoring(scoring)
     shots = _normalize_examples(examples, labels)
     if instruction is None and fmt != "raw":
         instruction = (

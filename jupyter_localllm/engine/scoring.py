@@ -33,7 +33,7 @@ from ..errors import InvalidParameterError
 from .runner import GenerationContext, Progress, RunStats
 from .scheduler import Result
 
-__all__ = ["SCORINGS", "label_steps", "score_labels"]
+__all__ = ["SCORINGS", "check_scoring", "label_steps", "score_labels"]
 
 SCORINGS = ("constrained", "joint")
 
@@ -53,6 +53,14 @@ class Step:
     log-softmax over the vocabulary."""
 
 
+def check_scoring(scoring: str) -> None:
+    """Raise :class:`InvalidParameterError` unless ``scoring`` is one of :data:`SCORINGS`."""
+    if scoring not in SCORINGS:
+        raise InvalidParameterError(
+            f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}."
+        )
+
+
 def label_steps(label_tokens: Sequence[Sequence[int]], scoring: str) -> list[list[Step]]:
     """The terms that make up each label's score under ``scoring`` (see the module notes).
 
@@ -60,10 +68,7 @@ def label_steps(label_tokens: Sequence[Sequence[int]], scoring: str) -> list[lis
     nothing and is skipped; where a label ends but a longer label goes on, the label's end
     has the probability of every token that does not continue the longer ones.
     """
-    if scoring not in SCORINGS:
-        raise InvalidParameterError(
-            f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}."
-        )
+    check_scoring(scoring)
     labels = [tuple(t) for t in label_tokens]
     complete = set(labels)
     plans = []
