@@ -27,42 +27,42 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
-    "apply_chat_template": "api",
-    "context_create": "api",
-    "detokenize": "api",
-    "generate": "api",
-    "generate_parallel": "api",
-    "hardware_profile": "api",
-    "model_load": "api",
-    "quick_llama": "api",
-    "tokenize": "api",
-    "classify": "tasks",
-    "explore": "exploration",
-    "Exploration": "exploration",
-    "document_start": "repro",
-    "document_end": "repro",
-    "clear_cache": "cache",
-    "extract": "tasks",
-    "compute_confusion_matrices": "evaluation",
-    "intercoder_reliability": "evaluation",
-    "validate": "evaluation",
+    "apply_chat_template": "tasks.generation",
+    "context_create": "tasks.generation",
+    "detokenize": "tasks.generation",
+    "generate": "tasks.generation",
+    "generate_parallel": "tasks.generation",
+    "hardware_profile": "tasks.generation",
+    "model_load": "tasks.generation",
+    "quick_llama": "tasks.generation",
+    "tokenize": "tasks.generation",
+    "classify": "tasks.classification",
+    "explore": "tasks.exploration",
+    "Exploration": "tasks.exploration",
+    "document_start": "analysis.repro",
+    "document_end": "analysis.repro",
+    "clear_cache": "session.cache",
+    "extract": "tasks.classification",
+    "compute_confusion_matrices": "analysis.evaluation",
+    "intercoder_reliability": "analysis.evaluation",
+    "validate": "analysis.evaluation",
     "list_cached_models": "models",
     "list_ollama_models": "models",
-    "Result": "engine.scheduler",
+    "Result": "types",
     "SamplingParams": "engine.sampling",
-    "Progress": "engine.runner",
+    "Progress": "types",
     "clean": "engine.text",
     "set_verbosity": "engine.llama",
-    "Job": "jobs",
-    "start_job": "jobs",
-    "confusion_matrix_figure": "charts",
-    "per_class_figure": "charts",
-    "model_comparison_figure": "charts",
-    "AccuracyPanel": "widgets",
-    "HardwarePanel": "widgets",
-    "ModelPanel": "widgets",
-    "ProgressPanel": "widgets",
-    "dashboard": "widgets",
+    "Job": "session.jobs",
+    "start_job": "session.jobs",
+    "confusion_matrix_figure": "analysis.charts",
+    "per_class_figure": "analysis.charts",
+    "model_comparison_figure": "analysis.charts",
+    "AccuracyPanel": "notebook.widgets",
+    "HardwarePanel": "notebook.widgets",
+    "ModelPanel": "notebook.widgets",
+    "ProgressPanel": "notebook.widgets",
+    "dashboard": "notebook.widgets",
 }
 _SUBMODULES = ("datasets", "errors")
 
@@ -126,14 +126,14 @@ def __dir__() -> list[str]:
 def _register_accessors() -> None:
     """Register ``df.llm``/``s.llm`` once pandas is loaded (importing pandas here would make
     ``import jupyter_localllm`` slow)."""
-    if "pandas" in sys.modules and "jupyter_localllm.accessor" not in sys.modules:
-        importlib.import_module(".accessor", __name__)
+    if "pandas" in sys.modules and "jupyter_localllm.notebook.accessor" not in sys.modules:
+        importlib.import_module(".notebook.accessor", __name__)
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext jupyter_localllm``: the magics, ``%config LocalLLM`` and the accessors
     (safe to run again)."""
-    from . import accessor, config, magics  # noqa: F401  (accessor registers df.llm)
+    from .notebook import accessor, config, magics  # noqa: F401  (accessor registers df.llm)
 
     config.attach(ipython)
     ipython.register_magics(magics.LLMMagics)
@@ -141,7 +141,7 @@ def load_ipython_extension(ipython: Any) -> None:
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext jupyter_localllm``: remove the magics (models stay loaded)."""
-    from . import magics
+    from .notebook import magics
 
     table = ipython.magics_manager.magics
     for kind, names in (("line", ("llm", "llm_batch")), ("cell", ("llm",))):
@@ -152,11 +152,27 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 _register_accessors()
+# The notebook draws progress as widget panels; the session imports it only when a run needs it.
+from .session.sinks import register_frontend  # noqa: E402
+
+register_frontend("jupyter_localllm.notebook.progress")
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from . import datasets, errors
-    from .api import (
+    from .analysis.charts import confusion_matrix_figure, model_comparison_figure, per_class_figure
+    from .analysis.evaluation import compute_confusion_matrices, intercoder_reliability, validate
+    from .analysis.repro import document_end, document_start
+    from .engine.llama import set_verbosity
+    from .engine.sampling import SamplingParams
+    from .engine.text import clean
+    from .models import list_cached_models, list_ollama_models
+    from .notebook.widgets import AccuracyPanel, HardwarePanel, ModelPanel, ProgressPanel, dashboard
+    from .session.cache import clear_cache
+    from .session.jobs import Job, start_job
+    from .tasks.classification import classify, extract
+    from .tasks.exploration import Exploration, explore
+    from .tasks.generation import (
         apply_chat_template,
         context_create,
         detokenize,
@@ -167,17 +183,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         quick_llama,
         tokenize,
     )
-    from .cache import clear_cache
-    from .charts import confusion_matrix_figure, model_comparison_figure, per_class_figure
-    from .engine.llama import set_verbosity
-    from .engine.runner import Progress
-    from .engine.sampling import SamplingParams
-    from .engine.scheduler import Result
-    from .engine.text import clean
-    from .evaluation import compute_confusion_matrices, intercoder_reliability, validate
-    from .exploration import Exploration, explore
-    from .jobs import Job, start_job
-    from .models import list_cached_models, list_ollama_models
-    from .repro import document_end, document_start
-    from .tasks import classify, extract
-    from .widgets import AccuracyPanel, HardwarePanel, ModelPanel, ProgressPanel, dashboard
+    from .types import Progress, Result

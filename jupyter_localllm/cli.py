@@ -24,8 +24,9 @@ DEMO_QUESTIONS = (
 def demo(model_ref: str = "default", max_tokens: int = 40) -> int:
     """Load a model, answer a few questions through its chat template (streaming each answer
     and its speed), then label the demo news sample in parallel by label scoring."""
-    from . import api, datasets
-    from .tasks import classify
+    from . import datasets
+    from .tasks import generation as api
+    from .tasks.classification import classify
 
     t0 = time.perf_counter()
     model = api.model_load(model_ref)

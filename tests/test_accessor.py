@@ -8,7 +8,7 @@ import pytest
 from conftest import wait_for
 
 import jupyter_localllm as ll
-import jupyter_localllm.accessor  # registers the accessors
+import jupyter_localllm.notebook.accessor  # registers the accessors
 from jupyter_localllm import datasets
 from jupyter_localllm.errors import BatchInterrupted, InvalidParameterError
 
@@ -151,10 +151,10 @@ def test_interrupt_keeps_finished_rows_in_out(ctx8, news):
 
 
 def test_default_model_is_loaded_from_settings(monkeypatch):
-    from jupyter_localllm.manager import ModelManager
+    from jupyter_localllm.session.manager import ModelManager
 
     fresh = ModelManager()
-    monkeypatch.setattr("jupyter_localllm.manager._manager", fresh)
+    monkeypatch.setattr("jupyter_localllm.session.manager._manager", fresh)
     df = pd.DataFrame({"q": ["Say hi."]})
     out = df.llm.generate("{q}", max_tokens=3, progress=False)
     assert fresh.default_alias == "default" and out[0].error is None

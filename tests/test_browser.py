@@ -169,7 +169,7 @@ ROWS = re.compile(r"(\d+)/(\d+) rows")
 
 def waiting_for(*, quickstart: bool = False) -> str | None:
     """What the panel tests still wait for (the widgets, the API, the notebook), or ``None``."""
-    if importlib.util.find_spec("jupyter_localllm.widgets") is None:
+    if importlib.util.find_spec("jupyter_localllm.notebook.widgets") is None:
         return "waiting for jupyter_localllm.widgets (ProgressPanel, HardwarePanel, ...)"
     import jupyter_localllm
 

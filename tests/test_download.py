@@ -14,7 +14,6 @@ import pytest
 from conftest import place
 from huggingface_hub import utils as hf_errors
 
-from jupyter_localllm import _download
 from jupyter_localllm.errors import (
     DownloadError,
     InvalidModelFileError,
@@ -30,6 +29,7 @@ from jupyter_localllm.models import (
     resolve_model,
     validate_model_file,
 )
+from jupyter_localllm.models import download as _download
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from conftest import SENTIMENT, TEXTS, chat, wait_for
 
 import jupyter_localllm as ll
 from jupyter_localllm.errors import BatchInterrupted, JobTimeoutError
-from jupyter_localllm.jobs import Job, start_job
+from jupyter_localllm.session.jobs import Job, start_job
 
 
 @pytest.fixture(scope="module")

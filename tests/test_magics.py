@@ -11,9 +11,9 @@ from IPython.core.displaypub import CapturingDisplayPublisher
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_localllm.config import get_settings
-from jupyter_localllm.magics import LLMResponse
-from jupyter_localllm.manager import get_manager
+from jupyter_localllm.notebook.config import get_settings
+from jupyter_localllm.notebook.magics import LLMResponse
+from jupyter_localllm.session.manager import get_manager
 
 
 @pytest.fixture(scope="module")

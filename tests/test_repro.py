@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO_ROOT
 
 import jupyter_localllm as ll
-from jupyter_localllm.cache import ResultCache
+from jupyter_localllm.session.cache import ResultCache
 
 HASH_SCRIPT = """
 import json, sys

@@ -15,11 +15,13 @@ import pytest
 from conftest import place
 
 import jupyter_localllm as ll
-from jupyter_localllm import charts, models
-from jupyter_localllm.manager import get_manager
-from jupyter_localllm.progress import TqdmProgress, progress_callback, widget_frontend
-from jupyter_localllm.widgets import hardware as hw
-from jupyter_localllm.widgets.progress import format_seconds, recent_panels
+from jupyter_localllm import models
+from jupyter_localllm.analysis import charts
+from jupyter_localllm.notebook.progress import live
+from jupyter_localllm.notebook.widgets import hardware as hw
+from jupyter_localllm.notebook.widgets.progress import format_seconds, recent_panels
+from jupyter_localllm.session.manager import get_manager
+from jupyter_localllm.session.sinks import TqdmSink, make_sink
 
 LONG = pd.DataFrame(
     {
@@ -87,12 +89,12 @@ def test_cancel_button_calls_back_once():
 
 
 def test_text_fallback_outside_a_notebook_kernel():
-    assert not widget_frontend()  # pytest: no ipykernel shell
-    on_progress, close = progress_callback(True, 5, "generate")
-    assert isinstance(on_progress, TqdmProgress)
-    on_progress(ll.Progress(5, 5, 0, 10, 1.0))
-    close(False)
-    assert progress_callback(False, 5)[0] is None
+    assert not live()  # pytest: no ipykernel shell
+    sink = make_sink(True, 5, "generate")
+    assert isinstance(sink, TqdmSink)
+    sink(ll.Progress(5, 5, 0, 10, 1.0))
+    sink.close("finished")
+    assert make_sink(False, 5) is None
     assert format_seconds(3725) == "1:02:05" and format_seconds(None) == "?"
 
 
@@ -106,7 +108,7 @@ def test_progress_panel_in_a_real_notebook_kernel():
         "ctx = ll.context_create(m, n_seq_max=2)\n"
         "p = [ll.apply_chat_template(m, [{'role': 'user', 'content': t}]) for t in 'abc']\n"
         "out = ll.generate_parallel(ctx, p, max_tokens=4, cache=False)\n"
-        "from jupyter_localllm.widgets.progress import recent_panels\n"
+        "from jupyter_localllm.notebook.widgets.progress import recent_panels\n"
         "panel = recent_panels()[-1]\n"
         "print(panel.bar.value, panel.bar.max, panel.bar.bar_style)"
     )

@@ -22,7 +22,7 @@ from importlib import resources
 
 import pandas as pd
 
-from jupyter_localllm.errors import InvalidParameterError
+from ..errors import InvalidParameterError
 
 __all__ = ["NEWS_CLASSES", "load_csv", "news_sample"]
 

@@ -14,43 +14,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import BatchInterrupted, DecodeError, InvalidParameterError, LocalLLMError
+from ..types import Progress, Result
 from .checks import check_int
 from .llama import MAX_SEQUENCES, Batch, Context, Model, Sampler
 from .sampling import SamplingParams, derive_seed
-from .scheduler import Request, Result, Scheduler, common_prefix_length
+from .scheduler import Request, Scheduler, common_prefix_length
 
-__all__ = ["GenerationContext", "Progress", "RunStats"]
+__all__ = ["GenerationContext", "RunStats"]
 
 _CTX_ROUND = 256  # auto-sized contexts grow in steps of this many cells
 _PROGRESS_INTERVAL = 0.1  # seconds between progress events while no row finishes
-
-
-@dataclass
-class Progress:
-    """A progress event of a batch run (sent to ``on_progress`` callbacks)."""
-
-    done: int
-    """Rows finished (answers and errors)."""
-    total: int
-    """Rows in the run."""
-    errors: int
-    """Rows that ended with an error."""
-    generated_tokens: int
-    """Tokens generated so far."""
-    elapsed: float
-    """Seconds since the run started."""
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Generated tokens per second so far."""
-        return self.generated_tokens / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def eta(self) -> float | None:
-        """Estimated seconds left (None before the first row finishes)."""
-        if self.done == 0 or self.elapsed <= 0:
-            return None
-        return self.elapsed / self.done * (self.total - self.done)
 
 
 @dataclass

@@ -18,90 +18,17 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..types import Result
 from .sampling import SamplingParams
 from .text import TextAccumulator
 
 __all__ = [
-    "FINISH_REASONS",
     "Request",
-    "Result",
-    "Results",
     "Scheduler",
     "SlotWork",
     "StepPlan",
     "common_prefix_length",
 ]
-
-FINISH_REASONS = ("stop", "length", "eog", "error", "cancelled")
-
-
-class Result(str):
-    """One generated text, a ``str`` carrying how it was produced.
-
-    Attributes: ``finish_reason`` (``"stop"`` a stop string, ``"length"`` max_tokens or the
-    context was reached, ``"eog"`` the model ended its turn, ``"error"``), ``n_prompt_tokens``,
-    ``n_tokens`` (generated), ``error`` (message or ``None``), ``row`` (position in the input).
-    A failed row's text is ``"Error: <message>"``, as localLLM users check for.
-    """
-
-    finish_reason: str
-    n_prompt_tokens: int
-    n_tokens: int
-    error: str | None
-    row: int
-
-    def __new__(
-        cls,
-        text: str,
-        *,
-        finish_reason: str,
-        n_prompt_tokens: int = 0,
-        n_tokens: int = 0,
-        error: str | None = None,
-        row: int = 0,
-    ) -> Result:
-        obj = super().__new__(cls, text)
-        obj.finish_reason = finish_reason
-        obj.n_prompt_tokens = n_prompt_tokens
-        obj.n_tokens = n_tokens
-        obj.error = error
-        obj.row = row
-        return obj
-
-    @classmethod
-    def failed(cls, message: str, *, row: int = 0, n_prompt_tokens: int = 0) -> Result:
-        """An error result whose text is ``"Error: <message>"``."""
-        return cls(
-            f"Error: {message}",
-            finish_reason="error",
-            error=message,
-            row=row,
-            n_prompt_tokens=n_prompt_tokens,
-        )
-
-    @property
-    def ok(self) -> bool:
-        """True when the row produced text (no error)."""
-        return self.error is None
-
-    def __reduce__(self):  # keep the attributes through pickling (Dask, caches)
-        return (_rebuild_result, (str(self), self.__dict__))
-
-
-class Results(list):
-    """The results of a batch call, in input order, with ``hashes``: the SHA-256 of the
-    inputs (model file, parameters, prompts) and of the outputs (see
-    :mod:`jupyter_localllm.repro`)."""
-
-    hashes: dict[str, str]
-
-    def __init__(self, items=(), hashes: dict[str, str] | None = None):
-        super().__init__(items)
-        self.hashes = dict(hashes or {})
-
-
-def _rebuild_result(text: str, attrs: dict) -> Result:
-    return Result(text, **attrs)
 
 
 @dataclass

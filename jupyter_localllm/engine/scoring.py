@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidParameterError
-from .runner import GenerationContext, Progress, RunStats
-from .scheduler import Result
+from ..types import Progress, Result
+from .runner import GenerationContext, RunStats
 
 __all__ = ["SCORINGS", "check_scoring", "label_steps", "score_labels"]
 

@@ -19,8 +19,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
+from ..errors import LocalLLMError
 from .config import get_settings
-from .errors import LocalLLMError
 from .templates import render, template_fields
 
 __all__ = ["LLMMagics", "LLMResponse"]
@@ -194,7 +194,7 @@ class LLMMagics(Magics):
         }
 
     def _load(self, argv: list[str]) -> None:
-        from .manager import get_manager
+        from ..session.manager import get_manager
 
         args = _load_parser().parse_args(argv)
         settings = get_settings()
@@ -215,14 +215,14 @@ class LLMMagics(Magics):
         )
 
     def _use(self, argv: list[str]) -> None:
-        from .manager import get_manager
+        from ..session.manager import get_manager
 
         args = _alias_parser("use", "Make a loaded model the default.").parse_args(argv)
         get_manager().use(args.alias)
         print(f"{args.alias!r} is now the default model.")
 
     def _models(self, argv: list[str]) -> Any:
-        from .manager import get_manager
+        from ..session.manager import get_manager
 
         _parser("%llm models", "Loaded models.").parse_args(argv)
         table = get_manager().table()
@@ -234,7 +234,7 @@ class LLMMagics(Magics):
     def _list(self, argv: list[str]) -> Any:
         import pandas as pd
 
-        from . import models
+        from .. import models
 
         _parser("%llm list", "Models you can load.").parse_args(argv)
         rows = []
@@ -256,7 +256,7 @@ class LLMMagics(Magics):
         return table
 
     def _unload(self, argv: list[str]) -> None:
-        from .manager import get_manager
+        from ..session.manager import get_manager
 
         args = _alias_parser("unload", "Free a loaded model.").parse_args(argv)
         get_manager().unload(args.alias)
@@ -265,7 +265,7 @@ class LLMMagics(Magics):
     def _status(self, argv: list[str]) -> None:
         from IPython.display import display
 
-        from .hardware import hardware_profile
+        from ..hardware import hardware_profile
 
         _parser("%llm status", "Hardware and loaded models.").parse_args(argv)
         display(hardware_profile())
@@ -288,8 +288,9 @@ class LLMMagics(Magics):
     def _cell(self, line: str, cell: str) -> LLMResponse | None:
         from IPython.display import display
 
-        from . import api, tasks
-        from .manager import get_manager
+        from ..session.manager import get_manager
+        from ..tasks import classification as tasks
+        from ..tasks import generation as api
 
         args = _cell_parser().parse_args(_split(line))
         text = cell if args.no_interpolate else self._interpolate(cell)
@@ -357,7 +358,7 @@ class LLMMagics(Magics):
 
     def _interpolate(self, cell: str) -> str:
         """``{name}`` from the user's namespace, once; ``{{``/``}}`` are literal braces."""
-        from .errors import InvalidParameterError
+        from ..errors import InvalidParameterError
 
         try:
             fields = template_fields(cell)
@@ -394,9 +395,9 @@ class LLMMagics(Magics):
     def _batch(self, line: str) -> None:
         import pandas as pd
 
-        import jupyter_localllm.accessor  # noqa: F401  (registers df.llm)
+        import jupyter_localllm.notebook.accessor  # noqa: F401  (registers df.llm)
 
-        from .manager import get_manager
+        from ..session.manager import get_manager
 
         args = _batch_parser().parse_args(_split(line))
         name, dot, column = args.source.partition(".")

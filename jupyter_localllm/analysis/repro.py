@@ -76,8 +76,8 @@ def document_start(path: str | os.PathLike) -> Path:
     """Start a run log at ``path`` (JSON lines, appended to if it exists): every later call
     of ``generate``, ``generate_parallel``, ``classify``, ``extract`` and ``explore`` is
     recorded with its hashes until :func:`document_end`."""
-    from . import __version__
-    from .hardware import hardware_profile
+    from .. import __version__
+    from ..hardware import hardware_profile
 
     p = Path(path).expanduser()
     p.parent.mkdir(parents=True, exist_ok=True)

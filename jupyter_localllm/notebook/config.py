@@ -14,7 +14,7 @@ from typing import Any
 from traitlets import Bool, Float, Int, Unicode, Union
 from traitlets.config import Configurable
 
-from .engine.sampling import DEFAULT_SEED
+from ..engine.sampling import DEFAULT_SEED
 
 __all__ = ["LocalLLM", "get_settings"]
 

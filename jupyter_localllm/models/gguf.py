@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_localllm.errors import InvalidModelFileError
+from ..errors import InvalidModelFileError
 
 __all__ = ["GGUF_MAGIC", "ArraySummary", "GGUFHeader", "read_header"]
 

@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .engine.llama import Model
-from .engine.runner import Progress
-from .engine.scoring import check_scoring
-from .errors import InvalidParameterError
-from .manager import get_manager, open_context
-from .progress import progress_callback
+from ..engine.llama import Model
+from ..engine.scoring import check_scoring
+from ..errors import InvalidParameterError
+from ..session.manager import get_manager, open_context
+from ..session.sinks import progress_callback
+from ..types import Progress
 
 if TYPE_CHECKING:
-    from .jobs import Job
+    from ..session.jobs import Job
 
 __all__ = ["Exploration", "explore"]
 
@@ -45,7 +45,7 @@ class Exploration:
 
     def validate(self, **kwargs: Any):
         """:func:`jupyter_localllm.validate` on these annotations (gold = ``truth``)."""
-        from .evaluation import validate
+        from ..analysis.evaluation import validate
 
         return validate(self.annotations, **kwargs)
 
@@ -74,7 +74,7 @@ def _chat_prompts(
     model: Model, texts: Sequence[Any], instruction: str | None, system_prompt: str | None
 ) -> list[Any]:
     """Each text as a user turn (after ``instruction``) in the model's chat template."""
-    from .api import apply_chat_template
+    from .generation import apply_chat_template
 
     head = [{"role": "system", "content": system_prompt}] if system_prompt else []
     user = (lambda t: f"{instruction}\n\n{t}") if instruction else (lambda t: t)
@@ -173,8 +173,8 @@ def explore(
     :class:`Exploration`.
     """
     call = dict(locals())  # the arguments as given, for a background run
-    from .api import generate_parallel
-    from .tasks import classify
+    from .classification import classify
+    from .generation import generate_parallel
 
     check_scoring(scoring)  # before any model loads
     if engine not in _ENGINES:
@@ -222,7 +222,7 @@ def explore(
                 model = manager.load(ref, alias=name) if reuse_models else None
                 loaded_here = not reuse_models
                 if model is None:
-                    from .manager import open_model
+                    from ..session.manager import open_model
 
                     model = open_model(ref)
             ctx = open_context(model, n_seq_max=slots)
@@ -293,7 +293,7 @@ def explore(
 
 def _in_background(call: dict[str, Any], texts: list[Any], total: int) -> Job:
     """Start ``explore(**call)`` as a :class:`Job` whose rows are the annotation rows."""
-    from .jobs import start_job, tee_progress
+    from ..session.jobs import start_job, tee_progress
 
     progress, user_on_result = call["progress"], call["on_result"]
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import ipywidgets as w
 
-from ..charts import figure_to_png
-from ..errors import InvalidParameterError
-from ..evaluation import ValidationReport
+from ...analysis.charts import figure_to_png
+from ...analysis.evaluation import ValidationReport
+from ...errors import InvalidParameterError
 
 __all__ = ["AccuracyPanel"]
 

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from ..errors import InvalidParameterError
 from .config import get_settings
-from .errors import InvalidParameterError
 from .templates import check_fields, formatted_fields, render
 
 if TYPE_CHECKING:
-    from .engine.llama import Model
-    from .engine.runner import GenerationContext
-    from .jobs import Job
+    from ..engine.llama import Model
+    from ..engine.runner import GenerationContext
+    from ..session.jobs import Job
 
 # The engine (and llama.cpp) is imported on first use, so registering the accessors when the
 # package is imported costs no more than pandas.
@@ -44,9 +44,9 @@ def resolve_context(
     an alias of the session's model manager, a reference to load (``"default"``, a path, …), or
     ``None`` for the session's default model (loading ``%config LocalLLM.default_model`` when
     none is loaded). ``n_seq_max`` defaults to the value given at load, else the settings'."""
-    from .engine.llama import Model
-    from .engine.runner import GenerationContext
-    from .manager import get_manager
+    from ..engine.llama import Model
+    from ..engine.runner import GenerationContext
+    from ..session.manager import get_manager
 
     if isinstance(model, GenerationContext):
         return model
@@ -167,8 +167,9 @@ class _Accessor:
         button in notebooks); rows still land in ``out`` as they finish, ``job.partial()``
         holds them by position, and ``job.result()`` gives the Series.
         """
-        from . import api, tasks
-        from .engine.scheduler import Result
+        from ..tasks import classification as tasks
+        from ..tasks import generation as api
+        from ..types import Result
 
         frame = self._frame()
         texts, errors = _row_texts(frame, template)
@@ -221,7 +222,7 @@ class _Accessor:
             return series
 
         if background:
-            from .jobs import start_job
+            from ..session.jobs import start_job
 
             return start_job(
                 lambda cancel, on_result, on_progress: run(cancel, on_progress, on_result),
@@ -255,7 +256,7 @@ class _Accessor:
         run), or with ``probs=True`` a DataFrame with ``label``, one probability column per
         label and ``error``. ``out`` writes the labels into that column.
         """
-        from . import tasks
+        from ..tasks import classification as tasks
 
         frame = self._frame()
         texts, errors = _row_texts(frame, template)
@@ -303,8 +304,8 @@ class _Accessor:
         """Extract the fields of ``schema`` (JSON schema or pydantic model) from every row
         (see :func:`~jupyter_localllm.extract`). Returns a DataFrame aligned to the index:
         one column per top-level property and ``error`` (``None``, or why the row failed)."""
-        from . import tasks
-        from .engine.scheduler import Result
+        from ..tasks import classification as tasks
+        from ..types import Result
 
         frame = self._frame()
         texts, errors = _row_texts(frame, template)
@@ -347,7 +348,7 @@ def _run_info(
     task: str, ctx: GenerationContext, template: str, values: pd.Series, seconds: float
 ) -> dict[str, Any]:
     """Run details kept in ``df.attrs["llm"]``."""
-    from .engine.scheduler import Result
+    from ..types import Result
 
     if task == "generate":
         n_errors = sum(isinstance(v, Result) and v.error is not None for v in values)

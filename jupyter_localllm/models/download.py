@@ -19,8 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO
 
-from jupyter_localllm._gguf import GGUF_MAGIC
-from jupyter_localllm.errors import DownloadError, InvalidParameterError
+from ..errors import DownloadError, InvalidParameterError
+from .gguf import GGUF_MAGIC
 
 __all__ = ["download_hf", "download_url", "parse_hf_ref", "url_destination"]
 

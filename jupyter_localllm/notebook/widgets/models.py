@@ -12,8 +12,8 @@ from typing import Any
 import ipywidgets as w
 import pandas as pd
 
-from .. import models
-from ..manager import ModelManager, get_manager
+from ... import models
+from ...session.manager import ModelManager, get_manager
 
 __all__ = ["ModelPanel", "discoverable_models"]
 

@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ..analysis.repro import log_call
+from ..engine.llama import Model, json_schema_to_grammar
+from ..engine.runner import GenerationContext
+from ..engine.scoring import check_scoring, score_labels
+from ..errors import InvalidParameterError
+from ..session.sinks import progress_callback
+from ..types import Progress, Result
 from .chat import render_chat
-from .engine.llama import Model, json_schema_to_grammar
-from .engine.runner import GenerationContext, Progress
-from .engine.scheduler import Result
-from .engine.scoring import check_scoring, score_labels
-from .errors import InvalidParameterError
-from .progress import progress_callback
 from .prompts import input_problem, prompt_tokens
-from .repro import log_call
 
 if TYPE_CHECKING:
-    from .jobs import Job
+    from ..session.jobs import Job
 
 __all__ = ["classify", "extract", "render_prompt", "resolve_format"]
 
@@ -193,7 +193,7 @@ def classify(
     prompts = list(prompts)
     content_free = _content_free(calibrate)
     if background:
-        from .jobs import run_in_background
+        from ..session.jobs import run_in_background
 
         call["prompts"] = prompts  # a generator is spent by now
         return run_in_background(
@@ -311,7 +311,7 @@ def extract(
     :func:`~jupyter_localllm.generate_parallel`); ``job.partial()`` holds each finished row's
     dict or error, ``job.result()`` the list.
     """
-    from . import api
+    from . import generation as api
 
     model = _model_of(context)
     if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
@@ -334,7 +334,7 @@ def extract(
     ]
     call = dict(prompts=texts, max_tokens=max_tokens, grammar=grammar, progress=progress)
     if background:
-        from .jobs import run_in_background
+        from ..session.jobs import run_in_background
 
         def run(**kwargs: Any) -> list[dict | Result]:
             return [_parse_json(res, schema) for res in api.generate_parallel(**kwargs)]

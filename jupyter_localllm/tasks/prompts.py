@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine.llama import Model
+from ..engine.llama import Model
 
 __all__ = ["input_problem", "prompt_tokens"]
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .errors import InvalidParameterError
+from ..errors import InvalidParameterError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from .. import hardware
+from ... import hardware
 
 __all__ = ["GpuUsage", "Usage", "UsageSampler"]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import ipywidgets as w
 
-from ..engine.runner import Progress
+from ...types import Progress
 
 __all__ = ["ProgressPanel", "format_seconds", "recent_panels", "unwatch_panels", "watch_panels"]
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pandas as pd
 
-from . import hardware, models
-from .engine import llama as backend
-from .engine.llama import Model
-from .engine.runner import GenerationContext
-from .errors import InvalidParameterError
+from .. import hardware, models
+from ..engine import llama as backend
+from ..engine.llama import Model
+from ..engine.runner import GenerationContext
+from ..errors import InvalidParameterError
 
 __all__ = [
     "LoadedModel",

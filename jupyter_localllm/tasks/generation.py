@@ -12,23 +12,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from . import hardware
-from .cache import cache_enabled, get_cache
+from .. import hardware
+from ..analysis.repro import file_sha256, log_call
+from ..engine import llama as backend
+from ..engine.llama import Model
+from ..engine.runner import GenerationContext
+from ..engine.sampling import DEFAULT_SEED, SamplingParams
+from ..engine.text import clean as clean_text
+from ..errors import BatchInterrupted, InvalidParameterError, PromptError
+from ..session.cache import cache_enabled, get_cache
+from ..session.manager import get_manager, open_context, open_model
+from ..session.sinks import progress_callback
+from ..types import Progress, Result, Results
 from .chat import render_chat
-from .engine import llama as backend
-from .engine.llama import Model
-from .engine.runner import GenerationContext, Progress
-from .engine.sampling import DEFAULT_SEED, SamplingParams
-from .engine.scheduler import Result, Results
-from .engine.text import clean as clean_text
-from .errors import BatchInterrupted, InvalidParameterError, PromptError
-from .manager import get_manager, open_context, open_model
-from .progress import progress_callback
 from .prompts import input_problem, prompt_tokens
-from .repro import file_sha256, log_call
 
 if TYPE_CHECKING:
-    from .jobs import Job
+    from ..session.jobs import Job
 
 __all__ = [
     "apply_chat_template",
@@ -288,7 +288,7 @@ def generate_parallel(
         )
     prompts = list(prompts)
     if background:
-        from .jobs import run_in_background
+        from ..session.jobs import run_in_background
 
         call.update(call.pop("unknown"), prompts=prompts)  # a generator is spent by now
         return run_in_background(

@@ -11,7 +11,7 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .errors import InvalidParameterError
+from ..errors import InvalidParameterError
 
 __all__ = ["check_fields", "formatted_fields", "render", "template_fields"]
 

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .engine.scheduler import Result
-from .repro import sha256_json
+from ..analysis.repro import sha256_json
+from ..types import Result
 
 __all__ = ["ResultCache", "cache_enabled", "clear_cache", "default_results_dir", "get_cache"]
 

@@ -6,8 +6,10 @@ driven by one thread at a time: jobs on the same context wait in a first-come qu
 hold the context's lock while they run, so a foreground call on that context waits too.
 llama.cpp's ctypes calls release the GIL, so the kernel answers while a job decodes.
 
-The batch functions start jobs with ``background=True``; front-ends start their own with
-:func:`start_job`.
+The batch functions start jobs with ``background=True`` (through
+:mod:`~jupyter_localllm.session.executors`); any function can run as one with
+:func:`start_job`. How a job looks is the front-end's business: it draws the job's progress
+events through a sink (see :mod:`~jupyter_localllm.session.sinks`).
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .engine.runner import GenerationContext, Progress
-from .errors import BatchInterrupted, JobTimeoutError
-from .progress import TqdmProgress, progress_panel, widget_frontend
+from ..errors import BatchInterrupted, JobTimeoutError
+from ..types import Progress
+from .sinks import CallbackSink, ProgressArg, ProgressSink, TqdmSink, frontend
 
 if TYPE_CHECKING:
-    from .widgets.progress import ProgressPanel
+    from ..engine.runner import GenerationContext
 
 __all__ = ["Job", "run_in_background", "start_job", "tee_progress"]
 
@@ -117,10 +119,12 @@ class Job:
         self._lock = threading.Lock()
         self._rows: dict[int, Any] = {}
         self._value: Any = None
-        self._views: list[tuple[Callable[[Progress], Any], Callable[..., Any]]] = []
-        self._panel = None
+        self._views: list[ProgressSink] = []
+        self._sink: ProgressSink | None = None  # the front-end's panel, once made
         self._ended = False
-        self._shown_in: int | None = None  # execution count of the cell that displayed it
+        self.shown_in: Any = None
+        """Where a front-end displayed the job when it started (a notebook: the cell's
+        execution count), so showing the cell's value does not draw it twice."""
         self._queue = _queue_for(context) if context is not None else None
         self._thread = threading.Thread(target=self._run, name=f"localllm-{desc}", daemon=True)
 
@@ -171,61 +175,49 @@ class Job:
         return (self.ended_at or time.monotonic()) - self.started_at
 
     @property
-    def panel(self) -> ProgressPanel | None:
-        """A :class:`~jupyter_localllm.widgets.ProgressPanel` showing this job, with a
-        working Cancel button (made on first use; ``None`` without ipywidgets)."""
+    def panel(self) -> Any:
+        """The front-end's drawing of this job (in a notebook a
+        :class:`~jupyter_localllm.notebook.widgets.ProgressPanel` with a working Cancel
+        button), made on first use; ``None`` where no front-end can make one."""
         with self._lock:
-            if self._panel is not None:
-                return self._panel
-            panel = progress_panel(self.total, self.desc, on_cancel=self.cancel)
-            if panel is None:
+            if self._sink is not None:
+                return getattr(self._sink, "panel", self._sink)
+            front = frontend()
+            sink = front.new_panel(self.total, self.desc, self.cancel) if front else None
+            if sink is None:
                 return None
-            self._panel = panel
-            self._views.append((panel, panel.finish))
+            self._sink = sink
+            self._views.append(sink)
             ended = self._ended
         if self.progress is not None:
-            panel(self.progress)
+            sink(self.progress)
         if ended:  # the run ended before anyone looked: draw its end
-            panel.finish(self.status != "finished", self.status, self._end_note())
+            sink.close(self.status, self._end_note())
         elif self.status == "queued":
-            panel.set_note("queued")
-        return panel
+            self._note("queued")
+        return getattr(sink, "panel", sink)
 
-    def add_view(self, on_progress: Callable[[Progress], Any], finish: Callable[..., Any]) -> None:
-        """Send this job's progress events to ``on_progress`` and call ``finish(failed)`` at
-        the end (for front-ends drawing the job their own way)."""
+    def add_view(self, sink: ProgressSink) -> None:
+        """Send this job's progress events to ``sink`` and close it at the end (for
+        front-ends drawing the job their own way)."""
         with self._lock:
-            self._views.append((on_progress, finish))
+            self._views.append(sink)
 
     def __repr__(self) -> str:
         done = self.progress.done if self.progress is not None else len(self._rows)
         return f"<Job {self.desc}: {self.status}, {done}/{self.total} rows>"
 
     def _ipython_display_(self) -> None:
-        from IPython import get_ipython
-        from IPython.display import display
-
-        shell = get_ipython()
-        count = getattr(shell, "execution_count", None)
-        if self._shown_in is not None and self._shown_in == count:
-            return  # the cell that started it shows its panel already
-        panel = self.panel if widget_frontend() else None
-        if panel is not None:
-            display(panel)
-        else:
-            display({"text/plain": repr(self)}, raw=True)
+        front = frontend()
+        if front is not None:
+            front.show_job(self)
 
     # -- the thread ----------------------------------------------------------------------
     def _start(self, show: bool) -> None:
         _jobs.add(self)
-        if show:
-            from IPython import get_ipython
-            from IPython.display import display
-
-            panel = self.panel
-            if panel is not None:
-                display(panel)
-                self._shown_in = getattr(get_ipython(), "execution_count", None)
+        front = frontend() if show else None
+        if front is not None:
+            front.show_job(self, started=True)
         self._thread.start()
 
     def _deliver(self, value: Any, row: int | None = None) -> None:
@@ -237,13 +229,13 @@ class Job:
 
     def _report(self, event: Progress) -> None:
         self.progress = event
-        for on_progress, _ in list(self._views):
-            on_progress(event)
+        for sink in list(self._views):
+            sink(event)
 
     def _note(self, text: str) -> None:
-        panel = self._panel
-        if panel is not None:
-            panel.set_note(text)
+        set_note = getattr(self._sink, "set_note", None)
+        if set_note is not None:
+            set_note(text)
 
     def _run(self) -> None:
         queue = self._queue
@@ -288,9 +280,9 @@ class Job:
             with self._lock:
                 self._ended = True
                 views = list(self._views)
-            for _, finish in views:
+            for sink in views:
                 with contextlib.suppress(Exception):  # a broken view must not hide the result
-                    finish(self.status != "finished", self.status, note)
+                    sink.close(self.status, note)
             _jobs.discard(self)
             self._done.set()
 
@@ -303,26 +295,13 @@ class Job:
         return ""
 
 
-def tee_progress(report: Callable[[Progress], Any], progress: Any) -> Callable[[Progress], None]:
-    """An ``on_progress`` callback sending each event to ``report`` and, when the caller's
-    ``progress=`` argument is itself a callable, to that too."""
-    if not callable(progress):
-        return report
-
-    def both(event: Progress) -> None:
-        report(event)
-        progress(event)
-
-    return both
-
-
 def start_job(
     fn: JobFunction,
     *,
     total: int,
     desc: str = "job",
     context: GenerationContext | None = None,
-    progress: bool | Callable[[Progress], Any] | None = None,
+    progress: ProgressArg = None,
     cancel: threading.Event | None = None,
 ) -> Job:
     """Run ``fn(cancel, on_result, on_progress)`` in a background thread; return its
@@ -356,13 +335,27 @@ def start_job(
     """
     job = Job(fn, total=total, desc=desc, context=context, cancel=cancel)
     if callable(progress):
-        job.add_view(progress, lambda *args: None)
-    in_notebook = progress is not False and not callable(progress) and widget_frontend()
+        job.add_view(CallbackSink(progress))
+    front = frontend()
+    in_notebook = progress is not False and not callable(progress) and front and front.live()
     if progress is True and not in_notebook:
-        bar = TqdmProgress(total, desc)
-        job.add_view(bar, lambda failed, *rest: bar.close(failed))
-    job._start(show=in_notebook)
+        job.add_view(TqdmSink(total, desc))
+    job._start(show=bool(in_notebook))
     return job
+
+
+# -- transitional (replaced by session.executors) --
+def tee_progress(report: Callable[[Progress], Any], progress: Any) -> Callable[[Progress], None]:
+    """An ``on_progress`` callback sending each event to ``report`` and, when the caller's
+    ``progress=`` argument is itself a callable, to that too."""
+    if not callable(progress):
+        return report
+
+    def both(event: Progress) -> None:
+        report(event)
+        progress(event)
+
+    return both
 
 
 def run_in_background(

@@ -11,7 +11,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import InvalidParameterError
+from ..errors import InvalidParameterError
 
 __all__ = ["CHATML_TEMPLATE", "normalize_messages", "render_chat"]
 

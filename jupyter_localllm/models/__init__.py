@@ -24,15 +24,16 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jupyter_localllm import _download, _gguf
-from jupyter_localllm._gguf import ArraySummary
-from jupyter_localllm.errors import (
+from ..errors import (
     AmbiguousModelError,
     InsufficientMemoryError,
     InvalidModelFileError,
     InvalidParameterError,
     ModelNotFoundError,
 )
+from . import download as _download
+from . import gguf as _gguf
+from .gguf import ArraySummary
 
 if TYPE_CHECKING:
     import pandas as pd

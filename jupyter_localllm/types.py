@@ -1,0 +1,132 @@
+"""The public value types every layer shares: a row's :class:`Result`, a batch's
+:class:`Results`, a :class:`Progress` event and :class:`BatchInterrupted`. This module imports
+nothing above :mod:`jupyter_localllm.errors`, so the engine, the session and the front-ends can
+all use it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BatchInterrupted
+
+__all__ = ["BatchInterrupted", "Progress", "Result", "Results"]
+
+
+class Result(str):
+    """One generated text, a ``str`` carrying how it was produced.
+
+    Attributes: ``finish_reason`` (``"stop"`` a stop string, ``"length"`` max_tokens or the
+    context was reached, ``"eog"`` the model ended its turn, ``"error"``, ``"cancelled"`` an
+    interrupted run never finished the row), ``n_prompt_tokens``, ``n_tokens`` (generated),
+    ``error`` (message or ``None``), ``row`` (position in the input). A failed row's text is
+    ``"Error: <message>"``, as localLLM users check for.
+
+    Label scoring (:func:`~jupyter_localllm.classify`) gives the label as the text, with
+    ``probs`` (label -> probability) and ``logprobs`` (the label scores, in label order);
+    extraction (:func:`~jupyter_localllm.extract`) keeps the parsed JSON in ``value``.
+    """
+
+    finish_reason: str
+    n_prompt_tokens: int
+    n_tokens: int
+    error: str | None
+    row: int
+    probs: dict[str, float] | None
+    logprobs: list[float] | None
+    value: Any
+
+    def __new__(
+        cls,
+        text: str,
+        *,
+        finish_reason: str,
+        n_prompt_tokens: int = 0,
+        n_tokens: int = 0,
+        error: str | None = None,
+        row: int = 0,
+        probs: dict[str, float] | None = None,
+        logprobs: list[float] | None = None,
+        value: Any = None,
+    ) -> Result:
+        obj = super().__new__(cls, text)
+        obj.finish_reason = finish_reason
+        obj.n_prompt_tokens = n_prompt_tokens
+        obj.n_tokens = n_tokens
+        obj.error = error
+        obj.row = row
+        obj.probs = probs
+        obj.logprobs = logprobs
+        obj.value = value
+        return obj
+
+    @classmethod
+    def failed(cls, message: str, *, row: int = 0, n_prompt_tokens: int = 0) -> Result:
+        """An error result whose text is ``"Error: <message>"``."""
+        return cls(
+            f"Error: {message}",
+            finish_reason="error",
+            error=message,
+            row=row,
+            n_prompt_tokens=n_prompt_tokens,
+        )
+
+    @classmethod
+    def cancelled(cls, row: int) -> Result:
+        """The place of a row that an interrupted run never finished."""
+        result = cls.failed("cancelled", row=row)
+        result.finish_reason = "cancelled"
+        return result
+
+    @property
+    def ok(self) -> bool:
+        """True when the row produced text (no error)."""
+        return self.error is None
+
+    def __reduce__(self):  # keep the attributes through pickling (Dask, caches)
+        return (_rebuild_result, (str(self), self.__dict__))
+
+
+class Results(list):
+    """The results of a batch call, in input order, with ``hashes``: the SHA-256 of the
+    inputs (model file, parameters, prompts) and of the outputs (see
+    :mod:`jupyter_localllm.repro`)."""
+
+    hashes: dict[str, str]
+
+    def __init__(self, items: Any = (), hashes: dict[str, str] | None = None):
+        super().__init__(items)
+        self.hashes = dict(hashes or {})
+
+
+def _rebuild_result(text: str, attrs: dict) -> Result:
+    known = Result.__annotations__
+    return Result(text, **{k: v for k, v in attrs.items() if k in known})
+
+
+@dataclass
+class Progress:
+    """A progress event of a batch run (sent to ``on_progress`` callbacks)."""
+
+    done: int
+    """Rows finished (answers and errors)."""
+    total: int
+    """Rows in the run."""
+    errors: int
+    """Rows that ended with an error."""
+    generated_tokens: int
+    """Tokens generated so far."""
+    elapsed: float
+    """Seconds since the run started."""
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second so far."""
+        return self.generated_tokens / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Estimated seconds left (None before the first row finishes)."""
+        if self.done == 0 or self.elapsed <= 0:
+            return None
+        return self.elapsed / self.done * (self.total - self.done)
