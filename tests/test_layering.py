@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,350 @@ def test_all_is_sorted_and_resolves():
 def test_unknown_attribute_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         ll.nope  # noqa: B018
+
+
+# --- import rules between the floors ------------------------------------------------------------
+#
+# Every static import counts: at module top, inside functions (lazy imports), and inside
+# ``if TYPE_CHECKING:`` blocks. A type-only import is still a dependency on the floor it names
+# (an engine that annotates with a session type is layered wrong even if nothing loads at run
+# time), so the rules treat it like any other import. The one exception is the root package's
+# ``if TYPE_CHECKING:`` mirror of its lazy public names, which rule (e) lets name widget classes:
+# those names are public API and the root is the composition root. ``importlib.import_module``
+# with a literal name counts as an import too; names computed at run time cannot be seen.
+# Relative imports are resolved to absolute names; ``from pkg import name`` resolves to the
+# module ``pkg.name`` when that is a module of the package, and a public name of the root package
+# (``from jupyter_localllm import generate``) resolves to the module that defines it. Importing
+# the root package itself counts as reaching above every floor (it re-exports them all), except
+# for ``from jupyter_localllm import __version__``.
+
+PKG = "jupyter_localllm"
+MODULES = {
+    ".".join((PKG, *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__"): p
+    for p in SOURCES
+}
+
+
+@dataclass(frozen=True)
+class Import:
+    """One imported module (and the name taken from it, for ``from m import name``)."""
+
+    importer: str  # the importing module, e.g. "jupyter_localllm.engine.runner"
+    line: int
+    target: str  # absolute name of the imported module
+    name: str | None  # the name taken from ``target``; None for ``import target``
+    text: str  # the statement as written, for messages
+    type_only: bool = False
+
+    def __str__(self) -> str:
+        kind = " (type-only)" if self.type_only else ""
+        return f"{self.importer} line {self.line}: {self.text}{kind}"
+
+
+def _package_of(module: str, is_package: bool) -> list[str]:
+    parts = module.split(".")
+    return parts if is_package else parts[:-1]
+
+
+def _resolve_from(module: str, is_package: bool, level: int, name: str | None) -> str:
+    if not level:
+        return name or ""
+    base = _package_of(module, is_package)
+    base = base[: len(base) - (level - 1)]
+    return ".".join([*base, name] if name else base)
+
+
+def _from_target(base: str, name: str, modules: set[str]) -> tuple[str, str | None]:
+    """The module that ``from base import name`` really depends on."""
+    if f"{base}.{name}" in modules:
+        return f"{base}.{name}", name
+    if base == PKG and name in ll._EXPORTS:
+        return f"{PKG}.{ll._EXPORTS[name]}", name
+    return base, name
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+class _ImportCollector(ast.NodeVisitor):
+    def __init__(self, module: str, is_package: bool, modules: set[str]) -> None:
+        self.module, self.is_package, self.modules = module, is_package, modules
+        self.type_only = False
+        self.found: list[Import] = []
+
+    def _add(self, node: ast.AST, target: str, name: str | None, text: str) -> None:
+        self.found.append(Import(self.module, node.lineno, target, name, text, self.type_only))
+
+    def visit_If(self, node: ast.If) -> None:
+        if not _is_type_checking(node.test):
+            self.generic_visit(node)
+            return
+        outer, self.type_only = self.type_only, True
+        for child in node.body:
+            self.visit(child)
+        self.type_only = outer
+        for child in node.orelse:
+            self.visit(child)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            self._add(node, alias.name, None, f"import {alias.name}")
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.module == "__future__":
+            return
+        base = _resolve_from(self.module, self.is_package, node.level, node.module)
+        written = "." * node.level + (node.module or "")
+        for alias in node.names:
+            target, name = _from_target(base, alias.name, self.modules)
+            self._add(node, target, name, f"from {written} import {alias.name}")
+
+    def visit_Call(self, node: ast.Call) -> None:
+        func = node.func
+        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        first = node.args[0] if node.args else None
+        if (
+            called == "import_module"
+            and isinstance(first, ast.Constant)
+            and isinstance(first.value, str)
+        ):
+            anchor = getattr(node.args[1], "id", None) if len(node.args) > 1 else None
+            target = self._absolute(first.value, anchor)
+            self._add(node, target, None, f"import_module({first.value!r})")
+        self.generic_visit(node)
+
+    def _absolute(self, name: str, anchor: str | None = None) -> str:
+        """The module ``import_module(name, anchor)`` loads, ``anchor`` being ``__name__`` (or
+        ``__package__``) of the calling module."""
+        if not name.startswith("."):
+            return name
+        level = len(name) - len(name.lstrip("."))
+        in_package = self.is_package or anchor == "__name__"
+        return _resolve_from(self.module, in_package, level, name.lstrip(".") or None)
+
+
+def collect_imports(
+    source: str, module: str, *, is_package: bool = False, modules: set[str] | None = None
+) -> list[Import]:
+    """Every import in ``source`` (the code of ``module``), resolved to absolute module names."""
+    collector = _ImportCollector(module, is_package, set(MODULES) if modules is None else modules)
+    collector.visit(ast.parse(source))
+    return collector.found
+
+
+def _package_imports() -> list[Import]:
+    found = []
+    for module, path in MODULES.items():
+        source = path.read_text(encoding="utf-8")
+        found += collect_imports(source, module, is_package=path.name == "__init__.py")
+    return found
+
+
+ALL_IMPORTS = _package_imports()
+
+
+def _in_package(module: str) -> bool:
+    return module == PKG or module.startswith(PKG + ".")
+
+
+def _in(module: str, *floors: str) -> bool:
+    """Whether ``module`` is one of ``floors`` (names below the package) or inside one."""
+    return any(module == f"{PKG}.{f}" or module.startswith(f"{PKG}.{f}.") for f in floors)
+
+
+def _is_root(imp: Import) -> bool:
+    """An import of the root package itself for anything but ``__version__``: the root re-exports
+    every floor, so a lower floor that reaches for it reaches above itself."""
+    return imp.target == PKG and imp.name != "__version__"
+
+
+def _engine_rule(imp: Import) -> bool:
+    """(a) The engine imports only the engine, types and errors from the package."""
+    if not _in(imp.importer, "engine") or not _in_package(imp.target):
+        return False
+    if imp.target == PKG:
+        return _is_root(imp)
+    return not _in(imp.target, "engine", "types", "errors")
+
+
+BOTTOM = ("types", "errors", "hardware", "models", "analysis", "datasets")
+
+
+def _bottom_rule(imp: Import) -> bool:
+    """(b) The bottom floor imports nothing from engine, session, tasks or a front-end."""
+    return _in(imp.importer, *BOTTOM) and (
+        _is_root(imp) or _in(imp.target, "engine", "session", "tasks", "notebook", "cli")
+    )
+
+
+def _session_rule(imp: Import) -> bool:
+    """(c) The session imports nothing from tasks or a front-end."""
+    return _in(imp.importer, "session") and (
+        _is_root(imp) or _in(imp.target, "tasks", "notebook", "cli")
+    )
+
+
+def _tasks_rule(imp: Import) -> bool:
+    """(d) Tasks import nothing from a front-end."""
+    return _in(imp.importer, "tasks") and (_is_root(imp) or _in(imp.target, "notebook", "cli"))
+
+
+DISPLAY = (f"{PKG}.notebook.widgets", "ipywidgets", "IPython.display", "IPython.core.display")
+
+
+def _shows(imp: Import) -> bool:
+    names = [imp.target] + ([f"{imp.target}.{imp.name}"] if imp.name else [])
+    return any(n == d or n.startswith(d + ".") for n in names for d in DISPLAY)
+
+
+def _display_rule(imp: Import) -> bool:
+    """(e) Only the notebook front-end imports widgets, ipywidgets or IPython display code (the
+    root's ``TYPE_CHECKING`` mirror of its public widget names excepted)."""
+    if _in(imp.importer, "notebook") or (imp.importer == PKG and imp.type_only):
+        return False
+    return _shows(imp)
+
+
+def _frontend_engine_rule(imp: Import) -> bool:
+    """(f) Front-ends (notebook, cli) reach the engine only through tasks and the session."""
+    return _in(imp.importer, "notebook", "cli") and _in(imp.target, "engine")
+
+
+def _floor(module: str) -> str:
+    return module.split(".")[1] if module.startswith(PKG + ".") else module
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _private_rule(imp: Import) -> bool:
+    """(f) No module takes an underscore-prefixed name (or module) from another sub-package."""
+    if not _in_package(imp.target) or _floor(imp.target) == _floor(imp.importer):
+        return False
+    parts = imp.target.split(".")[1:] + ([imp.name] if imp.name else [])
+    return any(_is_private(p) for p in parts)
+
+
+RULES = {
+    "a: engine imports only engine, types, errors": _engine_rule,
+    "b: bottom imports nothing from engine, session, tasks, front-ends": _bottom_rule,
+    "c: session imports nothing from tasks, notebook, cli": _session_rule,
+    "d: tasks import nothing from notebook, cli": _tasks_rule,
+    "e: only notebook imports widgets, ipywidgets, IPython display": _display_rule,
+    "f: front-ends import no engine module": _frontend_engine_rule,
+    "f: no private names across sub-packages": _private_rule,
+}
+
+# One violation per rule, written the way a slip would look: (module, is_package, source).
+VIOLATIONS = {
+    "a: engine imports only engine, types, errors": (
+        "jupyter_localllm.engine.runner",
+        False,
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..session.jobs import Job",
+    ),
+    "b: bottom imports nothing from engine, session, tasks, front-ends": (
+        "jupyter_localllm.analysis.repro",
+        False,
+        "def f():\n    from .. import generate",
+    ),
+    "c: session imports nothing from tasks, notebook, cli": (
+        "jupyter_localllm.session.manager",
+        False,
+        "from ..tasks.generation import generate_parallel",
+    ),
+    "d: tasks import nothing from notebook, cli": (
+        "jupyter_localllm.tasks",
+        True,
+        "import jupyter_localllm.notebook.config",
+    ),
+    "e: only notebook imports widgets, ipywidgets, IPython display": (
+        "jupyter_localllm.session.sinks",
+        False,
+        "def f():\n    from IPython import display",
+    ),
+    "f: front-ends import no engine module": (
+        "jupyter_localllm.notebook.widgets.models",
+        False,
+        "from ...engine import llama",
+    ),
+    "f: no private names across sub-packages": (
+        "jupyter_localllm.notebook.magics",
+        False,
+        "from ..session.manager import _manager",
+    ),
+}
+
+
+def test_imports_are_found_and_resolved():
+    src = (
+        "import os, ipywidgets as w\n"
+        "from . import gguf\n"
+        "from .. import __version__, generate\n"
+        "from ..engine.llama import Model\n"
+        "if TYPE_CHECKING:\n    from ...x import y\nelse:\n    import z\n"
+        "def f():\n    import importlib\n    importlib.import_module('.gguf', __package__)\n"
+    )
+    found = collect_imports(src, "jupyter_localllm.models.download")
+    got = [(i.line, i.target, i.name, i.type_only) for i in found]
+    assert got == [
+        (1, "os", None, False),
+        (1, "ipywidgets", None, False),
+        (2, "jupyter_localllm.models.gguf", "gguf", False),
+        (3, "jupyter_localllm", "__version__", False),
+        (3, "jupyter_localllm.tasks.generation", "generate", False),
+        (4, "jupyter_localllm.engine.llama", "Model", False),
+        (6, "x", "y", True),
+        (8, "z", None, False),
+        (10, "importlib", None, False),
+        (11, "jupyter_localllm.models.gguf", None, False),
+    ]
+    root = collect_imports("import_module('.notebook.accessor', __name__)", PKG, is_package=True)
+    assert [i.target for i in root] == ["jupyter_localllm.notebook.accessor"]
+    assert str(found[5]) == (
+        "jupyter_localllm.models.download line 4: from ..engine.llama import Model"
+    )
+    assert len(ALL_IMPORTS) > 100
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_each_rule_sees_a_violation(rule):
+    module, is_package, source = VIOLATIONS[rule]
+    found = collect_imports(source, module, is_package=is_package)
+    assert [i for i in found if RULES[rule](i)], f"rule {rule!r} missed {source!r}"
+    others = [r for r in RULES if r != rule and r.split(":")[0] != rule.split(":")[0]]
+    assert not [r for r in others for i in found if RULES[r](i)], "one slip, one rule"
+
+
+def test_allowed_imports_pass_every_rule():
+    allowed = {
+        "jupyter_localllm.analysis.repro": "def f():\n    from .. import __version__",
+        "jupyter_localllm.engine.scheduler": "from ..types import Result\nfrom .text import clean",
+        "jupyter_localllm.session.cache": "from ..analysis.repro import sha256_json",
+        "jupyter_localllm.tasks.generation": "from ..session.jobs import Job",
+        "jupyter_localllm.notebook.magics": "from IPython.display import display\nimport numpy",
+        "jupyter_localllm.models": "from . import download as _download",
+    }
+    for module, source in allowed.items():
+        for imp in collect_imports(source, module, is_package=module.endswith("models")):
+            assert not [r for r, broken in RULES.items() if broken(imp)], str(imp)
+
+
+def test_the_root_names_widgets_for_type_checkers_only():
+    widgets = "from .notebook.widgets import ProgressPanel"
+    typed = collect_imports(f"if TYPE_CHECKING:\n    {widgets}", PKG, is_package=True)
+    loaded = collect_imports(f"def f():\n    {widgets}", PKG, is_package=True)
+    assert not _display_rule(typed[0])
+    assert _display_rule(loaded[0])
+    assert not _display_rule(
+        collect_imports("from .notebook import magics", PKG, is_package=True)[0]
+    )
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_layering_rule(rule):
+    offenders = [str(imp) for imp in ALL_IMPORTS if RULES[rule](imp)]
+    assert not offenders, f"rule {rule}:\n" + "\n".join(offenders)

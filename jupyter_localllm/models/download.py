@@ -217,57 +217,64 @@ def download_hf(
     """
     import huggingface_hub
 
+    repo_id, filename, revision = parse_hf_ref(ref)
+    download = huggingface_hub.hf_hub_download
+    options = {"token": token, "force_download": force}
+    # tqdm_class arrived in later huggingface_hub releases; older ones always show their bar.
+    if not show_progress and "tqdm_class" in inspect.signature(download).parameters:
+        options["tqdm_class"] = _silent_tqdm_class()
+    where = {"repo_id": repo_id, "filename": filename, "revision": revision}
+    try:
+        path = download(**where, local_dir=cache_dir / "hf" / repo_id, **options)
+    except Exception as exc:  # network, disk, validation: one message, cause attached
+        raise _hf_download_error(exc, where) from exc
+    return Path(path).absolute()
+
+
+# (huggingface_hub.utils class name, message) in the order to test them: a subclass comes before
+# its base (GatedRepoError is a RepositoryNotFoundError, LocalEntryNotFoundError an
+# EntryNotFoundError). The messages are formatted with repo_id, filename and revision.
+_HF_ERROR_MESSAGES = (
+    (
+        "GatedRepoError",
+        "Hugging Face repository {repo_id!r} is gated; accept its terms on the Hub and "
+        "pass hf_token= (or run `hf auth login`).",
+    ),
+    (
+        "RepositoryNotFoundError",
+        "Hugging Face repository {repo_id!r} was not found; check the name, or pass "
+        "hf_token= if it is private.",
+    ),
+    (
+        "RevisionNotFoundError",
+        "Revision {revision!r} of Hugging Face repository {repo_id!r} was not found; check "
+        "the branch, tag or commit after '@'.",
+    ),
+    (
+        "LocalEntryNotFoundError",
+        "Cannot reach the Hugging Face Hub for {filename!r} in {repo_id!r} and no copy is "
+        "cached; connect to the network and try again.",
+    ),
+    (
+        "EntryNotFoundError",
+        "File {filename!r} was not found in Hugging Face repository {repo_id!r}; check "
+        "the file name and folder in the repository's file list.",
+    ),
+)
+
+
+def _hf_download_error(exc: Exception, where: dict[str, str | None]) -> DownloadError:
+    """The :class:`DownloadError` that names the fix for ``exc`` raised by ``hf_hub_download``."""
     # huggingface_hub.utils re-exports these in every release since 0.23 (.errors came later).
     from huggingface_hub import utils as hf_errors
 
-    repo_id, filename, revision = parse_hf_ref(ref)
-    local_dir = cache_dir / "hf" / repo_id
-    kwargs = {}
-    download = huggingface_hub.hf_hub_download
-    # tqdm_class arrived in later huggingface_hub releases; older ones always show their bar.
-    if not show_progress and "tqdm_class" in inspect.signature(download).parameters:
-        kwargs["tqdm_class"] = _silent_tqdm_class()
-    try:
-        path = download(
-            repo_id=repo_id,
-            filename=filename,
-            revision=revision,
-            local_dir=local_dir,
-            token=token,
-            force_download=force,
-            **kwargs,
-        )
-    except hf_errors.GatedRepoError as exc:
-        raise DownloadError(
-            f"Hugging Face repository {repo_id!r} is gated; accept its terms on the Hub and "
-            "pass hf_token= (or run `hf auth login`)."
-        ) from exc
-    except hf_errors.RepositoryNotFoundError as exc:
-        raise DownloadError(
-            f"Hugging Face repository {repo_id!r} was not found; check the name, or pass "
-            "hf_token= if it is private."
-        ) from exc
-    except hf_errors.RevisionNotFoundError as exc:
-        raise DownloadError(
-            f"Revision {revision!r} of Hugging Face repository {repo_id!r} was not found; check "
-            "the branch, tag or commit after '@'."
-        ) from exc
-    except hf_errors.LocalEntryNotFoundError as exc:
-        raise DownloadError(
-            f"Cannot reach the Hugging Face Hub for {filename!r} in {repo_id!r} and no copy is "
-            "cached; connect to the network and try again."
-        ) from exc
-    except hf_errors.EntryNotFoundError as exc:
-        raise DownloadError(
-            f"File {filename!r} was not found in Hugging Face repository {repo_id!r}; check "
-            "the file name and folder in the repository's file list."
-        ) from exc
-    except Exception as exc:  # network, disk, validation: one message, cause attached
-        raise DownloadError(
-            f"Downloading {filename!r} from Hugging Face repository {repo_id!r} failed ({exc}); "
-            "check the network and the reference, then try again."
-        ) from exc
-    return Path(path).absolute()
+    for name, message in _HF_ERROR_MESSAGES:
+        if isinstance(exc, getattr(hf_errors, name)):
+            return DownloadError(message.format(**where))
+    return DownloadError(
+        f"Downloading {where['filename']!r} from Hugging Face repository {where['repo_id']!r} "
+        f"failed ({exc}); check the network and the reference, then try again."
+    )
 
 
 def _silent_tqdm_class() -> type:
