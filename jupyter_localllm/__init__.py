@@ -42,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     "document_start": "analysis.repro",
     "document_end": "analysis.repro",
     "clear_cache": "session.cache",
-    "extract": "tasks.classification",
+    "extract": "tasks.extraction",
     "compute_confusion_matrices": "analysis.evaluation",
     "intercoder_reliability": "analysis.evaluation",
     "validate": "analysis.evaluation",
@@ -170,8 +170,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .notebook.widgets import AccuracyPanel, HardwarePanel, ModelPanel, ProgressPanel, dashboard
     from .session.cache import clear_cache
     from .session.jobs import Job, start_job
-    from .tasks.classification import classify, extract
+    from .tasks.classification import classify
     from .tasks.exploration import Exploration, explore
+    from .tasks.extraction import extract
     from .tasks.generation import (
         apply_chat_template,
         context_create,

@@ -85,7 +85,7 @@ def test_numbers_need_an_explicit_format(ctx8):
 
 def test_braces_in_cells_are_inserted_once(ctx8):
     df = pd.DataFrame({"code": ["x = {'a': 1}"], "other": ["SHOULD NOT APPEAR"]})
-    texts, errors = jupyter_localllm.accessor._row_texts(df, "Explain {code} {{ok}}")
+    texts, errors = jupyter_localllm.notebook.accessor._row_texts(df, "Explain {code} {{ok}}")
     assert texts == ["Explain x = {'a': 1} {ok}"] and not errors
 
 

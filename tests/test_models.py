@@ -221,7 +221,7 @@ def test_unreadable_file_is_rejected(model_bytes):
             "try:\n    validate_model_file(sys.argv[1])\n"
             "except Exception as e:\n    print(type(e).__name__, e)\n"
         )
-        repo = Path(models.__file__).resolve().parents[1]
+        repo = Path(models.__file__).resolve().parents[2]
         done = subprocess.run(
             [sys.executable, "-c", code, str(path)],
             capture_output=True,

@@ -17,7 +17,7 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -27,45 +27,30 @@ from .config import get_settings
 from .templates import check_fields, formatted_fields, render
 
 if TYPE_CHECKING:
-    from ..engine.llama import Model
-    from ..engine.runner import GenerationContext
+    from ..session.executors import Plan
     from ..session.jobs import Job
+    from ..types import Result
 
-# The engine (and llama.cpp) is imported on first use, so registering the accessors when the
+# The tasks (and llama.cpp) are imported on first use, so registering the accessors when the
 # package is imported costs no more than pandas.
 
 __all__ = ["LLMFrameAccessor", "LLMSeriesAccessor", "resolve_context"]
 
 
-def resolve_context(
-    model: str | Model | GenerationContext | None = None, *, n_seq_max: int | None = None
-) -> GenerationContext:
-    """The context a front-end runs on: ``model`` is a context (used as is), a loaded model,
-    an alias of the session's model manager, a reference to load (``"default"``, a path, …), or
-    ``None`` for the session's default model (loading ``%config LocalLLM.default_model`` when
-    none is loaded). ``n_seq_max`` defaults to the value given at load, else the settings'."""
-    from ..engine.llama import Model
-    from ..engine.runner import GenerationContext
-    from ..session.manager import get_manager
+def resolve_context(model: Any = None, *, n_seq_max: int | None = None) -> Any:
+    """The context a front-end runs on (see
+    :func:`~jupyter_localllm.session.manager.resolve_context`), with the defaults of
+    ``%config LocalLLM``: its default model, ``n_seq_max`` and ``n_ctx``."""
+    from ..session.manager import resolve_context as session_context
 
-    if isinstance(model, GenerationContext):
-        return model
-    manager, settings = get_manager(), get_settings()
-    if isinstance(model, Model):
-        alias = manager.adopt(model)
-    elif model is None:
-        if manager.default_alias is None:
-            manager.load(settings.default_model, **settings.load_options())
-        alias = manager.default_alias
-    else:
-        alias = str(model)
-        if alias not in manager.aliases:
-            manager.load(alias, **settings.load_options())
-    entry = manager.entry(alias)
-    return manager.context(
-        alias,
-        n_seq_max=n_seq_max or entry.n_seq_max or settings.n_seq_max,
-        n_ctx=entry.n_ctx or settings.n_ctx,
+    settings = get_settings()
+    return session_context(
+        model,
+        n_seq_max=n_seq_max,
+        default_model=settings.default_model,
+        default_n_seq_max=settings.n_seq_max,
+        n_ctx=settings.n_ctx,
+        load_options=settings.load_options(),
     )
 
 
@@ -117,6 +102,12 @@ def _cache(cache: bool | None) -> bool | None:
     return False if cache is None and not get_settings().cache else cache
 
 
+def _run(plan: Plan[Any], background: bool, progress: Any) -> Any:
+    from ..session.executors import execute
+
+    return execute(plan, background=background, progress=_progress(progress))
+
+
 class _Accessor:
     """Shared body of the DataFrame and Series accessors."""
 
@@ -127,12 +118,20 @@ class _Accessor:
         """The frame ``out=`` writes into (None for a Series)."""
         return None
 
-    def _start_column(self, out: str | None, dtype: Any = object) -> int | None:
+    def _writing(self, plan: Plan[Any], out: str | None, pick: Callable[[Any], Any]) -> Plan:
+        """``plan`` also writing ``pick(row value)`` into column ``out`` as each row
+        finishes; existing values stay until their row's result exists."""
         target = self._target()
         if out is None or target is None:
-            return None
-        target[out] = pd.Series(pd.NA, index=target.index, dtype=dtype)
-        return target.columns.get_loc(out)
+            return plan
+        if out not in target.columns:
+            target[out] = pd.Series(pd.NA, index=target.index, dtype=object)
+        col = target.columns.get_loc(out)
+
+        def write(row: int, value: Any) -> None:
+            target.iat[row, col] = pick(value)
+
+        return plan.also_on_result(write)
 
     def _record(self, info: dict[str, Any]) -> None:
         frame = self._target()
@@ -144,7 +143,7 @@ class _Accessor:
         template: str,
         *,
         out: str | None = None,
-        model: str | Model | GenerationContext | None = None,
+        model: Any = None,
         system_prompt: str | None = None,
         format: str = "auto",
         n_seq_max: int | None = None,
@@ -159,79 +158,43 @@ class _Accessor:
 
         Returns a Series of :class:`~jupyter_localllm.Result` strings aligned to the index; a
         row that could not run holds ``"Error: …"`` (its ``.error`` says why). ``out`` also
-        writes the answers into that column as rows finish. Sampling keywords
-        (``max_tokens``, ``temperature``, ``seed``, ``stop``, …) default to ``%config
-        LocalLLM``; run details go to ``df.attrs["llm"]``.
+        writes the answers into that column as rows finish (an interrupt keeps them; other
+        rows keep their old values). Sampling keywords (``max_tokens``, ``temperature``,
+        ``seed``, ``stop``, …) default to ``%config LocalLLM``; run details go to
+        ``df.attrs["llm"]``.
 
         ``background=True`` returns a :class:`~jupyter_localllm.Job` at once (with a Cancel
         button in notebooks); rows still land in ``out`` as they finish, ``job.partial()``
         holds them by position, and ``job.result()`` gives the Series.
         """
-        from ..tasks import classification as tasks
-        from ..tasks import generation as api
-        from ..types import Result
+        from ..session.executors import single
+        from ..tasks.generation import generation_request
+        from ..tasks.prompts import render_rows, resolve_format
 
-        frame = self._frame()
+        frame, t0 = self._frame(), time.perf_counter()
         texts, errors = _row_texts(frame, template)
         ctx = resolve_context(model, n_seq_max=n_seq_max)
-        fmt = tasks.resolve_format(ctx.model, format)
-        prompts = [
-            tasks.render_prompt(ctx.model, fmt, t, None, system_prompt, []) if t else None
-            for t in texts
-        ]
-        todo = [pos for pos, p in enumerate(prompts) if p is not None]
-        results: list[Result | None] = [None] * len(frame)
-        for pos, message in errors.items():
-            results[pos] = Result.failed(message, row=pos)
-        col = self._start_column(out)
-        target = self._target()
-        if col is not None:
-            for pos in errors:
-                target.iat[pos, col] = results[pos]
+        fmt = resolve_format(ctx.model, format)
+        prompts, _ = render_rows(ctx.model, fmt, texts, None, system_prompt)
+        request = generation_request(
+            ctx,
+            prompts,
+            clean=clean,
+            cache=_cache(cache),
+            errors=errors,
+            **get_settings().sampling(**sampling),
+        )
 
-        kwargs = get_settings().sampling(**sampling)
-
-        def run(cancel: Any = None, report: Any = None, on_row: Any = None) -> pd.Series:
-            def deliver(res: Result) -> None:
-                pos = todo[res.row]
-                results[pos] = res
-                if col is not None:
-                    target.iat[pos, col] = res
-                if on_row is not None:
-                    on_row(res, pos)
-
-            t0 = time.perf_counter()
-            ran = api.generate_parallel(
-                ctx,
-                [prompts[pos] for pos in todo],
-                clean=clean,
-                progress=report if report is not None else _progress(progress),
-                cache=_cache(cache),
-                on_result=deliver,
-                cancel=cancel,
-                **kwargs,
-            )
-            for k, res in enumerate(ran):  # rows served from the cache skip on_result
-                if results[todo[k]] is None:
-                    deliver(res)
-            series = pd.Series(results, index=frame.index, name=out or "llm", dtype=object)
+        def finish(results: list[Result]) -> pd.Series:
+            series = pd.Series(list(results), index=frame.index, name=out or "llm", dtype=object)
             info = _run_info("generate", ctx, template, series, time.perf_counter() - t0)
-            info["hashes"] = ran.hashes
+            info["hashes"] = results.hashes
             series.attrs["llm"] = info
             self._record(info)
             return series
 
-        if background:
-            from ..session.jobs import start_job
-
-            return start_job(
-                lambda cancel, on_result, on_progress: run(cancel, on_progress, on_result),
-                total=len(todo),
-                desc="generate",
-                context=ctx,
-                progress=False if progress is False else None,
-            )
-        return run()
+        plan = self._writing(single(request, finish, desc="generate"), out, lambda r: r)
+        return _run(plan, background, progress)
 
     def classify(
         self,
@@ -245,24 +208,25 @@ class _Accessor:
         system_prompt: str | None = None,
         calibrate: bool = False,
         scoring: str = "constrained",
-        model: str | Model | GenerationContext | None = None,
+        model: Any = None,
         n_seq_max: int | None = None,
         progress: bool | Any | None = None,
-    ) -> pd.Series | pd.DataFrame:
+        background: bool = False,
+    ) -> pd.Series | pd.DataFrame | Job:
         """Label every row with one of ``labels`` by label scoring (see
         :func:`~jupyter_localllm.classify`; ``template`` renders each row's text).
 
         Returns a Series of labels aligned to the index (``<NA>`` where a row could not
         run), or with ``probs=True`` a DataFrame with ``label``, one probability column per
-        label and ``error``. ``out`` writes the labels into that column.
+        label and ``error``. ``out`` writes the labels into that column as rows are scored.
+        ``background=True`` returns a :class:`~jupyter_localllm.Job` (see :meth:`generate`).
         """
-        from ..tasks import classification as tasks
+        from ..tasks.classification import classify_plan
 
-        frame = self._frame()
+        frame, t0 = self._frame(), time.perf_counter()
         texts, errors = _row_texts(frame, template)
         ctx = resolve_context(model, n_seq_max=n_seq_max)
-        t0 = time.perf_counter()
-        scored = tasks.classify(
+        plan = classify_plan(
             ctx,
             texts,
             labels,
@@ -271,81 +235,78 @@ class _Accessor:
             system_prompt=system_prompt,
             calibrate=calibrate,
             scoring=scoring,
-            progress=_progress(progress),
+            errors=errors,
         )
-        scored.index = frame.index
-        for pos, message in errors.items():
-            scored.iat[pos, scored.columns.get_loc("error")] = message
-        label = scored["label"].astype(object).where(scored["label"].notna(), pd.NA)
-        label.name = out or "label"
-        col = self._start_column(out)
-        if col is not None:
-            self._target()[out] = label
-        info = _run_info("classify", ctx, template, scored["error"], time.perf_counter() - t0)
-        info["labels"] = [str(x) for x in labels]
-        info["hashes"] = scored.attrs.get("hashes", {})
-        self._record(info)
-        result = scored if probs else label
-        result.attrs["llm"] = info
-        return result
+
+        def finish(scored: pd.DataFrame) -> pd.Series | pd.DataFrame:
+            scored.index = frame.index
+            label = scored["label"].astype(object).where(scored["label"].notna(), pd.NA)
+            label.name = out or "label"
+            if out is not None and self._target() is not None:
+                self._target()[out] = label
+            info = _run_info("classify", ctx, template, scored["error"], time.perf_counter() - t0)
+            info["labels"] = [str(x) for x in labels]
+            info["hashes"] = scored.attrs.get("hashes", {})
+            self._record(info)
+            result = scored if probs else label
+            result.attrs["llm"] = info
+            return result
+
+        plan = self._writing(plan.then(finish), out, lambda rec: _or_na(rec["label"]))
+        return _run(plan, background, progress)
 
     def extract(
         self,
         template: str,
         schema: Mapping[str, Any] | type,
         *,
-        model: str | Model | GenerationContext | None = None,
+        model: Any = None,
         instruction: str | None = None,
         system_prompt: str | None = None,
         n_seq_max: int | None = None,
         progress: bool | Any | None = None,
+        background: bool = False,
         **sampling: Any,
-    ) -> pd.DataFrame:
+    ) -> pd.DataFrame | Job:
         """Extract the fields of ``schema`` (JSON schema or pydantic model) from every row
         (see :func:`~jupyter_localllm.extract`). Returns a DataFrame aligned to the index:
-        one column per top-level property and ``error`` (``None``, or why the row failed)."""
-        from ..tasks import classification as tasks
-        from ..types import Result
+        one column per top-level property and ``error`` (``None``, or why the row failed).
+        ``background=True`` returns a :class:`~jupyter_localllm.Job` (see :meth:`generate`)."""
+        from ..tasks.extraction import extraction_plan, json_schema
 
-        frame = self._frame()
+        frame, t0 = self._frame(), time.perf_counter()
         texts, errors = _row_texts(frame, template)
         ctx = resolve_context(model, n_seq_max=n_seq_max)
-        todo = [pos for pos, t in enumerate(texts) if t is not None]
-        t0 = time.perf_counter()
-        rows = tasks.extract(
+        plan = extraction_plan(
             ctx,
-            [texts[pos] for pos in todo],
+            texts,
             schema,
             instruction=instruction,
             system_prompt=system_prompt,
-            progress=_progress(progress),
+            errors=errors,
             **sampling,
         )
-        values: list[Any] = [None] * len(frame)
-        for pos, row in zip(todo, rows, strict=True):
-            values[pos] = row
-        props = _schema_properties(schema)
-        records = [v if isinstance(v, dict) else {} for v in values]
-        table = pd.DataFrame.from_records(records, columns=props or None)
-        table.index = frame.index
-        table["error"] = [
-            errors.get(pos) or (v.error if isinstance(v, Result) else None)
-            for pos, v in enumerate(values)
-        ]
-        info = _run_info("extract", ctx, template, table["error"], time.perf_counter() - t0)
-        self._record(info)
-        table.attrs["llm"] = info
-        return table
+        props = list(json_schema(schema).get("properties", {}))
+
+        def finish(values: list[Any]) -> pd.DataFrame:
+            records = [v if isinstance(v, dict) else {} for v in values]
+            table = pd.DataFrame.from_records(records, columns=props or None)
+            table.index = frame.index
+            table["error"] = [None if isinstance(v, dict) else v.error for v in values]
+            info = _run_info("extract", ctx, template, table["error"], time.perf_counter() - t0)
+            self._record(info)
+            table.attrs["llm"] = info
+            return table
+
+        return _run(plan.then(finish), background, progress)
 
 
-def _schema_properties(schema: Mapping[str, Any] | type) -> list[str]:
-    if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
-        schema = schema.model_json_schema()
-    return list(schema.get("properties", {})) if isinstance(schema, Mapping) else []
+def _or_na(value: Any) -> Any:
+    return pd.NA if value is None else value
 
 
 def _run_info(
-    task: str, ctx: GenerationContext, template: str, values: pd.Series, seconds: float
+    task: str, ctx: Any, template: str, values: pd.Series, seconds: float
 ) -> dict[str, Any]:
     """Run details kept in ``df.attrs["llm"]``."""
     from ..types import Result

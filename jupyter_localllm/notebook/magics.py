@@ -19,7 +19,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
-from ..errors import LocalLLMError
+from ..errors import BatchInterrupted, LocalLLMError
 from .config import get_settings
 from .templates import render, template_fields
 
@@ -127,6 +127,7 @@ def _batch_parser() -> MagicArgumentParser:
     p.add_argument("--calibrate", action="store_true", help="with --labels: contextual calibration")
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--n-seq-max", type=int)
+    p.add_argument("--background", action="store_true", help="run as a job; the kernel stays free")
     return p
 
 
@@ -146,6 +147,7 @@ _HELP = """\
 
 %llm_batch DF.COLUMN --out NEWCOL [--template "... {COLUMN} ..."] [-m ALIAS]
       [-s SYSTEM] [--labels "A,B,C" [--calibrate]] [--max-tokens N] [--n-seq-max N]
+      [--background]     (a job: rows land in NEWCOL as they finish; the kernel stays free)
 
 Settings: %config LocalLLM (default_model, n_ctx, n_seq_max, n_gpu_layers, max_tokens,
 temperature, seed, progress, cache)."""
@@ -289,8 +291,8 @@ class LLMMagics(Magics):
         from IPython.display import display
 
         from ..session.manager import get_manager
-        from ..tasks import classification as tasks
-        from ..tasks import generation as api
+        from ..tasks.generation import generate
+        from ..tasks.prompts import render_prompt, resolve_format
 
         args = _cell_parser().parse_args(_split(line))
         text = cell if args.no_interpolate else self._interpolate(cell)
@@ -299,55 +301,58 @@ class LLMMagics(Magics):
         manager = get_manager()
         manager.entry(args.model)  # "No model is loaded; … %llm load default" when none
         ctx = manager.context(args.model, n_seq_max=1)
-        model = ctx.model
-        fmt_name = tasks.resolve_format(model, "auto")
         sampling = get_settings().sampling(
             max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
         )
-        t0 = time.perf_counter()
         if args.format == "json":
-            (value,) = tasks.extract(
-                ctx,
-                [text],
-                {"type": "object"},
-                instruction="Answer with a JSON object.",
-                system_prompt=args.system,
-                progress=False,
-                **sampling,
-            )
-            if not isinstance(value, dict):
-                raise UsageError(f"The model gave no valid JSON: {value.error}.")
-            import json
-
-            response = LLMResponse(
-                json.dumps(value, indent=2, ensure_ascii=False),
-                fmt="json",
-                model=model.name,
-                seconds=time.perf_counter() - t0,
-                data=value,
-            )
-            self._store(args.out, value)
-            return response
-        prompt = tasks.render_prompt(model, fmt_name, text, None, args.system, [])
-        stream = None
-        if not args.no_stream:
-            stream = _StreamDisplay(display, args.format)
-        result = api.generate(ctx, prompt, clean=True, stream=stream, **sampling)
+            return self._cell_json(ctx, text, args, sampling)
+        t0 = time.perf_counter()
+        prompt = render_prompt(
+            ctx.model, resolve_format(ctx.model, "auto"), text, None, args.system
+        )
+        stream = None if args.no_stream else _StreamDisplay(display, args.format)
+        result = generate(ctx, prompt, clean=True, stream=stream, **sampling)
         if stream is not None:
             stream.close()
         answer = str(result).strip()
         if args.format == "code":
             answer = _code_of(answer)
             self.shell.set_next_input(answer, replace=False)
-        response = LLMResponse(
+        self._store(args.out, answer)
+        return LLMResponse(
             answer,
             fmt=args.format,
-            model=model.name,
+            model=ctx.model.name,
             n_tokens=result.n_tokens,
             seconds=time.perf_counter() - t0,
         )
-        self._store(args.out, answer)
-        return response
+
+    def _cell_json(self, ctx: Any, text: str, args: Any, sampling: dict) -> LLMResponse:
+        """``%%llm -f json``: the answer as a JSON object, grammar-constrained."""
+        import json
+
+        from ..tasks.extraction import extract
+
+        t0 = time.perf_counter()
+        (value,) = extract(
+            ctx,
+            [text],
+            {"type": "object"},
+            instruction="Answer with a JSON object.",
+            system_prompt=args.system,
+            progress=False,
+            **sampling,
+        )
+        if not isinstance(value, dict):
+            raise UsageError(f"The model gave no valid JSON: {value.error}.")
+        self._store(args.out, value)
+        return LLMResponse(
+            json.dumps(value, indent=2, ensure_ascii=False),
+            fmt="json",
+            model=ctx.model.name,
+            seconds=time.perf_counter() - t0,
+            data=value,
+        )
 
     def _store(self, name: str | None, value: Any) -> None:
         if name is None:
@@ -384,25 +389,58 @@ class LLMMagics(Magics):
 
     # -- %llm_batch -----------------------------------------------------------------------
     @line_magic
-    def llm_batch(self, line: str) -> None:
+    def llm_batch(self, line: str) -> Any:
         """``%llm_batch DF.COLUMN --out NEWCOL [options]``: generate (or classify with
-        ``--labels``) for every row, writing into ``DF[NEWCOL]`` as rows finish."""
+        ``--labels``) for every row, writing into ``DF[NEWCOL]`` as rows finish; with
+        ``--background`` the run is a job (returned) and the kernel stays free."""
         try:
-            self._batch(line)
+            return self._batch(line)
+        except BatchInterrupted:
+            raise  # Ctrl-C: the finished rows are in the column and in .results
         except LocalLLMError as exc:
             raise UsageError(str(exc)) from None
 
-    def _batch(self, line: str) -> None:
+    def _batch(self, line: str) -> Any:
+        from ..session.manager import get_manager
+
+        args = _batch_parser().parse_args(_split(line))
+        frame, name, column = self._source(args.source)
+        get_manager().entry(args.model)  # a clear line when no model is loaded
+        template = args.template or "{" + column + "}"
+        options = dict(
+            out=args.out,
+            system_prompt=args.system,
+            model=args.model,
+            n_seq_max=args.n_seq_max,
+            background=args.background,
+        )
+        t0 = time.perf_counter()
+        if args.labels:
+            labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+            values = frame.llm.classify(template, labels, calibrate=args.calibrate, **options)
+        else:
+            values = frame.llm.generate(template, max_tokens=args.max_tokens, **options)
+        if args.background:
+            return values
+        if args.labels:
+            errors = int(values.isna().sum())
+        else:
+            errors = int(sum(getattr(v, "error", None) is not None for v in values))
+        print(
+            f"Wrote {len(values)} rows to {name}[{args.out!r}] in "
+            f"{time.perf_counter() - t0:.1f} s ({errors} errors)."
+        )
+        return None
+
+    def _source(self, source: str) -> tuple[Any, str, str]:
+        """The DataFrame, its name and the column named by ``DF.COLUMN``."""
         import pandas as pd
 
         import jupyter_localllm.notebook.accessor  # noqa: F401  (registers df.llm)
 
-        from ..session.manager import get_manager
-
-        args = _batch_parser().parse_args(_split(line))
-        name, dot, column = args.source.partition(".")
+        name, dot, column = source.partition(".")
         if not dot or not column:
-            raise UsageError(f"Name the column as DF.COLUMN, got {args.source!r}.")
+            raise UsageError(f"Name the column as DF.COLUMN, got {source!r}.")
         frame = self.shell.user_ns.get(name)
         if frame is None:
             raise UsageError(f"No DataFrame named {name!r} in the notebook.")
@@ -413,35 +451,7 @@ class LLMMagics(Magics):
                 f"Column {column!r} not found in {name}; columns are "
                 f"{', '.join(map(str, frame.columns))}."
             )
-        get_manager().entry(args.model)  # a clear line when no model is loaded
-        template = args.template or "{" + column + "}"
-        t0 = time.perf_counter()
-        if args.labels:
-            labels = [x.strip() for x in args.labels.split(",") if x.strip()]
-            values = frame.llm.classify(
-                template,
-                labels,
-                out=args.out,
-                system_prompt=args.system,
-                calibrate=args.calibrate,
-                model=args.model,
-                n_seq_max=args.n_seq_max,
-            )
-            errors = int(values.isna().sum())
-        else:
-            values = frame.llm.generate(
-                template,
-                out=args.out,
-                system_prompt=args.system,
-                model=args.model,
-                n_seq_max=args.n_seq_max,
-                max_tokens=args.max_tokens,
-            )
-            errors = int(sum(getattr(v, "error", None) is not None for v in values))
-        print(
-            f"Wrote {len(values)} rows to {name}[{args.out!r}] in "
-            f"{time.perf_counter() - t0:.1f} s ({errors} errors)."
-        )
+        return frame, name, column
 
 
 class _StreamDisplay:

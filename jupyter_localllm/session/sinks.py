@@ -148,10 +148,3 @@ def make_sink(
         if panel is not None:
             return front.show(panel)
     return TqdmSink(total, desc)
-
-
-def progress_callback(progress: ProgressArg, total: int, desc: str = "llm"):  # transitional
-    sink = make_sink(progress, total, desc)
-    if sink is None:
-        return None, lambda failed: None
-    return sink, lambda failed: sink.close("failed" if failed else "finished")

@@ -3,11 +3,9 @@ localLLM's long and wide formats, ready for :func:`jupyter_localllm.validate`.""
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,16 +13,21 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ..engine.llama import Model
+from ..engine.runner import GenerationContext
 from ..engine.scoring import check_scoring
 from ..errors import InvalidParameterError
-from ..session.manager import get_manager, open_context
-from ..session.sinks import progress_callback
-from ..types import Progress
+from ..session.executors import Plan, execute
+from ..session.manager import get_manager, model_load, open_context
+from ..session.pipeline import BatchRequest
+from ..types import Progress, Result, Results
+from .classification import label_frame, label_request
+from .generation import generation_request
+from .prompts import chat_prompts
 
 if TYPE_CHECKING:
     from ..session.jobs import Job
 
-__all__ = ["Exploration", "explore"]
+__all__ = ["Exploration", "exploration_plan", "explore"]
 
 _ENGINES = ("auto", "parallel", "single")
 
@@ -70,57 +73,165 @@ def _models(models: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def _chat_prompts(
-    model: Model, texts: Sequence[Any], instruction: str | None, system_prompt: str | None
-) -> list[Any]:
-    """Each text as a user turn (after ``instruction``) in the model's chat template."""
-    from .generation import apply_chat_template
-
-    head = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    user = (lambda t: f"{instruction}\n\n{t}") if instruction else (lambda t: t)
-    return [
-        apply_chat_template(model, [*head, {"role": "user", "content": user(t)}])
-        if isinstance(t, str) and t.strip() and model.chat_template
-        else t
-        for t in texts
-    ]
-
-
-class _Tally:
-    """Progress events of a whole exploration, made from those of its chunk runs."""
-
-    def __init__(self, report: Callable[[Progress], Any] | None, total: int):
-        self.report, self.total = report, total
-        self.done = self.errors = self.tokens = 0
-        self.last: Progress | None = None
-        self.t_start = time.perf_counter()
-
-    def chunk(self, size: int) -> Callable[[Progress], None] | bool:
-        """The ``progress=`` argument for a run over ``size`` rows."""
-        if self.report is None:
-            return False
-        self.last = None
-
-        def forward(ev: Progress) -> None:
-            self.last = ev
-            self.report(
-                Progress(
-                    self.done + size - ev.total + ev.done,  # rows from the cache count as done
-                    self.total,
-                    self.errors + ev.errors,
-                    self.tokens + ev.generated_tokens,
-                    time.perf_counter() - self.t_start,
-                )
+def _texts(
+    prompts: Sequence[Any] | None,
+    data: pd.DataFrame | None,
+    text_column: str,
+    truth: str | Sequence[Any] | None,
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """The texts, their sample ids and their gold labels."""
+    if (prompts is None) == (data is None):
+        raise InvalidParameterError("Give either prompts or data (with text_column), not both.")
+    if data is not None:
+        if text_column not in data.columns:
+            raise InvalidParameterError(
+                f"Column {text_column!r} not found; columns are "
+                f"{', '.join(map(str, data.columns))}."
             )
+        texts, sample_ids = data[text_column].tolist(), list(data.index)
+    else:
+        texts = list(prompts)
+        sample_ids = list(range(len(texts)))
+    if isinstance(truth, str):
+        if data is None or truth not in data.columns:
+            raise InvalidParameterError(f"truth column {truth!r} not found in data.")
+        gold = data[truth].tolist()
+    else:
+        gold = list(truth) if truth is not None else [None] * len(texts)
+    if len(gold) != len(texts):
+        raise InvalidParameterError(f"truth has {len(gold)} values for {len(texts)} texts.")
+    return texts, sample_ids, gold
 
-        return forward
 
-    def chunk_done(self, size: int) -> None:
-        """Count a finished run over ``size`` rows."""
-        self.done += size
-        if self.last is not None:
-            self.errors += self.last.errors
-            self.tokens += self.last.generated_tokens
+def _label_of(request: BatchRequest, result: Result) -> str | None:
+    """A row's annotation: the scored label, or the first line of the generated answer."""
+    if not result.ok:
+        return None
+    return str(result) if request.kind == "score" else result.strip().split("\n")[0].strip()
+
+
+def _annotation(request: BatchRequest, result: Result) -> dict[str, Any]:
+    """A finished row as an annotation record (``sample_id, model_id, label, truth``)."""
+    tag = request.tag
+    return {
+        "sample_id": tag["sample_ids"][result.row],
+        "model_id": tag["model_id"],
+        "label": _label_of(request, result),
+        "truth": tag["truth"][result.row],
+    }
+
+
+class _Chunks:
+    """The requests of one exploration, model by model and chunk by chunk."""
+
+    def __init__(self, texts, sample_ids, gold, labels, options, chunk, slots):
+        self.texts, self.sample_ids, self.gold = texts, sample_ids, gold
+        self.labels, self.options, self.chunk, self.slots = labels, options, chunk, slots
+
+    def request(self, ctx: GenerationContext, name: str, start: int) -> BatchRequest:
+        """The request for ``texts[start:start + chunk]`` on ``ctx``."""
+        part = self.texts[start : start + self.chunk]
+        opts = self.options
+        if self.labels is not None:
+            keys = ("instruction", "examples", "system_prompt", "calibrate", "scoring", "format")
+            request = label_request(ctx, part, self.labels, **{k: opts[k] for k in keys})
+        else:
+            if ctx.model.chat_template:
+                part = chat_prompts(ctx.model, part, opts["system_prompt"], opts["instruction"])
+            request = generation_request(
+                ctx, part, max_tokens=opts["max_tokens"], clean=opts["clean"], cache=opts["cache"]
+            )
+        request.tag.update(
+            model_id=name,
+            sample_ids=self.sample_ids[start : start + self.chunk],
+            truth=self.gold[start : start + self.chunk],
+        )
+        return request
+
+
+def _open(name: str, ref: Any, reuse_models: bool) -> tuple[Model, bool]:
+    """The model ``ref`` and whether this exploration must close it."""
+    if isinstance(ref, Model):
+        return ref, False
+    if reuse_models:
+        return get_manager().load(ref, alias=name), False
+    return model_load(ref), True
+
+
+def _steps(
+    models: list[tuple[str, Any]],
+    chunks: _Chunks,
+    reuse_models: bool,
+    sink_path: Path | None,
+    on_result: Callable[[pd.DataFrame], Any] | None,
+) -> Generator[BatchRequest, Results, Exploration]:
+    frames, hashes, details = [], {}, {}
+    for name, ref in models:
+        model, owned = _open(name, ref, reuse_models)
+        ctx = open_context(model, n_seq_max=chunks.slots)
+        try:
+            outputs: list[Any] = []
+            for start in range(0, len(chunks.texts), chunks.chunk):
+                request = chunks.request(ctx, name, start)
+                results = yield request
+                scored = request.kind == "score"
+                outputs.append(label_frame(request, results) if scored else list(results))
+                hashes[name] = results.hashes
+                frame = pd.DataFrame([_annotation(request, r) for r in results])
+                frames.append(frame)
+                if sink_path is not None:
+                    frame.to_csv(sink_path, mode="a", header=not sink_path.exists(), index=False)
+                if on_result is not None:
+                    on_result(frame)
+            details[name] = outputs
+        finally:
+            ctx.close()
+            if owned:
+                model.close()
+    annotations = pd.concat(frames, ignore_index=True)
+    matrix = annotations.pivot_table(
+        index="sample_id", columns="model_id", values="label", aggfunc="first", sort=False
+    )
+    matrix.columns.name = None
+    return Exploration(annotations, matrix, hashes, details)
+
+
+def exploration_plan(
+    models: Any,
+    prompts: Sequence[str] | None = None,
+    *,
+    data: pd.DataFrame | None = None,
+    text_column: str = "text",
+    truth: str | Sequence[Any] | None = None,
+    labels: Sequence[str] | None = None,
+    engine: str = "auto",
+    n_seq_max: int = 8,
+    batch_size: int | None = None,
+    reuse_models: bool = True,
+    sink: str | os.PathLike | None = None,
+    on_result: Callable[[pd.DataFrame], Any] | None = None,
+    **options: Any,
+) -> Plan[Exploration]:
+    """The plan of :func:`explore` (arguments as there; ``options`` are its instruction,
+    examples, system_prompt, calibrate, scoring, format, clean, max_tokens and cache)."""
+    check_scoring(options["scoring"])  # before any model loads
+    if engine not in _ENGINES:
+        raise InvalidParameterError(f"engine must be one of {', '.join(_ENGINES)}, got {engine!r}.")
+    texts, sample_ids, gold = _texts(prompts, data, text_column, truth)
+    model_list = _models(models)
+    if not texts:
+        raise InvalidParameterError("There are no texts to annotate; give at least one.")
+    slots = 1 if engine == "single" else n_seq_max
+    chunks = _Chunks(texts, sample_ids, gold, labels, options, batch_size or len(texts), slots)
+    sink_path = Path(sink) if sink is not None else None
+    if sink_path is not None and sink_path.exists():
+        sink_path.unlink()  # a fresh file for this run
+    return Plan(
+        _steps(model_list, chunks, reuse_models, sink_path, on_result),
+        total=len(model_list) * len(texts),
+        desc="explore",
+        view=_annotation,
+    )
 
 
 def explore(
@@ -167,155 +278,33 @@ def explore(
 
     ``progress`` shows one bar over all models (see :func:`generate_parallel`);
     ``on_result`` is called with each finished chunk's annotations (long format); setting
-    ``cancel`` stops the run. ``background=True`` returns a
-    :class:`~jupyter_localllm.jobs.Job` at once: ``job.partial()`` holds the finished
+    ``cancel`` (or Ctrl-C) stops the run with :class:`BatchInterrupted` whose ``results``
+    hold one result per annotation row. ``background=True`` returns a
+    :class:`~jupyter_localllm.Job` at once: ``job.partial()`` holds the finished
     annotation rows (``{row: dict}``, numbered as in ``annotations``), ``job.result()`` the
     :class:`Exploration`.
     """
-    call = dict(locals())  # the arguments as given, for a background run
-    from .classification import classify
-    from .generation import generate_parallel
-
-    check_scoring(scoring)  # before any model loads
-    if engine not in _ENGINES:
-        raise InvalidParameterError(f"engine must be one of {', '.join(_ENGINES)}, got {engine!r}.")
-    if (prompts is None) == (data is None):
-        raise InvalidParameterError("Give either prompts or data (with text_column), not both.")
-    if data is not None:
-        if text_column not in data.columns:
-            raise InvalidParameterError(
-                f"Column {text_column!r} not found; columns are "
-                f"{', '.join(map(str, data.columns))}."
-            )
-        texts = data[text_column].tolist()
-        sample_ids = list(data.index)
-    else:
-        texts = list(prompts)
-        sample_ids = list(range(len(texts)))
-    if isinstance(truth, str):
-        if data is None or truth not in data.columns:
-            raise InvalidParameterError(f"truth column {truth!r} not found in data.")
-        gold = data[truth].tolist()
-    else:
-        gold = list(truth) if truth is not None else [None] * len(texts)
-    if len(gold) != len(texts):
-        raise InvalidParameterError(f"truth has {len(gold)} values for {len(texts)} texts.")
-    if background:
-        return _in_background(call, texts, len(_models(models)) * len(texts))
-    slots = 1 if engine == "single" else n_seq_max
-    chunk = batch_size or max(1, len(texts))
-    sink_path = Path(sink) if sink is not None else None
-    if sink_path is not None and sink_path.exists():
-        sink_path.unlink()  # a fresh file for this run
-
-    manager = get_manager()
-    frames, hashes, details = [], {}, {}
-    model_list = _models(models)
-    report, close_bar = progress_callback(progress, len(model_list) * len(texts), "explore")
-    tally = _Tally(report, len(model_list) * len(texts))
-    failed = True
-    try:
-        for name, ref in model_list:
-            if isinstance(ref, Model):
-                model, loaded_here = ref, False
-            else:
-                model = manager.load(ref, alias=name) if reuse_models else None
-                loaded_here = not reuse_models
-                if model is None:
-                    from ..session.manager import open_model
-
-                    model = open_model(ref)
-            ctx = open_context(model, n_seq_max=slots)
-            try:
-                outputs: list[Any] = []
-                for start in range(0, len(texts), chunk):
-                    part = texts[start : start + chunk]
-                    if labels is not None:
-                        res = classify(
-                            ctx,
-                            part,
-                            labels,
-                            instruction=instruction,
-                            examples=examples,
-                            system_prompt=system_prompt,
-                            calibrate=calibrate,
-                            scoring=scoring,
-                            format=format,
-                            progress=tally.chunk(len(part)),
-                            cancel=cancel,
-                        )
-                        got = res.label.tolist()
-                        outputs.append(res)
-                        hashes[name] = res.attrs["hashes"]
-                    else:
-                        res = generate_parallel(
-                            ctx,
-                            _chat_prompts(model, part, instruction, system_prompt),
-                            max_tokens=max_tokens,
-                            clean=clean,
-                            progress=tally.chunk(len(part)),
-                            cancel=cancel,
-                            cache=cache,
-                        )
-                        got = [r.strip().split("\n")[0].strip() if r.ok else None for r in res]
-                        outputs.append(list(res))
-                        hashes[name] = res.hashes
-                    tally.chunk_done(len(part))
-                    frame = pd.DataFrame(
-                        {
-                            "sample_id": sample_ids[start : start + chunk],
-                            "model_id": name,
-                            "label": got,
-                            "truth": gold[start : start + chunk],
-                        }
-                    )
-                    frames.append(frame)
-                    if sink_path is not None:
-                        header = not sink_path.exists()
-                        frame.to_csv(sink_path, mode="a", header=header, index=False)
-                    if on_result is not None:
-                        on_result(frame)
-                details[name] = outputs
-            finally:
-                ctx.close()
-                if loaded_here:
-                    model.close()
-        failed = False
-    finally:
-        close_bar(failed)
-    annotations = pd.concat(frames, ignore_index=True)
-    matrix = annotations.pivot_table(
-        index="sample_id", columns="model_id", values="label", aggfunc="first", sort=False
+    plan = exploration_plan(
+        models,
+        prompts,
+        data=data,
+        text_column=text_column,
+        truth=truth,
+        labels=labels,
+        engine=engine,
+        n_seq_max=n_seq_max,
+        batch_size=batch_size,
+        reuse_models=reuse_models,
+        sink=sink,
+        on_result=on_result,
+        instruction=instruction,
+        examples=examples,
+        system_prompt=system_prompt,
+        calibrate=calibrate,
+        scoring=scoring,
+        format=format,
+        clean=clean,
+        max_tokens=max_tokens,
+        cache=cache,
     )
-    matrix.columns.name = None
-    return Exploration(annotations, matrix, hashes, details)
-
-
-def _in_background(call: dict[str, Any], texts: list[Any], total: int) -> Job:
-    """Start ``explore(**call)`` as a :class:`Job` whose rows are the annotation rows."""
-    from ..session.jobs import start_job, tee_progress
-
-    progress, user_on_result = call["progress"], call["on_result"]
-
-    def work(cancel: threading.Event, deliver: Callable, report: Callable) -> Exploration:
-        rows = itertools.count()
-
-        def on_chunk(frame: pd.DataFrame) -> None:
-            for record in frame.to_dict("records"):
-                deliver(record, next(rows))
-            if user_on_result is not None:
-                user_on_result(frame)
-
-        kwargs = {**call, "background": False, "on_result": on_chunk, "cancel": cancel}
-        kwargs["progress"] = tee_progress(report, progress)
-        return explore(**kwargs)
-
-    if call["prompts"] is not None:
-        call["prompts"] = texts  # a generator is spent by now
-    return start_job(
-        work,
-        total=total,
-        desc="explore",
-        progress=None if callable(progress) else progress,
-        cancel=call["cancel"],
-    )
+    return execute(plan, background=background, progress=progress, cancel=cancel)

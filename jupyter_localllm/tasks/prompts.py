@@ -1,25 +1,121 @@
-"""Checks and tokenization of per-row inputs, shared by every batch call of the API."""
+"""Prompt rendering shared by the tasks: a text as a chat turn or a plain ``Text:/Answer:``
+block, with the system prompt, instruction and examples first so every row shares them as a
+prefix (decoded once)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from ..engine.llama import Model
+from ..errors import InvalidParameterError
+from ..session.pipeline import input_problem
+from .chat import render_chat
 
-__all__ = ["input_problem", "prompt_tokens"]
+if TYPE_CHECKING:
+    from ..engine.llama import Model
+
+__all__ = [
+    "FORMATS",
+    "chat_prompts",
+    "model_chat",
+    "render_prompt",
+    "render_rows",
+    "resolve_format",
+]
+
+FORMATS = ("auto", "chat", "plain", "raw")
 
 
-def input_problem(value: Any, what: str = "prompt") -> str | None:
-    """Why ``value`` cannot run as a row (the message of its error result), or ``None``."""
-    if not isinstance(value, str):
-        return f"the {what} must be a string, got {type(value).__name__}"
-    if not value.strip():
-        return f"the {what} is empty; give some text"
-    return None
+def resolve_format(model: Model, fmt: str) -> str:
+    """``fmt`` checked, with ``"auto"`` made ``"chat"`` for models with a chat template."""
+    if fmt not in FORMATS:
+        raise InvalidParameterError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
+    if fmt == "auto":
+        return "chat" if model.chat_template else "plain"
+    return fmt
 
 
-def prompt_tokens(model: Model, prompt: str) -> list[int]:
-    """Tokens of one prompt, with BOS added unless the text already starts with it (a chat
-    template may write the BOS text itself)."""
-    bos_text = model.token_text(model.bos_token) if model.add_bos and model.bos_token >= 0 else ""
-    return model.tokenize(prompt, add_special=not (bos_text and prompt.startswith(bos_text)))
+def model_chat(
+    model: Model,
+    messages: str | Sequence[Mapping[str, Any]],
+    *,
+    template: str | None = None,
+    add_assistant: bool = True,
+    **template_kwargs: Any,
+) -> str:
+    """``messages`` rendered with the model's chat template (or ``template``), its BOS and
+    EOS texts filled in, ending with the assistant's turn opened when ``add_assistant``."""
+    bos = model.token_text(model.bos_token) if model.bos_token >= 0 else ""
+    eos = model.token_text(model.eos_token) if model.eos_token >= 0 else ""
+    return render_chat(
+        template or model.chat_template,
+        messages,
+        add_generation_prompt=add_assistant,
+        bos_token=bos,
+        eos_token=eos,
+        **template_kwargs,
+    )
+
+
+def render_prompt(
+    model: Model,
+    fmt: str,
+    text: str,
+    instruction: str | None,
+    system_prompt: str | None,
+    examples: Sequence[tuple[str, str]] = (),
+) -> str:
+    """One row's prompt in format ``fmt`` (``"chat"``, ``"plain"`` or ``"raw"``, see
+    :func:`~jupyter_localllm.classify`); the system prompt, instruction and examples come
+    first so all rows share them as a prefix."""
+    if fmt == "raw":
+        return text
+    user = f"{instruction}\n\n{text}" if instruction else text
+    if fmt == "chat":
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        for ex_text, ex_label in examples:
+            ex_user = f"{instruction}\n\n{ex_text}" if instruction else ex_text
+            messages += [
+                {"role": "user", "content": ex_user},
+                {"role": "assistant", "content": ex_label},
+            ]
+        messages.append({"role": "user", "content": user})
+        return model_chat(model, messages)
+    head = f"{system_prompt}\n\n" if system_prompt else ""
+    head += f"{instruction}\n\n" if instruction else ""
+    shots = "".join(f"Text: {t}\nAnswer: {lab}\n\n" for t, lab in examples)
+    return f"{head}{shots}Text: {text}\nAnswer:"
+
+
+def render_rows(
+    model: Model,
+    fmt: str,
+    texts: Sequence[Any],
+    instruction: str | None,
+    system_prompt: str | None,
+    examples: Sequence[tuple[str, str]] = (),
+    *,
+    what: str = "text",
+) -> tuple[list[str | None], dict[int, str]]:
+    """Every text rendered by :func:`render_prompt`, and the errors of the rows that cannot
+    run (``None`` in their place)."""
+    errors = {i: m for i, t in enumerate(texts) if (m := input_problem(t, what)) is not None}
+    rows = [
+        None if i in errors else render_prompt(model, fmt, t, instruction, system_prompt, examples)
+        for i, t in enumerate(texts)
+    ]
+    return rows, errors
+
+
+def chat_prompts(
+    model: Model, texts: Sequence[Any], system_prompt: str | None, instruction: str | None = None
+) -> list[Any]:
+    """Each text as a user turn (after ``instruction``) in the model's chat template (ChatML
+    when it has none) after ``system_prompt``; texts that cannot run stay as they are (their
+    rows fail with a clear message)."""
+    return [
+        render_prompt(model, "chat", t, instruction, system_prompt)
+        if input_problem(t) is None
+        else t
+        for t in texts
+    ]

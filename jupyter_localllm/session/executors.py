@@ -1,0 +1,259 @@
+"""Executors: where and how a :class:`Plan` of batch requests runs.
+
+A plan is a generator of :class:`~jupyter_localllm.session.pipeline.BatchRequest` objects: it
+yields a request, receives that request's :class:`~jupyter_localllm.types.Results`, and
+returns the value the caller gets (a list, a DataFrame, an exploration). One request is the
+common case (:func:`single`); ``explore`` yields one per model and chunk.
+
+The executor contract (what a new executor, e.g. on Dask, implements):
+
+- ``submit(plan, progress=..., cancel=...)`` runs every request of the plan through
+  :func:`~jupyter_localllm.session.pipeline.run_batch` (or the same steps elsewhere) and
+  returns the plan's value, or a handle to it (a :class:`~jupyter_localllm.session.jobs.Job`);
+- progress events count the plan's rows (``plan.total``) and go to the sink that
+  :func:`~jupyter_localllm.session.sinks.make_sink` makes of ``progress``;
+- each finished row is reported once, numbered across the plan's requests, as
+  ``plan.view(request, result)`` to ``plan.on_result(row, value)`` (and kept by a job for
+  ``job.partial()``);
+- a cancel (the event, or Ctrl-C in the foreground) stops the run between steps and ends it
+  with :class:`~jupyter_localllm.errors.BatchInterrupted` whose ``results`` hold one result
+  per row of the plan: every finished row, and ``"cancelled"`` results for the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from ..errors import BatchInterrupted
+from ..types import Progress, Result, Results
+from .jobs import Job, start_job
+from .pipeline import BatchRequest, run_batch
+from .sinks import ProgressArg, ProgressSink, make_sink
+
+if TYPE_CHECKING:
+    from ..engine.runner import GenerationContext
+
+__all__ = [
+    "BackgroundExecutor",
+    "Executor",
+    "ForegroundExecutor",
+    "Plan",
+    "execute",
+    "single",
+]
+
+T = TypeVar("T")
+U = TypeVar("U")
+Steps = Generator[BatchRequest, Results, T]
+
+
+def _as_is(request: BatchRequest, result: Result) -> Any:
+    return result
+
+
+@dataclass
+class Plan(Generic[T]):
+    """Batch requests to run, and how their rows look to the caller."""
+
+    steps: Steps
+    """Yields each request, receives its results, returns the plan's value."""
+    total: int
+    """Rows over all requests (for progress before the first event)."""
+    desc: str = "llm"
+    """What the run is called in progress displays."""
+    context: GenerationContext | None = None
+    """The one context every request runs on, if any: background jobs on it queue."""
+    view: Callable[[BatchRequest, Result], Any] = _as_is
+    """A finished row as the caller sees it (``on_result``, ``job.partial()``)."""
+    on_result: Callable[[int, Any], Any] | None = None
+    """Called with ``(row, view)`` for each finished row, rows numbered across requests."""
+
+    def then(self, finish: Callable[[T], U]) -> Plan[U]:
+        """The same plan, its value passed through ``finish``."""
+
+        def steps() -> Generator[BatchRequest, Results, U]:
+            return finish((yield from self.steps))
+
+        return dataclasses.replace(self, steps=steps())
+
+    def also_on_result(self, callback: Callable[[int, Any], Any]) -> Plan[T]:
+        """The same plan, ``callback(row, view)`` called after its own ``on_result``."""
+        first = self.on_result
+
+        def both(row: int, value: Any) -> None:
+            if first is not None:
+                first(row, value)
+            callback(row, value)
+
+        return dataclasses.replace(self, on_result=both)
+
+
+def single(
+    request: BatchRequest, finish: Callable[[Results], T] | None = None, **plan: Any
+) -> Plan[T]:
+    """A plan of one request whose value is ``finish(results)`` (the results by default);
+    ``plan`` sets the other :class:`Plan` fields."""
+
+    def steps() -> Generator[BatchRequest, Results, T]:
+        results = yield request
+        return finish(results) if finish is not None else results
+
+    plan.setdefault("context", request.context)
+    return Plan(steps(), total=len(request.rows), **plan)
+
+
+class _Driver:
+    """Runs a plan's requests one after the other, numbering rows and counting progress
+    across them."""
+
+    def __init__(
+        self,
+        plan: Plan[Any],
+        report: Callable[[Progress], Any] | None,
+        cancel: threading.Event | None,
+        keep: Callable[[int, Any], Any] | None,
+    ):
+        self.plan, self.report, self.cancel, self.keep = plan, report, cancel, keep
+        self.finished: list[Result] = []  # rows of the requests done so far
+        self.done = self.errors = self.tokens = 0
+        self.t_start = time.perf_counter()
+
+    def run(self) -> Any:
+        """The plan's value, after every request ran."""
+        steps = self.plan.steps
+        try:
+            request = next(steps)
+            while True:
+                results = self._run(request)
+                self.finished += results
+                self.done += len(results)
+                self.errors += sum(r.error is not None for r in results)
+                try:
+                    request = steps.send(results)
+                except KeyboardInterrupt as exc:  # Ctrl-C between two requests
+                    if isinstance(exc, BatchInterrupted):
+                        raise
+                    raise self._interrupted([]) from exc
+        except StopIteration as stop:
+            return stop.value
+
+    def _run(self, request: BatchRequest) -> Results:
+        offset = len(self.finished)
+
+        def on_result(result: Result) -> None:
+            if self.keep is not None:
+                self.keep(offset + result.row, self.plan.view(request, result))
+
+        try:
+            return run_batch(
+                request, on_result=on_result, on_progress=self._progress, cancel=self.cancel
+            )
+        except BatchInterrupted as exc:
+            raise self._interrupted(exc.results) from exc
+
+    def _interrupted(self, current: list[Result]) -> BatchInterrupted:
+        """The plan's interrupt: rows of the finished requests, then ``current``'s, then
+        cancelled rows up to the plan's total, numbered across the plan."""
+        rows = [*self.finished, *current]
+        rows += [Result.cancelled(i) for i in range(len(rows), self.plan.total)]
+        for i, res in enumerate(rows):
+            res.row = i
+        done = sum(r.finish_reason != "cancelled" for r in rows)
+        return BatchInterrupted(
+            f"Interrupted after {done} of {len(rows)} rows; the finished rows are in .results.",
+            rows,
+        )
+
+    def _progress(self, event: Progress) -> None:
+        if self.report is None:
+            return
+        self.report(
+            Progress(
+                self.done + event.done,
+                self.plan.total,
+                self.errors + event.errors,
+                self.tokens + event.generated_tokens,
+                time.perf_counter() - self.t_start,
+            )
+        )
+
+
+class Executor(Protocol):
+    """Runs plans (see the module notes for the contract)."""
+
+    def submit(
+        self, plan: Plan[T], *, progress: ProgressArg = None, cancel: threading.Event | None = None
+    ) -> Any:
+        """Run ``plan``; return its value or a handle to it."""
+
+
+class ForegroundExecutor:
+    """Runs a plan in the calling thread and returns its value; Ctrl-C raises
+    :class:`BatchInterrupted` with the finished rows."""
+
+    def submit(
+        self, plan: Plan[T], *, progress: ProgressArg = None, cancel: threading.Event | None = None
+    ) -> T:
+        """Run ``plan`` now, drawing its progress on the sink made of ``progress``."""
+        sink: ProgressSink | None = make_sink(progress, plan.total, plan.desc)
+        status = "failed"
+        try:
+            value = _Driver(plan, sink, cancel, plan.on_result).run()
+            status = "finished"
+            return value
+        except KeyboardInterrupt:
+            status = "cancelled"
+            raise
+        finally:
+            if sink is not None:
+                sink.close(status)
+
+
+class BackgroundExecutor:
+    """Runs a plan in a background :class:`Job` (the kernel stays free); jobs on one
+    context run one after the other."""
+
+    def submit(
+        self, plan: Plan[T], *, progress: ProgressArg = None, cancel: threading.Event | None = None
+    ) -> Job:
+        """Start ``plan`` in a job and return the job at once."""
+
+        def work(
+            cancel_event: threading.Event, deliver: Callable[..., None], report: Callable
+        ) -> T:
+            def keep(row: int, value: Any) -> None:
+                deliver(value, row)
+                if plan.on_result is not None:
+                    plan.on_result(row, value)
+
+            return _Driver(plan, report, cancel_event, keep).run()
+
+        return start_job(
+            work,
+            total=plan.total,
+            desc=plan.desc,
+            context=plan.context,
+            progress=progress,
+            cancel=cancel,
+        )
+
+
+FOREGROUND = ForegroundExecutor()
+BACKGROUND = BackgroundExecutor()
+
+
+def execute(
+    plan: Plan[T],
+    *,
+    background: bool = False,
+    progress: ProgressArg = None,
+    cancel: threading.Event | None = None,
+) -> T | Job:
+    """Run ``plan`` in the foreground (its value) or in the background (a :class:`Job`)."""
+    executor: Executor = BACKGROUND if background else FOREGROUND
+    return executor.submit(plan, progress=progress, cancel=cancel)

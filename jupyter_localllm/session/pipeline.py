@@ -1,0 +1,428 @@
+"""The batch pipeline: the one function, :func:`run_batch`, that runs every batch of rows
+through a model, whatever the entry point (``generate_parallel``, ``classify``, ``extract``,
+``explore``, the accessors, the magics).
+
+It alone turns bad rows into error results in place, looks rows up in the result cache and
+stores finished ones, maps rows to their seeds, hands progress events (counting the caller's
+rows only) to a sink, turns Ctrl-C or a cancel into :class:`BatchInterrupted` holding every
+finished row, and writes the run log and hashes. The engine does the decoding; a
+:class:`BatchRequest` says what to decode.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..analysis.repro import file_sha256, log_call
+from ..engine.sampling import SamplingParams
+from ..engine.scoring import score_labels
+from ..errors import BatchInterrupted, InvalidParameterError
+from ..types import Progress, Result, Results
+from .cache import cache_enabled, get_cache
+
+if TYPE_CHECKING:
+    from ..engine.runner import GenerationContext
+
+__all__ = [
+    "KINDS",
+    "BatchRequest",
+    "input_problem",
+    "prompt_tokens",
+    "resolve_sampling",
+    "run_batch",
+]
+
+KINDS = ("generate", "score", "extract")
+
+
+@dataclass
+class BatchRequest:
+    """One batch of rows for one context: what to run, not how to show it."""
+
+    context: GenerationContext
+    """Where the rows run (its model and ``n_seq_max`` slots)."""
+    rows: list[Any]
+    """The prompts, fully rendered; a row that is not a non-empty string becomes an error."""
+    kind: str = "generate"
+    """``"generate"`` text, ``"score"`` the labels (label scoring), or ``"extract"`` JSON
+    under ``sampling``'s grammar, parsed and checked against ``schema``."""
+    sampling: SamplingParams | list[SamplingParams] = field(default_factory=SamplingParams)
+    """One parameter set for every row, or one per row."""
+    labels: list[str] = field(default_factory=list)
+    """``"score"``: the candidate labels."""
+    label_prefix: str = ""
+    """``"score"``: text between the prompt and a label (a space after ``Answer:``)."""
+    scoring: str = "constrained"
+    """``"score"``: ``"constrained"`` or ``"joint"`` (see the engine's scoring module)."""
+    calibration: list[str] = field(default_factory=list)
+    """``"score"``: content-free prompts scored first; their mean label distribution divides
+    every row's (contextual calibration). They are not rows: progress does not count them."""
+    schema: dict[str, Any] | None = None
+    """``"extract"``: the JSON schema each output must match."""
+    clean: bool = False
+    """``"generate"``: strip chat control tokens and ``<think>`` blocks from answers."""
+    cache: bool | None = None
+    """Use the result cache (``None``: ``$LOCALLLM_RESULT_CACHE``); ``"score"`` never does."""
+    errors: Mapping[int, str] = field(default_factory=dict)
+    """Rows known to be bad before the run, with the message of their error result."""
+    what: str = "prompt"
+    """The noun in messages about a bad row (``"the text is empty"``)."""
+    seed_rows: list[int] | None = None
+    """Row ``i`` samples with the seed derived from ``seed_rows[i]`` (default ``i``)."""
+    stream: Callable[[int, str], Any] | None = None
+    """Called with ``(row, piece)`` as generated text arrives."""
+    function: str = "generate_parallel"
+    """The name the run log and the input hash give this call."""
+    log_params: dict[str, Any] = field(default_factory=dict)
+    """The parameters the input hash covers (what, besides the rows, decides the output)."""
+    tag: dict[str, Any] = field(default_factory=dict)
+    """The caller's notes about this request (e.g. which model of an exploration)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise InvalidParameterError(f"kind must be one of {', '.join(KINDS)}.")
+        self.rows = list(self.rows)
+        if isinstance(self.sampling, list) and len(self.sampling) != len(self.rows):
+            raise InvalidParameterError(
+                f"Got {len(self.sampling)} sampling parameter sets for {len(self.rows)} rows; "
+                "give one, or one per row."
+            )
+
+    def params_of(self, row: int) -> SamplingParams:
+        """The sampling parameters of ``row``."""
+        return self.sampling[row] if isinstance(self.sampling, list) else self.sampling
+
+
+def resolve_sampling(
+    sampling: SamplingParams | Sequence[SamplingParams | Mapping[str, Any]] | None,
+    shorthand: Mapping[str, Any],
+    *,
+    base: SamplingParams | None = None,
+) -> SamplingParams | list[SamplingParams]:
+    """The parameters of a call: ``sampling`` (one :class:`SamplingParams`, or a list with one
+    per row, as objects or dicts) updated by the keyword shorthand (``max_tokens=...``), or
+    ``base`` (the defaults) updated by it."""
+    if sampling is None or isinstance(sampling, SamplingParams):
+        return SamplingParams.from_kwargs(sampling or base, **shorthand)
+    if isinstance(sampling, (str, Mapping)) or not isinstance(sampling, Sequence):
+        raise InvalidParameterError(
+            "sampling must be a SamplingParams or a list of them (one per row), "
+            f"got {type(sampling).__name__}."
+        )
+    return [
+        SamplingParams.from_kwargs(
+            p if isinstance(p, SamplingParams) else SamplingParams.from_kwargs(base, **p),
+            **shorthand,
+        )
+        for p in sampling
+    ]
+
+
+def input_problem(value: Any, what: str = "prompt") -> str | None:
+    """Why ``value`` cannot run as a row (the message of its error result), or ``None``."""
+    if not isinstance(value, str):
+        return f"the {what} must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return f"the {what} is empty; give some text"
+    return None
+
+
+def prompt_tokens(model: Any, prompt: str) -> list[int]:
+    """Tokens of one prompt, with BOS added unless the text already starts with it (a chat
+    template may write the BOS text itself)."""
+    bos_text = model.token_text(model.bos_token) if model.add_bos and model.bos_token >= 0 else ""
+    return model.tokenize(prompt, add_special=not (bos_text and prompt.startswith(bos_text)))
+
+
+def run_batch(
+    request: BatchRequest,
+    *,
+    on_result: Callable[[Result], Any] | None = None,
+    on_progress: Callable[[Progress], Any] | None = None,
+    cancel: threading.Event | None = None,
+) -> Results:
+    """Run ``request``; return one :class:`Result` per row, in row order, with ``hashes``.
+
+    ``on_result`` gets each row's final result as soon as it exists (rows from the cache and
+    bad rows first); ``on_progress`` gets :class:`Progress` events over the request's rows.
+    Ctrl-C, or ``cancel`` being set, raises :class:`BatchInterrupted` whose ``results`` hold
+    every finished row and a ``"cancelled"`` result in the place of each other row.
+    """
+    run = _BatchRun(request, on_result, on_progress)
+    try:
+        run.start()
+        if run.todo:
+            _ENGINES[request.kind](run, cancel)
+    except KeyboardInterrupt as exc:
+        raise run.interrupted() from exc
+    return run.finish()
+
+
+class _BatchRun:
+    """The state of one :func:`run_batch` call: finished rows, counts, the cache."""
+
+    def __init__(
+        self,
+        request: BatchRequest,
+        on_result: Callable[[Result], Any] | None,
+        on_progress: Callable[[Progress], Any] | None,
+    ):
+        self.request = request
+        self.model = request.context.model
+        self.n = len(request.rows)
+        self.results: dict[int, Result] = {}
+        self.todo: list[int] = []
+        self.n_errors = 0
+        self.tokens = 0
+        self.on_result, self.on_progress = on_result, on_progress
+        self.t_start = time.perf_counter()
+        self.store: Any = None
+        self.keys: dict[int, str] = {}
+
+    # -- set-up ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Error results for bad rows, cached rows delivered, the rest left to run."""
+        req = self.request
+        bad = {}
+        for i, row in enumerate(req.rows):
+            problem = req.errors.get(i) or input_problem(row, req.what)
+            if problem is not None:
+                bad[i] = problem
+        cached = self._from_cache(bad)
+        self.todo = [i for i in range(self.n) if i not in bad and i not in cached]
+        for res in cached.values():
+            self.deliver(res, store=False)
+        self.emit()  # rows from the cache count as done from the start
+        for i, message in bad.items():
+            self.deliver(Result.failed(message, row=i))
+
+    def _from_cache(self, bad: Mapping[int, str]) -> dict[int, Result]:
+        req = self.request
+        if req.kind == "score" or not cache_enabled(req.cache):
+            return {}
+        self.store = get_cache()
+        digest = file_sha256(self.model.path)
+        found = {}
+        for i, row in enumerate(req.rows):
+            if i in bad:
+                continue
+            params = req.params_of(i).as_dict()
+            self.keys[i] = self.store.key(digest, params, req.context.n_seq_max, row)
+            hit = self.store.get(self.keys[i])
+            if hit is not None:
+                hit.row = i
+                found[i] = hit
+        return found
+
+    def tokens_of(self, rows: Sequence[int], texts: Sequence[str]) -> list[list[int]]:
+        """Each text's tokens; a text that cannot be encoded (a lone surrogate) makes its row
+        an error result and gets no tokens (``rows[k] < 0``: not a row of the request)."""
+        out = []
+        for i, text in zip(rows, texts, strict=True):
+            try:
+                out.append(prompt_tokens(self.model, text))
+            except UnicodeEncodeError as exc:
+                if i >= 0:
+                    message = f"the {self.request.what} is not valid text ({exc.reason})"
+                    self.deliver(Result.failed(message, row=i))
+                out.append([])
+        return out
+
+    # -- rows ------------------------------------------------------------------------------
+    def deliver(self, res: Result, *, store: bool = True) -> None:
+        """Keep a finished row (its row number is the request's), post-processed."""
+        if res.row in self.results:
+            return
+        if store and self.store is not None and res.ok and res.row in self.keys:
+            self.store.put(self.keys[res.row], res)
+        res = _FINISHERS[self.request.kind](self.request, res)
+        self.results[res.row] = res
+        self.n_errors += res.error is not None
+        if self.on_result is not None:
+            self.on_result(res)
+
+    def engine_progress(self, event: Progress) -> None:
+        """An engine event, re-counted over the request's rows."""
+        self.tokens = event.generated_tokens
+        self.emit()
+
+    def emit(self) -> None:
+        """Send a progress event over the request's rows."""
+        if self.on_progress is not None:
+            elapsed = time.perf_counter() - self.t_start
+            self.on_progress(
+                Progress(len(self.results), self.n, self.n_errors, self.tokens, elapsed)
+            )
+
+    # -- the end ---------------------------------------------------------------------------
+    def interrupted(self) -> BatchInterrupted:
+        """The exception of an interrupted run: finished rows, the rest cancelled."""
+        rows = [self.results.get(i) or Result.cancelled(i) for i in range(self.n)]
+        return BatchInterrupted(
+            f"Interrupted after {len(self.results)} of {self.n} rows; the finished rows are "
+            "in .results.",
+            rows,
+        )
+
+    def finish(self) -> Results:
+        """The results in row order, hashed and logged."""
+        req = self.request
+        for i in range(self.n):  # rows the engine could not start (e.g. too long)
+            if i not in self.results:
+                self.deliver(Result.failed("the row did not run", row=i))
+        results = Results(self.results[i] for i in range(self.n))
+        results.hashes = log_call(
+            req.function,
+            self.model,
+            req.log_params,
+            req.rows,
+            _hashed_outputs(req, results),
+            time.perf_counter() - self.t_start,
+        )
+        self.emit()
+        return results
+
+
+# -- engines per kind ----------------------------------------------------------------------
+def _generate(run: _BatchRun, cancel: threading.Event | None) -> None:
+    req, todo = run.request, run.todo
+    tokens = run.tokens_of(todo, [req.rows[i] for i in todo])
+    keep = [k for k, i in enumerate(todo) if i not in run.results]
+    rows = [todo[k] for k in keep]
+    if not rows:
+        return
+    params = [req.params_of(i) for i in rows]
+    on_text = None
+    if req.stream is not None:
+        stream = req.stream
+
+        def on_text(k: int, piece: str) -> None:
+            stream(rows[k], piece)
+
+    def from_engine(res: Result) -> None:
+        res.row = rows[res.row]
+        run.deliver(res)
+
+    seeds = req.seed_rows
+    req.context.run(
+        [tokens[k] for k in keep],
+        params if isinstance(req.sampling, list) else req.sampling,
+        on_progress=run.engine_progress,
+        on_result=from_engine,
+        on_text=on_text,
+        cancel=cancel,
+        seed_rows=[seeds[i] for i in rows] if seeds is not None else rows,
+    )
+
+
+def _score(run: _BatchRun, cancel: threading.Event | None) -> None:
+    req, todo, model = run.request, run.todo, run.model
+    texts = [req.rows[i] for i in todo] + list(req.calibration)
+    tokens = run.tokens_of(todo + [-1] * len(req.calibration), texts)
+    n_rows = len(todo)
+    label_tokens = [model.tokenize(req.label_prefix + lab, add_special=False) for lab in req.labels]
+    prior = np.zeros(len(req.labels))  # log of the content-free label distribution
+
+    def on_wave(wave: list[int], scores: np.ndarray) -> None:
+        nonlocal prior
+        by_row = dict(zip(wave, scores, strict=True))
+        free = [by_row[k] for k in range(n_rows, len(texts)) if k in by_row]
+        if free:  # contextual calibration (Zhao et al. 2021); scored in the first wave
+            free = np.array(free)
+            dist = np.exp(free - np.logaddexp.reduce(free, axis=1, keepdims=True))
+            prior = np.log(dist.mean(axis=0))
+        for k in wave:
+            if k < n_rows:
+                run.deliver(_label_result(by_row[k] - prior, req.labels, todo[k]))
+
+    invalid = {k: "skipped" for k, t in enumerate(tokens) if not t}
+    _, errors = score_labels(
+        req.context,
+        tokens,
+        label_tokens,
+        invalid=invalid,
+        on_progress=run.engine_progress,
+        cancel=cancel,
+        first=range(n_rows, len(texts)),
+        on_wave=on_wave,
+        scoring=req.scoring,
+    )
+    for k, res in errors.items():
+        if k < n_rows and k not in invalid:
+            res.row = todo[k]
+            run.deliver(res)
+
+
+_ENGINES = {"generate": _generate, "extract": _generate, "score": _score}
+
+
+def _label_result(scores: np.ndarray, labels: Sequence[str], row: int) -> Result:
+    """A scored row: the most probable label, its probabilities and the (calibrated) scores."""
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    return Result(
+        labels[int(scores.argmax())],
+        finish_reason="stop",
+        row=row,
+        probs=dict(zip(labels, probs.tolist(), strict=True)),
+        logprobs=[float(s) for s in scores],
+    )
+
+
+# -- post-processing per kind --------------------------------------------------------------
+def _finish_generated(request: BatchRequest, res: Result) -> Result:
+    if not request.clean or res.error is not None:
+        return res
+    from ..engine.text import clean
+
+    return Result(
+        clean(res),
+        finish_reason=res.finish_reason,
+        n_prompt_tokens=res.n_prompt_tokens,
+        n_tokens=res.n_tokens,
+        row=res.row,
+    )
+
+
+def _finish_extracted(request: BatchRequest, res: Result) -> Result:
+    """The output parsed as JSON and checked against the schema (or an error result)."""
+    if res.error is not None:
+        return res
+    try:
+        value = json.loads(res)
+    except json.JSONDecodeError as exc:
+        reason = "the output was cut at max_tokens" if res.finish_reason == "length" else exc
+        return Result.failed(f"invalid JSON ({reason})", row=res.row)
+    import jsonschema
+
+    try:
+        jsonschema.validate(value, request.schema or {})
+    except jsonschema.ValidationError as exc:
+        return Result.failed(f"the JSON does not match the schema: {exc.message}", row=res.row)
+    res.value = value
+    return res
+
+
+_FINISHERS = {
+    "generate": _finish_generated,
+    "extract": _finish_extracted,
+    "score": lambda request, res: res,
+}
+
+
+def _hashed_outputs(request: BatchRequest, results: Results) -> Any:
+    """What the output hash covers: the texts, or for label scoring the labels and their
+    probabilities (rounded, so the hash does not depend on the last bits of a float)."""
+    if request.kind != "score":
+        return [str(r) for r in results]
+    out: dict[str, list[Any]] = {"label": [str(r) if r.ok else None for r in results]}
+    for lab in request.labels:
+        out[lab] = [round(r.probs[lab], 6) if r.ok else None for r in results]
+    return out

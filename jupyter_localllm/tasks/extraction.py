@@ -1,0 +1,136 @@
+"""``extract``: a JSON object matching a schema from each text, generated under a grammar
+built from the schema and checked against it. A short builder of an ``"extract"``
+:class:`~jupyter_localllm.session.pipeline.BatchRequest`; the session runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..engine.llama import json_schema_to_grammar
+from ..engine.runner import GenerationContext
+from ..engine.sampling import SamplingParams
+from ..errors import InvalidParameterError
+from ..session.executors import Plan, execute, single
+from ..session.pipeline import BatchRequest, resolve_sampling
+from ..types import Progress, Result, Results
+from .generation import SamplingArg, check_context
+from .prompts import render_rows, resolve_format
+
+if TYPE_CHECKING:
+    from ..session.jobs import Job
+
+__all__ = ["extract", "extraction_plan", "json_schema"]
+
+
+def json_schema(schema: Mapping[str, Any] | type) -> dict[str, Any]:
+    """``schema`` as a JSON-schema dict (a pydantic model class gives its schema)."""
+    if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
+        schema = schema.model_json_schema()
+    if not isinstance(schema, Mapping):
+        raise InvalidParameterError("schema must be a JSON-schema dict or a pydantic model.")
+    return dict(schema)
+
+
+def _value(request: BatchRequest, result: Result) -> dict | Result:
+    """A row as :func:`extract` returns it: the parsed dict, or the error result."""
+    return result.value if result.ok else result
+
+
+def extraction_plan(
+    context: GenerationContext,
+    texts: Sequence[Any],
+    schema: Mapping[str, Any] | type,
+    *,
+    instruction: str | None = None,
+    system_prompt: str | None = None,
+    format: str = "auto",
+    sampling: SamplingArg = None,
+    cache: bool | None = None,
+    errors: Mapping[int, str] | None = None,
+    **sampling_kwargs: Any,
+) -> Plan[list[dict | Result]]:
+    """The plan of :func:`extract` (for front-ends that run it their own way); rows are
+    seen as the parsed dict or the error result."""
+    check_context(context)
+    schema = json_schema(schema)
+    grammar = json_schema_to_grammar(schema)
+    fmt = resolve_format(context.model, format)
+    if instruction is None and fmt != "raw":
+        instruction = (
+            f"Extract the information from the text as JSON with this schema: {json.dumps(schema)}"
+        )
+    if isinstance(texts, str):
+        raise InvalidParameterError("prompts must be a list of texts; wrap a single one in [].")
+    rows, bad = render_rows(context.model, fmt, list(texts), instruction, system_prompt)
+    params = resolve_sampling(
+        sampling, {**sampling_kwargs, "grammar": grammar}, base=SamplingParams(max_tokens=256)
+    )
+    shown = (
+        params.as_dict()
+        if isinstance(params, SamplingParams)
+        else {"sampling": [p.as_dict() for p in params]}
+    )
+    request = BatchRequest(
+        context,
+        rows,
+        kind="extract",
+        sampling=params,
+        schema=schema,
+        cache=cache,
+        errors={**bad, **(errors or {})},
+        what="text",
+        function="extract",
+        log_params={**shown, "schema": schema, "n_seq_max": context.n_seq_max},
+    )
+
+    def finish(results: Results) -> list[dict | Result]:
+        return [_value(request, r) for r in results]
+
+    return single(request, finish, desc="extract", view=_value)
+
+
+def extract(
+    context: GenerationContext,
+    prompts: Sequence[str],
+    schema: Mapping[str, Any] | type,
+    *,
+    instruction: str | None = None,
+    system_prompt: str | None = None,
+    format: str = "auto",
+    sampling: SamplingArg = None,
+    progress: bool | Callable[[Progress], Any] | None = None,
+    cancel: threading.Event | None = None,
+    cache: bool | None = None,
+    background: bool = False,
+    **sampling_kwargs: Any,
+) -> list[dict | Result] | Job:
+    """Extract a JSON object matching ``schema`` from each text.
+
+    ``schema`` is a JSON-schema dict or a pydantic model class. Generation is constrained by a
+    grammar built from the schema, in the batched engine; each output is parsed and checked
+    against the schema. Returns, in input order, a dict per row, or an error
+    :class:`Result` (text ``"Error: …"``) in place of a row whose output is not valid.
+    Sampling as in :func:`~jupyter_localllm.generate` (``max_tokens`` defaults to 256).
+
+    A KeyboardInterrupt (or setting ``cancel``) raises :class:`BatchInterrupted` whose
+    ``results`` hold every finished row (``value``: the parsed dict). ``background=True``
+    returns a :class:`~jupyter_localllm.Job` at once (see
+    :func:`~jupyter_localllm.generate_parallel`); ``job.partial()`` holds each finished row's
+    dict or error, ``job.result()`` the list.
+    """
+    plan = extraction_plan(
+        context,
+        prompts,
+        schema,
+        instruction=instruction,
+        system_prompt=system_prompt,
+        format=format,
+        sampling=sampling,
+        cache=cache,
+        **sampling_kwargs,
+    )
+    return execute(plan, background=background, progress=progress, cancel=cancel)
