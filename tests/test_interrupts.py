@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from conftest import SENTIMENT, TEXTS, chat, wait_for
+from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 
 import jupyter_localllm as ll
@@ -172,7 +173,7 @@ def stories(model):
 @pytest.fixture(scope="module")
 def ip(model):
     """An IPython shell with the extension loaded and the session's model as an alias."""
-    shell = start_ipython()
+    shell = start_ipython() or get_ipython()  # one global shell per test session
     shell.run_line_magic("load_ext", "jupyter_localllm")
     alias = get_manager().adopt(model, alias="interrupts")  # an earlier alias if it has one
     yield shell, alias

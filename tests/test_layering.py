@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,9 +304,15 @@ def _display_rule(imp: Import) -> bool:
     return _shows(imp)
 
 
+def _public(imp: Import) -> bool:
+    """``from jupyter_localllm import NAME`` of a name in the package's ``__all__``."""
+    return imp.name in ll.__all__ and re.match(rf"from ({PKG}|\.+) import\b", imp.text) is not None
+
+
 def _frontend_engine_rule(imp: Import) -> bool:
-    """(f) Front-ends (notebook, cli) reach the engine only through tasks and the session."""
-    return _in(imp.importer, "notebook", "cli") and _in(imp.target, "engine")
+    """(f) Front-ends (notebook, cli) reach the engine only through tasks, the session and
+    the public names of the package (``from jupyter_localllm import SamplingParams``)."""
+    return _in(imp.importer, "notebook", "cli") and _in(imp.target, "engine") and not _public(imp)
 
 
 def _floor(module: str) -> str:

@@ -171,9 +171,7 @@ class _Accessor:
         from ..tasks.generation import generation_request
         from ..tasks.prompts import render_rows, resolve_format
 
-        frame, t0 = self._frame(), time.perf_counter()
-        texts, errors = _row_texts(frame, template)
-        ctx = resolve_context(model, n_seq_max=n_seq_max)
+        frame, t0, texts, errors, ctx = self._prepare(template, model, n_seq_max)
         fmt = resolve_format(ctx.model, format)
         prompts, _ = render_rows(ctx.model, fmt, texts, None, system_prompt)
         request = generation_request(
@@ -196,6 +194,12 @@ class _Accessor:
         plan = self._writing(single(request, finish, desc="generate"), out, lambda r: r)
         return _run(plan, background, progress)
 
+    def _prepare(self, template: str, model: Any, n_seq_max: int | None) -> tuple:
+        """The frame, the start time, each row's text and the rows' errors, and the context."""
+        frame, t0 = self._frame(), time.perf_counter()
+        texts, errors = _row_texts(frame, template)
+        return frame, t0, texts, errors, resolve_context(model, n_seq_max=n_seq_max)
+
     def classify(
         self,
         template: str,
@@ -203,18 +207,15 @@ class _Accessor:
         *,
         out: str | None = None,
         probs: bool = False,
-        examples: Any = None,
-        instruction: str | None = None,
-        system_prompt: str | None = None,
-        calibrate: bool = False,
-        scoring: str = "constrained",
         model: Any = None,
         n_seq_max: int | None = None,
         progress: bool | Any | None = None,
         background: bool = False,
+        **options: Any,
     ) -> pd.Series | pd.DataFrame | Job:
-        """Label every row with one of ``labels`` by label scoring (see
-        :func:`~jupyter_localllm.classify`; ``template`` renders each row's text).
+        """Label every row with one of ``labels`` by label scoring: ``template`` renders
+        each row's text; other keywords (``examples``, ``instruction``, ``system_prompt``,
+        ``format``, ``calibrate``, ``scoring``) as in :func:`~jupyter_localllm.classify`.
 
         Returns a Series of labels aligned to the index (``<NA>`` where a row could not
         run), or with ``probs=True`` a DataFrame with ``label``, one probability column per
@@ -223,20 +224,8 @@ class _Accessor:
         """
         from ..tasks.classification import classify_plan
 
-        frame, t0 = self._frame(), time.perf_counter()
-        texts, errors = _row_texts(frame, template)
-        ctx = resolve_context(model, n_seq_max=n_seq_max)
-        plan = classify_plan(
-            ctx,
-            texts,
-            labels,
-            examples=examples,
-            instruction=instruction,
-            system_prompt=system_prompt,
-            calibrate=calibrate,
-            scoring=scoring,
-            errors=errors,
-        )
+        frame, t0, texts, errors, ctx = self._prepare(template, model, n_seq_max)
+        plan = classify_plan(ctx, texts, labels, errors=errors, **options)
 
         def finish(scored: pd.DataFrame) -> pd.Series | pd.DataFrame:
             scored.index = frame.index
@@ -261,31 +250,20 @@ class _Accessor:
         schema: Mapping[str, Any] | type,
         *,
         model: Any = None,
-        instruction: str | None = None,
-        system_prompt: str | None = None,
         n_seq_max: int | None = None,
         progress: bool | Any | None = None,
         background: bool = False,
-        **sampling: Any,
+        **options: Any,
     ) -> pd.DataFrame | Job:
-        """Extract the fields of ``schema`` (JSON schema or pydantic model) from every row
-        (see :func:`~jupyter_localllm.extract`). Returns a DataFrame aligned to the index:
-        one column per top-level property and ``error`` (``None``, or why the row failed).
+        """Extract the fields of ``schema`` (JSON schema or pydantic model) from every row;
+        other keywords (``instruction``, ``system_prompt``, sampling options) as in
+        :func:`~jupyter_localllm.extract`. Returns a DataFrame aligned to the index: one
+        column per top-level property and ``error`` (``None``, or why the row failed).
         ``background=True`` returns a :class:`~jupyter_localllm.Job` (see :meth:`generate`)."""
         from ..tasks.extraction import extraction_plan, json_schema
 
-        frame, t0 = self._frame(), time.perf_counter()
-        texts, errors = _row_texts(frame, template)
-        ctx = resolve_context(model, n_seq_max=n_seq_max)
-        plan = extraction_plan(
-            ctx,
-            texts,
-            schema,
-            instruction=instruction,
-            system_prompt=system_prompt,
-            errors=errors,
-            **sampling,
-        )
+        frame, t0, texts, errors, ctx = self._prepare(template, model, n_seq_max)
+        plan = extraction_plan(ctx, texts, schema, errors=errors, **options)
         props = list(json_schema(schema).get("properties", {}))
 
         def finish(values: list[Any]) -> pd.DataFrame:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from traitlets import Bool, Float, Int, Unicode, Union
+from traitlets import Bool, Float, Int, Unicode, Union, default
 from traitlets.config import Configurable
-
-from ..engine.sampling import DEFAULT_SEED
 
 __all__ = ["LocalLLM", "get_settings"]
 
@@ -36,11 +34,15 @@ class LocalLLM(Configurable):
     ).tag(config=True)
     max_tokens = Int(256, help="Most tokens generated per answer.").tag(config=True)
     temperature = Float(0.0, help="Sampling temperature; 0 is greedy.").tag(config=True)
-    seed = Int(DEFAULT_SEED, help="Random seed of sampling (each row derives its own).").tag(
-        config=True
-    )
+    seed = Int(help="Random seed of sampling (each row derives its own).").tag(config=True)
     progress = Bool(True, help="Show progress for batch runs.").tag(config=True)
     cache = Bool(True, help="Reuse finished rows from the on-disk result cache.").tag(config=True)
+
+    @default("seed")
+    def _default_seed(self) -> int:
+        from .. import SamplingParams  # the API's default seed (imported when first needed)
+
+        return SamplingParams.seed
 
     def sampling(self, **overrides: Any) -> dict[str, Any]:
         """Sampling keywords from these settings, with ``overrides`` (``None`` values ignored)."""

@@ -217,11 +217,17 @@ class LLMMagics(Magics):
         )
 
     def _use(self, argv: list[str]) -> None:
+        self._alias_command(
+            argv, "use", "Make a loaded model the default.", "{!r} is now the default model."
+        )
+
+    def _alias_command(self, argv: list[str], name: str, what: str, done: str) -> None:
+        """``%llm use|unload ALIAS``: the manager's method of that name on the alias."""
         from ..session.manager import get_manager
 
-        args = _alias_parser("use", "Make a loaded model the default.").parse_args(argv)
-        get_manager().use(args.alias)
-        print(f"{args.alias!r} is now the default model.")
+        args = _alias_parser(name, what).parse_args(argv)
+        getattr(get_manager(), name)(args.alias)
+        print(done.format(args.alias))
 
     def _models(self, argv: list[str]) -> Any:
         from ..session.manager import get_manager
@@ -258,11 +264,7 @@ class LLMMagics(Magics):
         return table
 
     def _unload(self, argv: list[str]) -> None:
-        from ..session.manager import get_manager
-
-        args = _alias_parser("unload", "Free a loaded model.").parse_args(argv)
-        get_manager().unload(args.alias)
-        print(f"Unloaded {args.alias!r}.")
+        self._alias_command(argv, "unload", "Free a loaded model.", "Unloaded {!r}.")
 
     def _status(self, argv: list[str]) -> None:
         from IPython.display import display

@@ -194,9 +194,8 @@ def classify(
 ) -> pd.DataFrame | Job:
     """Pick one of ``labels`` for each text by scoring every label as the model's answer.
 
-    Instead of generating text and parsing it, the log-probability of each label's tokens
-    after the prompt is computed (the shared instructions and examples are decoded once), so
-    the answer is always a valid label and comes with probabilities.
+    Instead of generating text and parsing it, each label is scored as the answer after the
+    prompt (the shared instructions and examples are decoded once): always a valid label.
 
     ``prompts`` are the texts to label. ``format``: ``"chat"`` wraps each in the model's chat
     template (``system_prompt``, ``examples`` as earlier user/assistant turns, then
@@ -215,15 +214,13 @@ def classify(
     token; longer labels score lower).
 
     Returns a DataFrame in input order: ``label`` (the most probable), one probability column
-    per label (summing to 1 over the labels), and ``error`` (``None`` or why a row failed;
-    its label and probabilities are then missing).
+    per label (summing to 1), and ``error`` (``None`` or why the row failed).
 
-    ``on_result`` is called with each row's record (``row``, ``label``, the probabilities,
-    ``error``) as soon as its wave is scored. A KeyboardInterrupt (or setting ``cancel``)
-    raises :class:`BatchInterrupted` whose ``results`` hold every scored row (the label as
-    text, ``probs``). ``background=True`` returns a :class:`~jupyter_localllm.Job` at once
-    (see :func:`~jupyter_localllm.generate_parallel`); ``job.partial()`` holds the records of
-    the rows scored so far and ``job.result()`` the DataFrame.
+    ``on_result`` gets each row's record (``row``, ``label``, probabilities, ``error``) as
+    soon as its wave is scored. Ctrl-C (or ``cancel``) raises :class:`BatchInterrupted` whose
+    ``results`` hold every scored row (label as text, ``probs``). ``background=True`` returns a
+    :class:`~jupyter_localllm.Job` (see :func:`~jupyter_localllm.generate_parallel`):
+    ``job.partial()`` holds the scored rows' records, ``job.result()`` the DataFrame.
     """
     plan = classify_plan(
         context,

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["Exploration", "exploration_plan", "explore"]
 
 _ENGINES = ("auto", "parallel", "single")
+_RUN_ARGUMENTS = ("progress", "cancel", "background")  # how explore() runs its plan
 
 
 @dataclass
@@ -284,27 +285,7 @@ def explore(
     annotation rows (``{row: dict}``, numbered as in ``annotations``), ``job.result()`` the
     :class:`Exploration`.
     """
-    plan = exploration_plan(
-        models,
-        prompts,
-        data=data,
-        text_column=text_column,
-        truth=truth,
-        labels=labels,
-        engine=engine,
-        n_seq_max=n_seq_max,
-        batch_size=batch_size,
-        reuse_models=reuse_models,
-        sink=sink,
-        on_result=on_result,
-        instruction=instruction,
-        examples=examples,
-        system_prompt=system_prompt,
-        calibrate=calibrate,
-        scoring=scoring,
-        format=format,
-        clean=clean,
-        max_tokens=max_tokens,
-        cache=cache,
-    )
+    # every other argument is the plan's, under the same name
+    options = {k: v for k, v in locals().items() if k not in _RUN_ARGUMENTS}
+    plan = exploration_plan(**options)
     return execute(plan, background=background, progress=progress, cancel=cancel)
