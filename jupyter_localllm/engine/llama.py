@@ -43,6 +43,9 @@ __all__ = [
 
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 
+# Some llama-cpp-python releases bind llama_sampler_init_penalties with a leading n_vocab.
+_PENALTIES_TAKE_N_VOCAB = len(getattr(_ll.llama_sampler_init_penalties, "argtypes", ()) or ()) == 5
+
 _backend_lock = threading.Lock()
 _backend_ready = False
 _verbosity = 0
@@ -138,11 +141,9 @@ class Model(_Native):
             (True, False): _ll.LLAMA_LOAD_MODE_MMAP,
             (False, False): _ll.LLAMA_LOAD_MODE_NONE,
         }[(bool(use_mmap), bool(use_mlock))]
-        self.use_mmap, self.use_mlock = bool(use_mmap), bool(use_mlock)
         # Extra buffer types repack weights (AMX, ARM); on AMX CPUs that path crashes on the
         # first multi-token decode (llama.cpp #20824), so it is opt-in.
         params.use_extra_bufts = bool(use_extra_bufts)
-        self.n_gpu_layers = params.n_gpu_layers
         self.use_extra_bufts = bool(use_extra_bufts)
         handle = _ll.llama_model_load_from_file(str(self.path).encode(), params)
         if not handle:
@@ -154,7 +155,6 @@ class Model(_Native):
         self._handle = handle
         self._vocab = _ll.llama_model_get_vocab(handle)
         self.n_vocab = int(_ll.llama_vocab_n_tokens(self._vocab))
-        self.n_ctx_train = int(_ll.llama_model_n_ctx_train(handle))
         self.size_bytes = self.path.stat().st_size
         self.metadata = self._read_metadata()
         self.name = self.metadata.get("general.name") or self.path.stem
@@ -198,18 +198,6 @@ class Model(_Native):
         # The metadata buffer truncates long templates; ask llama.cpp for the full string.
         raw = _ll.llama_model_chat_template(self._handle, None)
         return raw.decode("utf-8", "replace") if raw else None
-
-    @property
-    def description(self) -> str:
-        """llama.cpp's one-line description (architecture, size, quantisation)."""
-        buf = ctypes.create_string_buffer(256)
-        _ll.llama_model_desc(self._require_open(), buf, len(buf))
-        return buf.value.decode("utf-8", "replace")
-
-    @property
-    def n_params(self) -> int:
-        """Number of parameters."""
-        return int(_ll.llama_model_n_params(self._require_open()))
 
     # -- tokens ----------------------------------------------------------------------------
     def tokenize(
@@ -293,8 +281,13 @@ def _resolve_gpu_layers(n_gpu_layers: int | str) -> int:
 
 
 class Context(_Native):
-    """A llama.cpp context on a :class:`Model`: the KV cache for up to ``n_seq_max``
-    sequences sharing ``n_ctx`` cells (a unified cache, so a shared prefix is stored once).
+    """A llama.cpp context on a :class:`Model`: the KV cache of up to ``n_seq_max`` sequences.
+
+    With ``kv_unified=True`` the sequences share all ``n_ctx`` cells, so a prefix copied to
+    several sequences is stored once. With ``kv_unified=False`` (what
+    :class:`~jupyter_localllm.engine.runner.GenerationContext` uses by default) each sequence
+    has its own stream of ``n_ctx / n_seq_max`` cells (:attr:`n_ctx_seq`) and attention reads
+    only a row's own cells; a prefix is copied into every stream. Flash attention stays off.
 
     Not thread-safe: one thread drives a context at a time (the session layer queues).
     """
@@ -306,11 +299,8 @@ class Context(_Native):
         n_ctx: int,
         n_seq_max: int = 1,
         n_batch: int = 512,
-        n_ubatch: int | None = None,
         n_threads: int | None = None,
-        n_threads_batch: int | None = None,
         kv_unified: bool = True,
-        flash_attn: bool = False,
     ):
         model._require_open()
         check_int("n_ctx", n_ctx, 16, None)
@@ -322,16 +312,14 @@ class Context(_Native):
         params = _ll.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
-        params.n_ubatch = min(n_ubatch or n_batch, n_batch)
+        params.n_ubatch = n_batch
         params.n_seq_max = n_seq_max
         params.n_threads = n_threads
-        params.n_threads_batch = n_threads_batch or n_threads
+        params.n_threads_batch = n_threads
         params.kv_unified = bool(kv_unified)
         # AUTO would pick flash attention by device; fixing it keeps outputs bit-identical
         # across machines and equal to llama-cpp-python's Llama (which disables it too).
-        params.flash_attn_type = (
-            _ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else _ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
+        params.flash_attn_type = _ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         handle = _ll.llama_init_from_model(model._handle, params)
         if not handle:
@@ -345,7 +333,6 @@ class Context(_Native):
         self.n_ctx = int(_ll.llama_n_ctx(handle))
         self.n_batch = int(_ll.llama_n_batch(handle))
         self.n_seq_max = int(_ll.llama_n_seq_max(handle))
-        self.n_threads = n_threads
         self.kv_unified = bool(kv_unified)
         # Tokens per sequence: the whole cache when unified, else its share.
         self.n_ctx_seq = int(_ll.llama_n_ctx_seq(handle))
@@ -440,12 +427,6 @@ class Context(_Native):
                 "Without a unified KV cache, seq_cp copies whole sequences only; pass p0=-1, p1=-1."
             )
         _ll.llama_memory_seq_cp(self._memory, src, dst, p0, p1)
-
-    def seq_pos_max(self, seq: int) -> int:
-        """Largest position stored for ``seq`` (-1 when empty)."""
-        self._require_open()
-        self._check_seq(seq)
-        return int(_ll.llama_memory_seq_pos_max(self._memory, seq))
 
 
 class Batch:
@@ -549,7 +530,10 @@ class Sampler(_Native):
                 )
             self._add(grammar)
         if p.repeat_penalty != 1.0 and p.repeat_last_n != 0:
-            self._add(_ll.llama_sampler_init_penalties(p.repeat_last_n, p.repeat_penalty, 0.0, 0.0))
+            args = (p.repeat_last_n, p.repeat_penalty, 0.0, 0.0)
+            if _PENALTIES_TAKE_N_VOCAB:
+                args = (model.n_vocab, *args)
+            self._add(_ll.llama_sampler_init_penalties(*args))
         if p.greedy:
             self._add(_ll.llama_sampler_init_greedy())
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import BatchInterrupted, DecodeError, InvalidParameterError, LocalLLMError
 from ..types import Progress, Result
@@ -46,12 +46,6 @@ class RunStats:
     """Seconds inside llama_decode."""
     n_ctx: int = 0
     n_slots: int = 0
-    batch_sizes: list[int] = field(default_factory=list, repr=False)
-
-    @property
-    def overhead(self) -> float:
-        """Share of the wall time spent outside llama_decode."""
-        return 1.0 - self.decode_time / self.wall if self.wall > 0 else 0.0
 
 
 @dataclass
@@ -125,11 +119,6 @@ class GenerationContext:
         if self.fixed_n_ctx is not None:
             return self.fixed_n_ctx
         return self._ctx.n_ctx if self._ctx is not None else None
-
-    @property
-    def backend(self) -> Context | None:
-        """The llama.cpp context, once created."""
-        return self._ctx
 
     def _open(self, n_ctx: int) -> Context:
         if self._ctx is not None:
@@ -385,7 +374,6 @@ class GenerationContext:
                 ctx.decode(batch)
                 stats.decode_time += time.perf_counter() - t0
                 stats.steps += 1
-                stats.batch_sizes.append(batch.n_tokens)
                 sampled, failed = {}, []
                 for slot, idx in out_index.items():
                     req = sched.slots[slot].request

@@ -6,14 +6,16 @@ tested with hand-made "model outputs" the way vLLM tests its scheduler. The runn
 and feeds the sampled tokens back with :meth:`Scheduler.update_from_output`.
 
 KV layout: every slot (sequence id) holds the shared prompt prefix at positions
-``[0, prefix_len)`` — stored once in the unified cache — followed by its own request's prompt
-suffix and generated tokens. A finished request releases only its own positions, so the next
-request admitted to that slot starts on top of the prefix without recomputing it.
+``[0, prefix_len)``, followed by its own request's prompt suffix and generated tokens. By
+default each sequence has its own stream of cells (``kv_unified=False``): the prefix is copied
+into every stream and ``slot_capacity`` is one stream's share. With a unified cache the prefix
+is stored once and the slots draw on one pool of ``kv_capacity`` cells. A finished request
+releases only its own positions, so the next request admitted to that slot starts on top of
+the prefix without recomputing it.
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +51,6 @@ class _Slot:
     text: TextAccumulator
     generated: list[int] = field(default_factory=list)
     next_token: int | None = None  # sampled, not yet decoded
-    first_token_at: float | None = None
 
     @property
     def suffix_len(self) -> int:
@@ -155,11 +156,6 @@ class Scheduler:
         """True while requests wait or run."""
         return bool(self.waiting) or any(s is not None for s in self.slots)
 
-    @property
-    def n_running(self) -> int:
-        """Slots holding a request."""
-        return sum(s is not None for s in self.slots)
-
     # -- planning --------------------------------------------------------------------------
     def _admit(self) -> None:
         for i, slot in enumerate(self.slots):
@@ -235,8 +231,6 @@ class Scheduler:
         return finished, deltas
 
     def _accept(self, slot: _Slot, token: int, deltas: list[tuple[int, str]]) -> str | None:
-        if slot.first_token_at is None:
-            slot.first_token_at = time.perf_counter()
         if self._is_eog(token):
             return "eog"
         slot.generated.append(token)

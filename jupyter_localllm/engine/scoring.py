@@ -183,7 +183,6 @@ def score_labels(
                 ctx.decode(batch)
                 stats.decode_time += time.perf_counter() - t0
                 stats.steps += 1
-                stats.batch_sizes.append(batch.n_tokens)
                 for row, k in wants:  # logits are addressed by the token's batch index
                     out.setdefault(row, []).append(ctx.logits(k))
             return out
