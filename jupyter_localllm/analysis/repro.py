@@ -45,7 +45,8 @@ def canonical_json(value: Any) -> str:
 
 def sha256_json(value: Any) -> str:
     """SHA-256 hex digest of ``canonical_json(value)``."""
-    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+    # surrogatepass: a row holding a lone surrogate (an error row) still hashes
+    return hashlib.sha256(canonical_json(value).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -180,7 +180,7 @@ class _Accessor:
             clean=clean,
             cache=_cache(cache),
             errors=errors,
-            **get_settings().sampling(**sampling),
+            **(sampling if "sampling" in sampling else get_settings().sampling(**sampling)),
         )
 
         def finish(results: list[Result]) -> pd.Series:
