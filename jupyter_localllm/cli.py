@@ -1,6 +1,6 @@
 """Command line: ``python -m jupyter_localllm demo | hardware | models``.
 
-A thin front-end over :mod:`jupyter_localllm.api`, like the notebook magics.
+A thin front-end over the public API (:mod:`jupyter_localllm.tasks`), like the notebook magics.
 """
 
 from __future__ import annotations

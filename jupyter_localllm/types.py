@@ -90,7 +90,7 @@ class Result(str):
 class Results(list):
     """The results of a batch call, in input order, with ``hashes``: the SHA-256 of the
     inputs (model file, parameters, prompts) and of the outputs (see
-    :mod:`jupyter_localllm.repro`)."""
+    :mod:`jupyter_localllm.analysis.repro`)."""
 
     hashes: dict[str, str]
 

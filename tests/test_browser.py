@@ -170,7 +170,7 @@ ROWS = re.compile(r"(\d+)/(\d+) rows")
 def waiting_for(*, quickstart: bool = False) -> str | None:
     """What the panel tests still wait for (the widgets, the API, the notebook), or ``None``."""
     if importlib.util.find_spec("jupyter_localllm.notebook.widgets") is None:
-        return "waiting for jupyter_localllm.widgets (ProgressPanel, HardwarePanel, ...)"
+        return "waiting for jupyter_localllm.notebook.widgets (ProgressPanel, HardwarePanel, ...)"
     import jupyter_localllm
 
     for name in ("dashboard", "generate_parallel"):

@@ -1,6 +1,6 @@
-"""AccuracyPanel: a :class:`~jupyter_localllm.evaluation.ValidationReport` as widgets — the
+"""AccuracyPanel: a :class:`~jupyter_localllm.analysis.evaluation.ValidationReport` as widgets — the
 metrics table, the model comparison chart, and per model its confusion matrix and per-class
-precision/recall (PNG images drawn with :mod:`jupyter_localllm.charts`)."""
+precision/recall (PNG images drawn with :mod:`jupyter_localllm.analysis.charts`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _image(fig: Any) -> w.Image:
 
 class AccuracyPanel(w.VBox):
     """Accuracy of one or more models: ``source`` is a :class:`ValidationReport` or an
-    :class:`~jupyter_localllm.exploration.Exploration` (validated against its ``truth``).
+    :class:`~jupyter_localllm.tasks.exploration.Exploration` (validated against its ``truth``).
 
     ``figures`` holds the matplotlib figures shown (see :meth:`ValidationReport.figures`).
     """

@@ -1,6 +1,6 @@
 """ModelPanel: the models this session can load and the ones it holds, with load and unload.
 
-The state is the session's :class:`~jupyter_localllm.manager.ModelManager`; the panel draws
+The state is the session's :class:`~jupyter_localllm.session.manager.ModelManager`; the panel draws
 it and calls it. Errors appear as a red line in the panel instead of a traceback.
 """
 

@@ -1,7 +1,7 @@
 """ProgressPanel: one batch run drawn as a widget (bar, rows, errors, tokens/s, ETA, elapsed).
 
-Counting happens in the engine and in :class:`~jupyter_localllm.jobs.Job`; the panel only
-draws the :class:`~jupyter_localllm.engine.runner.Progress` events it is given, at most ten
+Counting happens in the session (the batch pipeline and its jobs); the panel only
+draws the :class:`~jupyter_localllm.types.Progress` events it is given, at most ten
 times a second, by setting traits (safe from any thread).
 """
 
