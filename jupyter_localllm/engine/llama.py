@@ -4,7 +4,8 @@ One small class per native handle — :class:`Model`, :class:`Context`, :class:`
 :class:`Sampler` — each freed explicitly with ``close()`` (children before parents) or a
 ``with`` block. Nothing above this module sees a ctypes object. Every input that could make
 llama.cpp abort the process (sequence ids, batch sizes, token ids, grammars) is checked here in
-Python first.
+Python first. :class:`Model` implements :class:`~jupyter_localllm.engine.backend.BackendModel`:
+it creates its contexts, batches and samplers, so the runner never names these classes.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from ..errors import (
     ModelLoadError,
     PromptError,
 )
+from .backend import MAX_SEQUENCES
 from .checks import check_int, default_threads
 from .sampling import SamplingParams
 
 __all__ = [
-    "MAX_SEQUENCES",
     "Batch",
     "Context",
     "Model",
@@ -40,8 +41,6 @@ __all__ = [
     "set_verbosity",
     "supports_gpu_offload",
 ]
-
-MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 
 # Some llama-cpp-python releases bind llama_sampler_init_penalties with a leading n_vocab.
 _PENALTIES_TAKE_N_VOCAB = len(getattr(_ll.llama_sampler_init_penalties, "argtypes", ()) or ()) == 5
@@ -198,6 +197,32 @@ class Model(_Native):
         # The metadata buffer truncates long templates; ask llama.cpp for the full string.
         raw = _ll.llama_model_chat_template(self._handle, None)
         return raw.decode("utf-8", "replace") if raw else None
+
+    def require_open(self) -> None:
+        """Raise :class:`InvalidParameterError` once the model was closed."""
+        self._require_open()
+
+    # -- factories (the backend protocol) --------------------------------------------------
+    def new_context(
+        self, *, n_ctx: int, n_seq_max: int, n_batch: int, n_threads: int | None, kv_unified: bool
+    ) -> Context:
+        """A :class:`Context` on this model (see its parameters)."""
+        return Context(
+            self,
+            n_ctx=n_ctx,
+            n_seq_max=n_seq_max,
+            n_batch=n_batch,
+            n_threads=n_threads,
+            kv_unified=kv_unified,
+        )
+
+    def new_batch(self, capacity: int, n_seq_max: int) -> Batch:
+        """An empty :class:`Batch` of ``capacity`` tokens for this model's vocabulary."""
+        return Batch(capacity, n_seq_max, self.n_vocab)
+
+    def new_sampler(self, params: SamplingParams, seed: int) -> Sampler:
+        """A :class:`Sampler` for ``params`` with random stream ``seed``."""
+        return Sampler(self, params, seed)
 
     # -- tokens ----------------------------------------------------------------------------
     def tokenize(
@@ -470,10 +495,19 @@ class Batch:
         """How many more tokens fit."""
         return self.capacity - self.n_tokens
 
-    def add(self, tokens: Any, start_pos: int, seq: int, *, want_last_logits: bool) -> int:
+    def add(
+        self,
+        tokens: Any,
+        start_pos: int,
+        seq: int,
+        *,
+        want_last_logits: bool,
+        want_all_logits: bool = False,
+    ) -> int:
         """Append ``tokens`` of sequence ``seq`` at positions ``start_pos...``.
 
-        Returns the output index of the last token when ``want_last_logits`` (else -1).
+        ``want_last_logits`` asks for the last token's logits, ``want_all_logits`` for every
+        token's. Returns the output index of the last token when it has logits (else -1).
         """
         tokens = np.asarray(tokens, dtype=np.int32)
         n = int(tokens.size)
@@ -493,12 +527,12 @@ class Batch:
         self.token[i : i + n] = tokens
         self.pos[i : i + n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
         self.seq[i : i + n] = seq
-        self.logits[i : i + n] = 0
+        self.logits[i : i + n] = want_all_logits
         if want_last_logits:
             self.logits[i + n - 1] = 1
         self.n_tokens = i + n
         self._struct.n_tokens = self.n_tokens
-        return i + n - 1 if want_last_logits else -1
+        return i + n - 1 if want_last_logits or want_all_logits else -1
 
 
 class Sampler(_Native):

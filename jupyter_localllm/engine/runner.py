@@ -1,26 +1,38 @@
 """The engine loop: a :class:`GenerationContext` runs batches of requests through the
-:class:`~jupyter_localllm.engine.scheduler.Scheduler`, one ``llama_decode`` per step.
+:class:`~jupyter_localllm.engine.scheduler.Scheduler`, one decode per step, and scores labels
+(:meth:`GenerationContext.score_labels`) on the same KV cache.
 
-It owns the llama.cpp context (created lazily and sized from the work when ``n_ctx`` is not
+It owns the backend context (created lazily and sized from the work when ``n_ctx`` is not
 given) and the shared prompt prefix kept in the KV cache between calls, so a second call with
-the same instructions does not recompute them.
+the same instructions does not recompute them. The set-up and tear-down that generation and
+label scoring share is a :class:`KVSession`, from :meth:`GenerationContext.start_run`.
+
+The backend is reached only through the model's factories (``new_context``, ``new_batch``,
+``new_sampler``; see :mod:`~jupyter_localllm.engine.backend`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ..errors import BatchInterrupted, DecodeError, InvalidParameterError, LocalLLMError
 from ..types import Progress, Result
+from .backend import MAX_SEQUENCES
 from .checks import check_int
-from .llama import MAX_SEQUENCES, Batch, Context, Model, Sampler
 from .sampling import SamplingParams, derive_seed
-from .scheduler import Request, Scheduler, common_prefix_length
+from .scheduler import Request, Scheduler, StepPlan, common_prefix_length
+from .scoring import LabelScorer
 
-__all__ = ["GenerationContext", "RunStats"]
+if TYPE_CHECKING:
+    from .backend import BackendBatch, BackendContext, BackendModel, BackendSampler
+
+__all__ = ["GenerationContext", "KVSession", "RunStats"]
 
 _CTX_ROUND = 256  # auto-sized contexts grow in steps of this many cells
 _PROGRESS_INTERVAL = 0.1  # seconds between progress events while no row finishes
@@ -28,55 +40,130 @@ _PROGRESS_INTERVAL = 0.1  # seconds between progress events while no row finishe
 
 @dataclass
 class RunStats:
-    """Timings and token counts of the last run on a context."""
+    """Timings and token counts of the last run on a context.
+
+    Attributes: ``rows`` (in the input), ``steps`` (decodes), ``prompt_tokens`` (of all rows,
+    as if each were processed alone), ``prefix_tokens`` (the shared prefix, held once in the
+    cache), ``prefix_tokens_decoded`` (prefix tokens decoded in this run; 0 when the cached
+    prefix was reused), ``decoded_prompt_tokens`` (prompt tokens actually decoded: the prefix
+    once and each row's own part), ``generated_tokens``, ``wall`` (seconds), ``decode_time``
+    (seconds inside the backend's decode), ``n_ctx`` and ``n_slots`` (sequences used).
+    """
 
     rows: int = 0
     steps: int = 0
     prompt_tokens: int = 0
-    """Prompt tokens of all rows, as if each were processed alone."""
     prefix_tokens: int = 0
-    """Tokens of the shared prefix (held once in the cache)."""
     prefix_tokens_decoded: int = 0
-    """Prefix tokens decoded in this run (0 when the cached prefix was reused)."""
     decoded_prompt_tokens: int = 0
-    """Prompt tokens actually decoded (prefix once + each row's own part)."""
     generated_tokens: int = 0
     wall: float = 0.0
     decode_time: float = 0.0
-    """Seconds inside llama_decode."""
     n_ctx: int = 0
     n_slots: int = 0
-
-
-@dataclass
-class RunPlan:
-    """What :meth:`GenerationContext._plan` decided for a run."""
-
-    valid: list[int]
-    prefix: list[int]
-    prefix_len: int
-    n_slots: int
-    ctx: Context
-    slot_capacity: int
-    """KV cells each row may use after the shared prefix."""
 
 
 def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
+@dataclass(eq=False)
+class KVSession:
+    """One run's use of a :class:`GenerationContext`'s KV cache: what generation and label
+    scoring share. Get one from :meth:`GenerationContext.start_run` and hold the context's
+    :attr:`~GenerationContext.lock` until :meth:`end`.
+
+    Rows run in sequences ``0..n_slots-1`` on top of the shared :attr:`prefix`:
+    :meth:`load_prefix` puts it in every sequence (decoding only what the cache lacks),
+    :meth:`decode` runs :attr:`batch` and counts the step, :meth:`release` drops a row's own
+    cells, and :meth:`end` returns to the between-runs state, in which only sequence 0 holds
+    cells: the cached prefix.
+
+    Attributes: ``owner`` (the :class:`GenerationContext`), ``ctx`` (its backend context),
+    ``batch`` (the reusable batch of ``n_batch`` tokens that :meth:`decode` runs), ``valid``
+    (the rows that can run, in input order), ``errors`` (error results, by row, of the rows
+    that cannot), ``prefix`` (the tokens every row shares; each row keeps at least one token
+    of its own), ``n_slots`` (sequences the rows run in), ``slot_capacity`` (KV cells one row
+    may use after the prefix), ``kv_capacity`` (cells all running rows together may use after
+    the prefix), ``stats`` (this run's :class:`RunStats`, also the owner's ``last_run``) and
+    ``t_start`` (``time.perf_counter()`` when the run started).
+    """
+
+    owner: GenerationContext
+    ctx: BackendContext
+    batch: BackendBatch
+    valid: list[int]
+    errors: dict[int, Result]
+    prefix: list[int]
+    n_slots: int
+    slot_capacity: int
+    kv_capacity: int
+    stats: RunStats
+    t_start: float
+
+    @property
+    def prefix_len(self) -> int:
+        """Length of :attr:`prefix`."""
+        return len(self.prefix)
+
+    def load_prefix(self) -> None:
+        """Make sequences ``0..n_slots-1`` hold exactly :attr:`prefix`, decoding only what the
+        cached prefix in sequence 0 lacks."""
+        owner, ctx, batch, prefix = self.owner, self.ctx, self.batch, self.prefix
+        keep = common_prefix_length([owner._prefix, prefix])
+        if keep < len(owner._prefix):
+            ctx.seq_rm(0, keep, -1)
+        owner._prefix = list(prefix[:keep])
+        step = owner.n_batch
+        for start in range(keep, len(prefix), step):
+            batch.clear()
+            batch.add(prefix[start : start + step], start, 0, want_last_logits=False)
+            self.decode()
+        owner._prefix = list(prefix)
+        self.stats.prefix_tokens_decoded = len(prefix) - keep
+        if prefix:
+            for seq in range(1, self.n_slots):
+                ctx.seq_cp(0, seq, -1, -1)  # unified: tags the cells; one stream each: copies
+
+    def decode(self) -> None:
+        """Decode :attr:`batch`, counting the step and its time in :attr:`stats`."""
+        t0 = time.perf_counter()
+        self.ctx.decode(self.batch)
+        self.stats.decode_time += time.perf_counter() - t0
+        self.stats.steps += 1
+
+    def release(self, seq: int) -> None:
+        """Drop the cells of sequence ``seq`` after the prefix (its row is done)."""
+        self.ctx.seq_rm(seq, self.prefix_len, -1)
+
+    def end(self, keep: Sequence[int] | None = None) -> None:
+        """Back to the between-runs state: only sequence 0 holds cells, the cached prefix —
+        or ``keep`` (a single row's whole prompt, still in sequence 0) when given. Sets the
+        run's wall time."""
+        owner, ctx = self.owner, self.ctx
+        for seq in range(1, self.n_slots):
+            ctx.seq_rm(seq, -1, -1)
+        if keep is not None:
+            ctx.seq_rm(0, len(keep), -1)
+            owner._prefix = list(keep)
+        else:
+            ctx.seq_rm(0, len(owner._prefix), -1)
+        self.stats.wall = time.perf_counter() - self.t_start
+
+
 class GenerationContext:
     """A model's context for generation: up to ``n_seq_max`` rows decoded together.
 
     Created by :func:`jupyter_localllm.context_create`. ``n_ctx=None`` sizes the KV cache
-    from each call's work (longest prompt + max_tokens per slot, plus the shared prefix once)
-    and grows it when a later call needs more. One thread drives it at a time; concurrent
+    from each call's work (longest prompt + max_tokens per slot, plus the shared prefix) and
+    grows it when a later call needs more. By default (``kv_unified=False``) each sequence has
+    its own stream of ``n_ctx / n_seq_max`` cells. One thread drives it at a time; concurrent
     callers wait on :attr:`lock`.
     """
 
     def __init__(
         self,
-        model: Model,
+        model: BackendModel,
         *,
         n_ctx: int | None = None,
         n_seq_max: int = 1,
@@ -84,7 +171,7 @@ class GenerationContext:
         n_threads: int | None = None,
         kv_unified: bool = False,
     ):
-        model._require_open()
+        model.require_open()
         if n_ctx is not None:
             check_int("n_ctx", n_ctx, 16, None)
         check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
@@ -98,15 +185,14 @@ class GenerationContext:
             check_int("n_threads", n_threads, 1, 1024)
         self.model = model
         self.n_seq_max = n_seq_max
-        self.n_batch = n_batch
-        self._requested_n_batch = n_batch
+        self.n_batch = self._requested_n_batch = n_batch  # n_batch: what the context accepts
         self.n_threads = n_threads
         self.fixed_n_ctx = n_ctx
         self.kv_unified = bool(kv_unified)
         self.lock = threading.RLock()
         self.last_run = RunStats()
-        self._ctx: Context | None = None
-        self._batch: Batch | None = None
+        self._ctx: BackendContext | None = None
+        self._batch: BackendBatch | None = None
         self._prefix: list[int] = []
         if n_ctx is not None:
             self._open(n_ctx)
@@ -114,17 +200,16 @@ class GenerationContext:
     # -- lifecycle -------------------------------------------------------------------------
     @property
     def n_ctx(self) -> int | None:
-        """KV cells rows may use: the ``n_ctx`` asked for (llama.cpp may round its cache up),
-        or the auto-sized context's (None until one exists)."""
+        """KV cells rows may use: the ``n_ctx`` asked for (the backend may round its cache
+        up), or the auto-sized context's (None until one exists)."""
         if self.fixed_n_ctx is not None:
             return self.fixed_n_ctx
         return self._ctx.n_ctx if self._ctx is not None else None
 
-    def _open(self, n_ctx: int) -> Context:
+    def _open(self, n_ctx: int) -> BackendContext:
         if self._ctx is not None:
             self._ctx.close()
-        self._ctx = Context(
-            self.model,
+        self._ctx = self.model.new_context(
             n_ctx=n_ctx,
             n_seq_max=self.n_seq_max,
             n_batch=self._requested_n_batch,
@@ -133,12 +218,12 @@ class GenerationContext:
         )
         # llama.cpp caps n_batch at n_ctx; plan steps with the size it really accepts.
         self.n_batch = self._ctx.n_batch
-        self._batch = Batch(self.n_batch, self.n_seq_max, self.model.n_vocab)
+        self._batch = self.model.new_batch(self.n_batch, self.n_seq_max)
         self._prefix = []
         return self._ctx
 
     def close(self) -> None:
-        """Free the llama.cpp context (the model stays loaded)."""
+        """Free the backend context (the model stays loaded)."""
         with self.lock:
             if self._ctx is not None:
                 self._ctx.close()
@@ -158,7 +243,7 @@ class GenerationContext:
             f"n_seq_max={self.n_seq_max} n_batch={self.n_batch} kv_unified={self.kv_unified}>"
         )
 
-    def _ensure_context(self, prefix_len: int, per_slot: int, n_slots: int) -> Context:
+    def _ensure_context(self, prefix_len: int, per_slot: int, n_slots: int) -> BackendContext:
         if self.fixed_n_ctx is not None:
             return self._ctx or self._open(self.fixed_n_ctx)
         if self.kv_unified:  # one cache shared by all rows, the prefix stored once
@@ -181,42 +266,6 @@ class GenerationContext:
             return min(ctx.n_ctx_seq, max(1, self.fixed_n_ctx // self.n_seq_max))
         return ctx.n_ctx_seq
 
-    # -- prefix cache ----------------------------------------------------------------------
-    def _set_prefix(
-        self, ctx: Context, prefix: Sequence[int], n_slots: int, stats: RunStats
-    ) -> None:
-        """Make sequences 0..n_slots-1 hold exactly ``prefix``, decoding only what the cached
-        prefix in sequence 0 lacks. Between runs only sequence 0 holds cells."""
-        keep = common_prefix_length([self._prefix, prefix])
-        if keep < len(self._prefix):
-            ctx.seq_rm(0, keep, -1)
-        self._prefix = list(prefix[:keep])
-        batch = self._batch
-        for start in range(keep, len(prefix), self.n_batch):
-            chunk = prefix[start : start + self.n_batch]
-            batch.clear()
-            batch.add(chunk, start, 0, want_last_logits=False)
-            t0 = time.perf_counter()
-            ctx.decode(batch)
-            stats.decode_time += time.perf_counter() - t0
-            stats.steps += 1
-        self._prefix = list(prefix)
-        stats.prefix_tokens_decoded = len(prefix) - keep
-        if prefix:
-            for seq in range(1, n_slots):
-                ctx.seq_cp(0, seq, -1, -1)  # unified cache: tags the cells, copies nothing
-
-    def _end_run(self, ctx: Context, n_slots: int, keep: Sequence[int] | None) -> None:
-        """Back to the between-runs state: only sequence 0 holds cells, the cached prefix
-        (``keep``, a single row's whole prompt, when given)."""
-        for seq in range(1, n_slots):
-            ctx.seq_rm(seq, -1, -1)
-        if keep is not None:
-            ctx.seq_rm(0, len(keep), -1)
-            self._prefix = list(keep)
-        else:
-            ctx.seq_rm(0, len(self._prefix), -1)
-
     def reset_cache(self) -> None:
         """Forget the cached prefix and empty the KV cache."""
         with self.lock:
@@ -224,30 +273,39 @@ class GenerationContext:
                 self._ctx.memory_clear()
             self._prefix = []
 
-    # -- running ---------------------------------------------------------------------------
-    def _plan(
+    # -- runs ------------------------------------------------------------------------------
+    def _shared_prefix_len(self, prompts: Sequence[Sequence[int]], valid: list[int]) -> int:
+        """Tokens the ``valid`` rows share. Every row keeps at least one token of its own: its
+        logits start the answer. A single row shares only what is cached, and is decoded whole
+        like llama.cpp's own examples."""
+        if len(valid) == 1:
+            shared = common_prefix_length([self._prefix, prompts[valid[0]]])
+            return min(shared, len(prompts[valid[0]]) - 1)
+        if valid:
+            shared = common_prefix_length([prompts[i] for i in valid])
+            return min(shared, min(len(prompts[i]) for i in valid) - 1)
+        return 0
+
+    def start_run(
         self,
         prompts: Sequence[Sequence[int]],
         invalid: Mapping[int, str],
         cells_per_row: Callable[[int, int], int],
-        results: dict[int, Result],
-        stats: RunStats,
-    ) -> RunPlan:
-        """Shared set-up of a run: error results for rows that cannot run, the shared prefix,
-        the slot count, and a context big enough for ``cells_per_row(row, own_tokens)``."""
+    ) -> KVSession:
+        """Set up a run over the tokenized ``prompts`` (call it holding :attr:`lock`, and hold
+        that until the session ends): error results for the rows that cannot run (empty, or
+        listed in ``invalid`` with their message), the shared prefix, the slot count, and a
+        context big enough for ``cells_per_row(row, own_tokens)`` cells per row after the
+        prefix. Starts a fresh :attr:`last_run`."""
+        t_start = time.perf_counter()
+        stats = RunStats(rows=len(prompts))
+        self.last_run = stats
+        errors: dict[int, Result] = {}
         valid = [i for i, p in enumerate(prompts) if len(p) > 0 and i not in invalid]
         for i in sorted(set(range(len(prompts))) - set(valid)):
             message = invalid.get(i, "the prompt is empty; give some text")
-            results[i] = Result.failed(message, row=i)
-        # Every row keeps at least one token of its own: its logits start the answer. A single
-        # row shares only what is cached, and is decoded whole like llama.cpp's own examples.
-        prefix_len = 0
-        if len(valid) == 1:
-            prefix_len = common_prefix_length([self._prefix, prompts[valid[0]]])
-            prefix_len = min(prefix_len, len(prompts[valid[0]]) - 1)
-        elif valid:
-            prefix_len = common_prefix_length([prompts[i] for i in valid])
-            prefix_len = min(prefix_len, min(len(prompts[i]) for i in valid) - 1)
+            errors[i] = Result.failed(message, row=i)
+        prefix_len = self._shared_prefix_len(prompts, valid)
         n_slots = max(1, min(self.n_seq_max, len(valid)))
         per_slot = max((cells_per_row(i, len(prompts[i]) - prefix_len) for i in valid), default=1)
         ctx = self._ensure_context(prefix_len, per_slot, n_slots)
@@ -257,7 +315,20 @@ class GenerationContext:
         prefix = list(prompts[valid[0]][:prefix_len]) if valid else []
         stats.n_ctx, stats.n_slots, stats.prefix_tokens = self.n_ctx, n_slots, prefix_len
         stats.prompt_tokens = sum(len(p) for p in prompts)
-        return RunPlan(valid, prefix, prefix_len, n_slots, ctx, seq_cells - prefix_len)
+        capacity = seq_cells - prefix_len
+        return KVSession(
+            owner=self,
+            ctx=ctx,
+            batch=self._batch,
+            valid=valid,
+            errors=errors,
+            prefix=prefix,
+            n_slots=n_slots,
+            slot_capacity=capacity,
+            kv_capacity=capacity if self.kv_unified else capacity * n_slots,
+            stats=stats,
+            t_start=t_start,
+        )
 
     def run(
         self,
@@ -289,149 +360,229 @@ class GenerationContext:
             )
         if n == 0:
             return []
+        seeds = list(seed_rows) if seed_rows is not None else range(n)
         with self.lock:
-            return self._run(
+            kv = self.start_run(prompts, invalid or {}, lambda i, own: own + per_row[i].max_tokens)
+            return _Generation(
+                self,
+                kv,
                 prompts,
                 per_row,
-                on_progress,
-                on_result,
-                on_text,
-                cancel,
-                invalid or {},
-                list(seed_rows) if seed_rows is not None else range(n),
+                seeds,
+                on_progress=on_progress,
+                on_result=on_result,
+                on_text=on_text,
+                cancel=cancel,
+            ).run()
+
+    def score_labels(
+        self,
+        prompts: Sequence[Sequence[int]],
+        label_tokens: Sequence[Sequence[int]],
+        *,
+        invalid: Mapping[int, str] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: threading.Event | None = None,
+        first: Iterable[int] = (),
+        on_wave: Callable[[list[int], np.ndarray], None] | None = None,
+        scoring: str = "constrained",
+    ) -> tuple[np.ndarray, dict[int, Result]]:
+        """Log-probabilities ``[row, label]`` of each label after each tokenized prompt, under
+        ``scoring`` (``"constrained"`` or ``"joint"``, see :mod:`~jupyter_localllm.engine.scoring`).
+
+        Returns the matrix (NaN on rows that could not run) and the error results of those rows
+        by row index. ``label_tokens`` must each be non-empty. Rows in ``first`` are scored
+        before the others; ``on_wave(rows, scores)`` gets each wave's rows and their scores as
+        it ends. A KeyboardInterrupt (or ``cancel`` being set) stops between waves, leaves the
+        context usable and propagates.
+        """
+        scorer = LabelScorer(label_tokens, scoring)
+        if len(prompts) == 0:
+            return np.full((0, len(label_tokens)), np.nan), {}
+        with self.lock:
+            kv = self.start_run(prompts, invalid or {}, lambda i, own: own + scorer.need)
+            return scorer.run(
+                kv, prompts, first=first, on_wave=on_wave, on_progress=on_progress, cancel=cancel
             )
 
-    def _run(
-        self, prompts, per_row, on_progress, on_result, on_text, cancel, invalid, seed_rows
-    ) -> list[Result]:
-        t_start = time.perf_counter()
-        stats = RunStats(rows=len(prompts))
-        self.last_run = stats
-        results: dict[int, Result] = {}
-        plan = self._plan(
-            prompts, invalid, lambda i, own: own + per_row[i].max_tokens, results, stats
+
+class _Generation:
+    """One :meth:`GenerationContext.run` on a :class:`KVSession`: the scheduler, the rows'
+    samplers, the results so far and the caller's callbacks."""
+
+    def __init__(
+        self,
+        owner: GenerationContext,
+        kv: KVSession,
+        prompts: Sequence[Sequence[int]],
+        per_row: list[SamplingParams],
+        seed_rows: Sequence[int],
+        *,
+        on_progress: Callable[[Progress], None] | None,
+        on_result: Callable[[Result], None] | None,
+        on_text: Callable[[int, str], None] | None,
+        cancel: threading.Event | None,
+    ):
+        self.owner, self.kv, self.ctx, self.prompts = owner, kv, kv.ctx, prompts
+        self.on_progress, self.on_result, self.on_text = on_progress, on_result, on_text
+        self.cancel = cancel
+        self.results = kv.errors  # grows into every row's result
+        self.samplers: dict[int, BackendSampler | None] = {}
+        self.emitted_at = 0.0
+        self.sched = Scheduler(
+            n_slots=kv.n_slots,
+            n_batch=owner.n_batch,
+            prefix_len=kv.prefix_len,
+            kv_capacity=kv.kv_capacity,
+            slot_capacity=kv.slot_capacity,
+            token_bytes=owner.model.token_bytes,
+            is_eog=owner.model.is_eog,
         )
-        valid, prefix, prefix_len, n_slots = plan.valid, plan.prefix, plan.prefix_len, plan.n_slots
-        ctx, slot_capacity = plan.ctx, plan.slot_capacity
-        sched = Scheduler(
-            n_slots=n_slots,
-            n_batch=self.n_batch,
-            prefix_len=prefix_len,
-            kv_capacity=slot_capacity if self.kv_unified else slot_capacity * n_slots,
-            slot_capacity=slot_capacity,
-            token_bytes=self.model.token_bytes,
-            is_eog=self.model.is_eog,
-        )
-        for i in valid:
+        for i in kv.valid:
             p = per_row[i]
-            early = sched.add_request(
-                Request(i, prompts[i][prefix_len:], p, derive_seed(p.seed, seed_rows[i]))
-            )
+            request = Request(i, prompts[i][kv.prefix_len :], p, derive_seed(p.seed, seed_rows[i]))
+            early = self.sched.add_request(request)
             if early is not None:
-                results[i] = early
-        samplers: dict[int, Sampler | None] = {}
-        emitted = {"done": 0, "at": 0.0}
+                self.results[i] = early
 
-        def emit(force: bool) -> None:
-            now = time.perf_counter()
-            if on_progress is None or not (force or now - emitted["at"] >= _PROGRESS_INTERVAL):
-                return
-            emitted["at"] = now
-            errors = sum(1 for r in results.values() if r.error is not None)
-            on_progress(
-                Progress(len(results), len(prompts), errors, stats.generated_tokens, now - t_start)
-            )
-
-        def finish(res: Result) -> None:
-            results[res.row] = res
-            sampler = samplers.pop(res.row, None)
-            if sampler is not None:
-                sampler.close()
-            if on_result is not None:
-                on_result(res)
-
+    def run(self) -> list[Result]:
+        """Run every row to its end; results in input order."""
         try:
-            for res in list(results.values()):
-                if on_result is not None:
-                    on_result(res)
-            emit(True)
-            if sched.has_unfinished_requests():
-                self._set_prefix(ctx, prefix, n_slots, stats)
-            batch = self._batch
-            while sched.has_unfinished_requests():
-                if cancel is not None and cancel.is_set():
-                    raise KeyboardInterrupt
-                plan = sched.schedule()
-                if not plan.work:  # nothing fits: cannot happen once a slot is free
-                    raise DecodeError("The scheduler found no work; this is a bug.", -1)
-                batch.clear()
-                out_index = {}
-                for w in plan.work:
-                    idx = batch.add(w.tokens, w.start_pos, w.slot, want_last_logits=w.wants_logits)
-                    if w.wants_logits:
-                        out_index[w.slot] = idx
-                t0 = time.perf_counter()
-                ctx.decode(batch)
-                stats.decode_time += time.perf_counter() - t0
-                stats.steps += 1
-                sampled, failed = {}, []
-                for slot, idx in out_index.items():
-                    req = sched.slots[slot].request
-                    try:
-                        sampled[slot] = self._sample(ctx, samplers, req, idx)
-                    except LocalLLMError as exc:
-                        failed.append((slot, str(exc)))
-                for slot, message in failed:
-                    ctx.seq_rm(slot, prefix_len, -1)
-                    finish(sched.fail_slot(slot, message))
-                    plan.work = [w for w in plan.work if w.slot != slot]
-                done, deltas = sched.update_from_output(plan, sampled)
-                stats.generated_tokens += len(sampled)
-                if on_text is not None:
-                    for index, text in deltas:
-                        on_text(index, text)
-                for slot, res in done:
-                    if len(valid) > 1:  # a single row's prompt stays cached (see _end_run)
-                        ctx.seq_rm(slot, prefix_len, -1)
-                    finish(res)
-                emit(bool(done or failed))
+            self._start()
+            self._loop()
         except BaseException as exc:
-            for slot in sched.cancel_all():
-                ctx.seq_rm(slot, prefix_len, -1)
-            self._end_run(ctx, n_slots, None)
-            for index, res in sched.finished.items():
-                results.setdefault(index, res)
-            for sampler in samplers.values():
-                if sampler is not None:
-                    sampler.close()
-            stats.wall = time.perf_counter() - t_start
-            if isinstance(exc, DecodeError):
-                self.reset_cache()  # the cache may hold half a step
+            self._tear_down(exc)
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, BatchInterrupted):
-                ordered = [results[i] for i in range(len(prompts))]
-                raise BatchInterrupted(
-                    f"Interrupted after {sum(r.ok for r in ordered)} of {len(prompts)} rows; "
-                    "the finished rows are in .results.",
-                    ordered,
-                ) from exc
+                raise self._interrupted() from exc
             raise
-        single_ok = len(valid) == 1 and results[valid[0]].ok
-        self._end_run(ctx, n_slots, prompts[valid[0]] if single_ok else None)
-        stats.wall = time.perf_counter() - t_start
-        stats.decoded_prompt_tokens = stats.prefix_tokens_decoded + sum(
-            len(prompts[i]) - prefix_len for i in valid
-        )
-        emit(True)
-        return [results[i] for i in range(len(prompts))]
+        return self._complete()
 
-    def _sample(
-        self, ctx: Context, samplers: dict[int, Sampler | None], req: Request, idx: int
-    ) -> int:
-        p = req.params
+    def _start(self) -> None:
+        """Report the rows that failed before running, then load the shared prefix."""
+        if self.on_result is not None:
+            for res in list(self.results.values()):
+                self.on_result(res)
+        self._emit(True)
+        if self.sched.has_unfinished_requests():
+            self.kv.load_prefix()
+
+    def _loop(self) -> None:
+        """One decode per step until no request waits or runs."""
+        sched, cancel = self.sched, self.cancel
+        while sched.has_unfinished_requests():
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt
+            plan = sched.schedule()
+            self._collect(plan, self._decode(plan))
+
+    def _decode(self, plan: StepPlan) -> dict[int, int]:
+        """Put ``plan`` in the batch and decode it; returns the output row of each slot that
+        asked for logits."""
+        if not plan.work:  # nothing fits: cannot happen once a slot is free
+            raise DecodeError("The scheduler found no work; this is a bug.", -1)
+        batch = self.kv.batch
+        batch.clear()
+        out_index = {}
+        for w in plan.work:
+            idx = batch.add(w.tokens, w.start_pos, w.slot, want_last_logits=w.wants_logits)
+            if w.wants_logits:
+                out_index[w.slot] = idx
+        self.kv.decode()
+        return out_index
+
+    def _collect(self, plan: StepPlan, out_index: dict[int, int]) -> None:
+        """Sample the slots' next tokens, feed them to the scheduler, finish the rows that
+        ended and stream their text."""
+        sched, kv = self.sched, self.kv
+        sampled, failed = self._sample_all(out_index)
+        for slot, message in failed:
+            kv.release(slot)
+            self._finish(sched.fail_slot(slot, message))
+            plan.work = [w for w in plan.work if w.slot != slot]
+        done, deltas = sched.update_from_output(plan, sampled)
+        kv.stats.generated_tokens += len(sampled)
+        if self.on_text is not None:
+            for index, text in deltas:
+                self.on_text(index, text)
+        several = len(kv.valid) > 1  # a single row's prompt stays cached (see KVSession.end)
+        for slot, res in done:
+            if several:
+                kv.release(slot)
+            self._finish(res)
+        self._emit(bool(done or failed))
+
+    def _sample_all(self, out_index: dict[int, int]) -> tuple[dict[int, int], list]:
+        """The next token of each slot in ``out_index``, and ``(slot, message)`` for each slot
+        whose sampler failed."""
+        sampled, failed = {}, []
+        slots = self.sched.slots
+        for slot, idx in out_index.items():
+            try:
+                sampled[slot] = self._sample(slots[slot].request, idx)
+            except LocalLLMError as exc:
+                failed.append((slot, str(exc)))
+        return sampled, failed
+
+    def _sample(self, req: Request, idx: int) -> int:
+        samplers = self.samplers
         if req.index not in samplers:
+            p = req.params
             plain_greedy = p.greedy and p.repeat_penalty == 1.0 and p.grammar is None
-            samplers[req.index] = None if plain_greedy else Sampler(self.model, p, req.seed)
+            samplers[req.index] = (
+                None if plain_greedy else self.owner.model.new_sampler(p, req.seed)
+            )
         sampler = samplers[req.index]
         if sampler is None:
-            return ctx.greedy_token(idx)  # argmax in numpy: same token, no vocab-sized copy
-        return sampler.sample(ctx, idx)
+            return self.ctx.greedy_token(idx)  # argmax in numpy: same token, no vocab-sized copy
+        return sampler.sample(self.ctx, idx)
+
+    def _finish(self, res: Result) -> None:
+        self.results[res.row] = res
+        sampler = self.samplers.pop(res.row, None)
+        if sampler is not None:
+            sampler.close()
+        if self.on_result is not None:
+            self.on_result(res)
+
+    def _emit(self, force: bool) -> None:
+        """A progress event: when ``force``d, else at most every ``_PROGRESS_INTERVAL``."""
+        if self.on_progress is None:
+            return
+        now = time.perf_counter()
+        if not force and now - self.emitted_at < _PROGRESS_INTERVAL:
+            return
+        self.emitted_at = now
+        errors = sum(1 for r in self.results.values() if r.error is not None)
+        done, total, tokens = len(self.results), len(self.prompts), self.kv.stats.generated_tokens
+        self.on_progress(Progress(done, total, errors, tokens, now - self.kv.t_start))
+
+    def _complete(self) -> list[Result]:
+        """End the session (a single finished row's prompt stays cached); results in order."""
+        kv, valid = self.kv, self.kv.valid
+        single_ok = len(valid) == 1 and self.results[valid[0]].ok
+        kv.end(self.prompts[valid[0]] if single_ok else None)
+        kv.stats.decoded_prompt_tokens = kv.stats.prefix_tokens_decoded + sum(
+            len(self.prompts[i]) - kv.prefix_len for i in valid
+        )
+        self._emit(True)
+        return [self.results[i] for i in range(len(self.prompts))]
+
+    def _tear_down(self, exc: BaseException) -> None:
+        """After an exception: cancel the rows left, end the session, free the samplers."""
+        self.sched.cancel_all()
+        self.kv.end()
+        for index, res in self.sched.finished.items():
+            self.results.setdefault(index, res)
+        for sampler in self.samplers.values():
+            if sampler is not None:
+                sampler.close()
+        if isinstance(exc, DecodeError):
+            self.owner.reset_cache()  # the cache may hold half a step
+
+    def _interrupted(self) -> BatchInterrupted:
+        ordered = [self.results[i] for i in range(len(self.prompts))]
+        return BatchInterrupted(
+            f"Interrupted after {sum(r.ok for r in ordered)} of {len(self.prompts)} rows; "
+            "the finished rows are in .results.",
+            ordered,
+        )

@@ -1,12 +1,13 @@
 """Label scoring: the log-probability of every candidate label as the continuation of each
 prompt, instead of generating text and parsing it.
 
-Rows run ``n_slots`` at a time on the context's slots, on top of the shared prompt prefix
-(decoded once); the wave's prompt parts go into one batch. A label's first token is scored
-from the prompt's own logits. Where a label's later tokens must be scored, they are decoded
-after the prompt in the row's own sequence — every row of the wave in one ``llama_decode`` —
-and rolled back with ``seq_rm`` before the next label, so no KV is copied and every label
-sees exactly the prompt's cache.
+:meth:`~jupyter_localllm.engine.runner.GenerationContext.score_labels` runs it on a
+:class:`~jupyter_localllm.engine.runner.KVSession`. Rows run ``n_slots`` at a time on the
+context's slots, on top of the shared prompt prefix (decoded once); the wave's prompt parts go
+into one batch. A label's first token is scored from the prompt's own logits. Where a label's
+later tokens must be scored, they are decoded after the prompt in the row's own sequence —
+every row of the wave in one decode — and rolled back with ``seq_rm`` before the next label, so
+no KV is copied and every label sees exactly the prompt's cache.
 
 Two scorings (see :func:`label_steps`):
 
@@ -24,16 +25,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InvalidParameterError
 from ..types import Progress, Result
-from .runner import GenerationContext, RunStats
 
-__all__ = ["SCORINGS", "check_scoring", "label_steps", "score_labels"]
+if TYPE_CHECKING:
+    from .backend import BackendBatch
+    from .runner import GenerationContext, KVSession
+
+__all__ = ["SCORINGS", "LabelScorer", "Step", "check_scoring", "label_steps", "score_labels"]
 
 SCORINGS = ("constrained", "joint")
 
@@ -111,41 +116,113 @@ def score_labels(
     gctx: GenerationContext,
     prompts: Sequence[Sequence[int]],
     label_tokens: Sequence[Sequence[int]],
-    *,
-    invalid: Mapping[int, str] | None = None,
-    on_progress: Callable[[Progress], None] | None = None,
-    cancel: threading.Event | None = None,
-    first: Iterable[int] = (),
-    on_wave: Callable[[list[int], np.ndarray], None] | None = None,
-    scoring: str = "constrained",
+    **options: Any,
 ) -> tuple[np.ndarray, dict[int, Result]]:
-    """Log-probabilities ``[row, label]`` of each label after each prompt, under ``scoring``
-    (``"constrained"`` or ``"joint"``, see the module notes).
+    """``gctx.score_labels(prompts, label_tokens, **options)``, as a function: see
+    :meth:`~jupyter_localllm.engine.runner.GenerationContext.score_labels` for the options."""
+    return gctx.score_labels(prompts, label_tokens, **options)
 
-    Returns the matrix (NaN on rows that could not run) and the error results of those rows
-    by row index. ``label_tokens`` must each be non-empty. Rows in ``first`` are scored before
-    the others; ``on_wave(rows, scores)`` gets each wave's rows and their scores as it ends.
-    """
-    steps = label_steps(label_tokens, scoring)
-    # Tokens of each label decoded after the prompt: up to its deepest scored point.
-    depth = [max((st.depth for st in label), default=0) for label in steps]
-    need = max(depth)
-    n_rows, n_labels = len(prompts), len(label_tokens)
-    scores = np.full((n_rows, n_labels), np.nan)
-    errors: dict[int, Result] = {}
-    if n_rows == 0:
+
+# A piece of work for one decode: (row, sequence, tokens, start position, logits of every
+# token (True) or of the last one only).
+_Piece = tuple[int, int, Sequence[int], int, bool]
+
+
+def _fill(batch: BackendBatch, queue: list[_Piece]) -> list[tuple[int, int]]:
+    """Move pieces from the head of ``queue`` into the empty ``batch`` until it is full (a
+    piece that does not fit whole is split); returns ``(row, output row)`` of the logits
+    asked for."""
+    wants: list[tuple[int, int]] = []
+    while queue and batch.free > 0:
+        row, seq, toks, pos, all_logits = queue[0]
+        take = min(len(toks), batch.free)
+        whole = take == len(toks)
+        start = batch.n_tokens
+        batch.add(toks[:take], pos, seq, want_last_logits=whole, want_all_logits=all_logits)
+        if all_logits:
+            wants += [(row, k) for k in range(start, start + take)]
+        elif whole:
+            wants.append((row, start + take - 1))
+        if not whole:
+            queue[0] = (row, seq, toks[take:], pos + take, all_logits)
+            break
+        queue.pop(0)
+    return wants
+
+
+def _decode_pieces(kv: KVSession, pieces: list[_Piece]) -> dict[int, list[np.ndarray]]:
+    """Decode ``pieces`` in as few batches as ``n_batch`` allows; returns
+    ``{row: [logits, ...]}`` for the positions asked for, in order."""
+    out: dict[int, list[np.ndarray]] = {}
+    queue = list(pieces)
+    while queue:
+        kv.batch.clear()
+        wants = _fill(kv.batch, queue)
+        kv.decode()
+        for row, k in wants:  # logits are addressed by the token's batch index
+            out.setdefault(row, []).append(kv.ctx.logits(k))
+    return out
+
+
+class LabelScorer:
+    """Scores ``label_tokens`` (each non-empty) under ``scoring`` after prompts, on a
+    :class:`~jupyter_localllm.engine.runner.KVSession` (see the module notes)."""
+
+    def __init__(self, label_tokens: Sequence[Sequence[int]], scoring: str):
+        self.label_tokens = label_tokens
+        self.steps = label_steps(label_tokens, scoring)
+        """Each label's terms (:func:`label_steps`)."""
+        self.depth = [max((st.depth for st in label), default=0) for label in self.steps]
+        """Tokens of each label decoded after the prompt: up to its deepest scored point."""
+        self.need = max(self.depth)
+        """KV cells a row needs after its prompt."""
+
+    def run(
+        self,
+        kv: KVSession,
+        prompts: Sequence[Sequence[int]],
+        *,
+        first: Iterable[int] = (),
+        on_wave: Callable[[list[int], np.ndarray], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[np.ndarray, dict[int, Result]]:
+        """Score every row of ``prompts`` that ``kv`` can run, ``kv.n_slots`` rows a wave, and
+        end the session. Returns the scores (NaN on rows that could not run) and the error
+        results of those rows."""
+        n_rows = len(prompts)
+        scores = np.full((n_rows, len(self.label_tokens)), np.nan)
+        errors = kv.errors
+        rows = self._runnable(kv, prompts, first)
+        try:
+            kv.load_prefix()
+            done = len(errors)
+            for w0 in range(0, len(rows), kv.n_slots):
+                if cancel is not None and cancel.is_set():
+                    raise KeyboardInterrupt
+                wave = rows[w0 : w0 + kv.n_slots]
+                self._score_wave(kv, prompts, wave, scores)
+                if on_wave is not None:
+                    on_wave(wave, scores[wave])
+                done += len(wave)
+                kv.stats.decoded_prompt_tokens += sum(len(prompts[r]) - kv.prefix_len for r in wave)
+                if on_progress is not None:
+                    elapsed = time.perf_counter() - kv.t_start
+                    on_progress(Progress(done, n_rows, len(errors), 0, elapsed))
+        finally:
+            kv.end()
+        kv.stats.decoded_prompt_tokens += kv.stats.prefix_tokens_decoded
         return scores, errors
-    with gctx.lock:
-        t_start = time.perf_counter()
-        stats = RunStats(rows=n_rows)
-        gctx.last_run = stats
-        plan = gctx._plan(prompts, invalid or {}, lambda i, own: own + need, errors, stats)
-        ctx, batch = plan.ctx, gctx._batch
+
+    def _runnable(
+        self, kv: KVSession, prompts: Sequence[Sequence[int]], first: Iterable[int]
+    ) -> list[int]:
+        """The rows whose prompt and labels fit (rows in ``first`` first); the others get an
+        error result in ``kv.errors``."""
         rows = []
-        for i in plan.valid:
-            own = len(prompts[i]) - plan.prefix_len
-            if own + need > plan.slot_capacity:
-                errors[i] = Result.failed(
+        for i in kv.valid:
+            if len(prompts[i]) - kv.prefix_len + self.need > kv.slot_capacity:
+                kv.errors[i] = Result.failed(
                     f"the prompt has {len(prompts[i])} tokens, more than the context holds "
                     "with the labels; use a larger n_ctx or a shorter prompt",
                     row=i,
@@ -154,85 +231,44 @@ def score_labels(
                 rows.append(i)
         early = set(first)
         rows.sort(key=lambda i: i not in early)  # stable: otherwise in input order
+        return rows
 
-        def decode(pieces: list[tuple[int, int, Sequence[int], int, bool]]) -> dict:
-            """Decode (row, seq, tokens, start_pos, all_logits) pieces in as few batches as
-            n_batch allows; return {row: [logits...]} for the positions asked for."""
-            out: dict[int, list[np.ndarray]] = {}
-            queue = [list(p) for p in pieces]
-            while queue:
-                batch.clear()
-                wants = []
-                while queue and batch.free > 0:
-                    row, seq, toks, pos, all_logits = queue[0]
-                    take = min(len(toks), batch.free)
-                    last_piece = take == len(toks)
-                    start = batch.n_tokens
-                    batch.add(toks[:take], pos, seq, want_last_logits=last_piece)
-                    if all_logits:
-                        batch.logits[start : start + take] = 1
-                        wants += [(row, k) for k in range(start, start + take)]
-                    elif last_piece:
-                        wants.append((row, start + take - 1))
-                    if last_piece:
-                        queue.pop(0)
-                    else:
-                        queue[0] = [row, seq, toks[take:], pos + take, all_logits]
-                        break
-                t0 = time.perf_counter()
-                ctx.decode(batch)
-                stats.decode_time += time.perf_counter() - t0
-                stats.steps += 1
-                for row, k in wants:  # logits are addressed by the token's batch index
-                    out.setdefault(row, []).append(ctx.logits(k))
-            return out
+    def _score_wave(
+        self, kv: KVSession, prompts: Sequence[Sequence[int]], wave: list[int], scores: np.ndarray
+    ) -> None:
+        """Fill ``scores[wave]``: the wave's prompts in one decode, row ``k`` of the wave in
+        sequence ``k``, then each label's decoded tokens; leaves only the prefix in the
+        sequences."""
+        p = kv.prefix_len
+        logits = _decode_pieces(
+            kv, [(row, k, prompts[row][p:], p, False) for k, row in enumerate(wave)]
+        )
+        at_prompt = [_log_softmax(logits[row][-1]) for row in wave]
+        scores[wave] = 0.0
+        for j, label in enumerate(self.steps):
+            after = self._after_label(kv, prompts, wave, j, at_prompt)
+            for k, row in enumerate(wave):
+                scores[row, j] = sum(_step_logprob(st, after[k][st.depth]) for st in label)
+        for k in range(len(wave)):
+            kv.release(k)
 
-        try:
-            gctx._set_prefix(ctx, plan.prefix, plan.n_slots, stats)
-            done = len(errors)
-            for w0 in range(0, len(rows), plan.n_slots):
-                if cancel is not None and cancel.is_set():
-                    raise KeyboardInterrupt
-                wave = rows[w0 : w0 + plan.n_slots]
-                seq_of = {row: s for s, row in enumerate(wave)}
-                ends = {row: len(prompts[row]) for row in wave}
-                logits = decode(
-                    [
-                        (row, seq_of[row], prompts[row][plan.prefix_len :], plan.prefix_len, False)
-                        for row in wave
-                    ]
-                )
-                at_prompt = {row: _log_softmax(logits[row][-1]) for row in wave}
-                scores[wave] = 0.0
-                for j, label in enumerate(steps):
-                    # log-probabilities after the prompt, then after each decoded label token
-                    after = {row: [at_prompt[row]] for row in wave}
-                    if depth[j]:
-                        cont = label_tokens[j][: depth[j]]
-                        decoded = decode(
-                            [(row, seq_of[row], cont, ends[row], True) for row in wave]
-                        )
-                        for row in wave:
-                            after[row] += [_log_softmax(lg) for lg in decoded[row]]
-                            ctx.seq_rm(seq_of[row], ends[row], -1)
-                    for row in wave:
-                        scores[row, j] = sum(
-                            _step_logprob(st, after[row][st.depth]) for st in label
-                        )
-                for row in wave:
-                    ctx.seq_rm(seq_of[row], plan.prefix_len, -1)
-                if on_wave is not None:
-                    on_wave(wave, scores[wave])
-                done += len(wave)
-                stats.decoded_prompt_tokens += sum(ends[r] - plan.prefix_len for r in wave)
-                if on_progress is not None:
-                    on_progress(
-                        Progress(done, n_rows, len(errors), 0, time.perf_counter() - t_start)
-                    )
-        finally:
-            for s in range(plan.n_slots):
-                ctx.seq_rm(s, plan.prefix_len, -1)
-            gctx._end_run(ctx, plan.n_slots, None)
-            stats.wall = time.perf_counter() - t_start
-        stats.decoded_prompt_tokens += stats.prefix_tokens_decoded
-    return scores, errors
+    def _after_label(
+        self,
+        kv: KVSession,
+        prompts: Sequence[Sequence[int]],
+        wave: list[int],
+        j: int,
+        at_prompt: list[np.ndarray],
+    ) -> list[list[np.ndarray]]:
+        """For each row of the wave, the log-probabilities after its prompt and after each
+        token of label ``j`` that is decoded (rolled back after)."""
+        after = [[lp] for lp in at_prompt]
+        if not self.depth[j]:
+            return after
+        cont = self.label_tokens[j][: self.depth[j]]
+        ends = [len(prompts[row]) for row in wave]
+        decoded = _decode_pieces(kv, [(row, k, cont, ends[k], True) for k, row in enumerate(wave)])
+        for k, row in enumerate(wave):
+            after[k] += [_log_softmax(lg) for lg in decoded[row]]
+            kv.ctx.seq_rm(k, ends[k], -1)
+        return after
