@@ -22,7 +22,6 @@ import numpy as np
 
 from ..analysis.repro import file_sha256, log_call
 from ..engine.sampling import SamplingParams
-from ..engine.scoring import score_labels
 from ..errors import BatchInterrupted, InvalidParameterError
 from ..types import Progress, Result, Results
 from .cache import cache_enabled, get_cache
@@ -343,8 +342,7 @@ def _score(run: _BatchRun, cancel: threading.Event | None) -> None:
                 run.deliver(_label_result(by_row[k] - prior, req.labels, todo[k]))
 
     invalid = {k: "skipped" for k, t in enumerate(tokens) if not t}
-    _, errors = score_labels(
-        req.context,
+    _, errors = req.context.score_labels(
         tokens,
         label_tokens,
         invalid=invalid,
