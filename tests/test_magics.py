@@ -7,6 +7,7 @@ import itertools
 
 import pandas as pd
 import pytest
+from IPython import get_ipython
 from IPython.core.displaypub import CapturingDisplayPublisher
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
@@ -18,7 +19,7 @@ from jupyter_localllm.session.manager import get_manager
 
 @pytest.fixture(scope="module")
 def ip():
-    shell = start_ipython()
+    shell = start_ipython() or get_ipython()  # one global shell per test session
     shell.run_line_magic("load_ext", "jupyter_localllm")
     yield shell
     get_manager().unload_all()
