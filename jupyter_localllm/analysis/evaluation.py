@@ -50,8 +50,17 @@ def _gold(wide: pd.DataFrame, truth: pd.Series | None, gold: Any) -> pd.Series |
                 f"Column {gold!r} not found; columns are {', '.join(map(str, wide.columns))}."
             )
         return wide[gold]
+    if isinstance(gold, (bytes, dict)) or not hasattr(gold, "__len__"):
+        raise InvalidParameterError(
+            f"gold must be a list or Series of labels, or a column name, got {type(gold).__name__}."
+        )
     gold = pd.Series(gold)
-    if len(gold) == len(wide) and not gold.index.equals(wide.index):
+    if len(gold) != len(wide):
+        raise InvalidParameterError(
+            f"gold has {len(gold)} labels for {len(wide)} samples; give one gold label per "
+            "sample, in sample order."
+        )
+    if not gold.index.equals(wide.index):
         gold.index = wide.index
     return gold
 
@@ -61,12 +70,13 @@ def _coders(wide: pd.DataFrame, gold: Any) -> pd.DataFrame:
 
 
 def _confusion(a: pd.Series, b: pd.Series) -> pd.DataFrame:
-    from sklearn.metrics import confusion_matrix
-
     keep = a.notna() & b.notna()
     a, b = a[keep].astype(str), b[keep].astype(str)
     labels = sorted(set(a) | set(b))
-    m = confusion_matrix(a, b, labels=labels)
+    where = {label: i for i, label in enumerate(labels)}
+    m = np.zeros((len(labels), len(labels)), dtype=np.int64)  # rows: a, columns: b
+    for x, y in zip(a, b, strict=True):
+        m[where[x], where[y]] += 1
     return pd.DataFrame(
         m,
         index=pd.Index(labels, name="truth" if a.name is None else str(a.name)),
@@ -136,18 +146,45 @@ def _kappa_table(coders: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model_a", "model_b", "kappa", "observed", "expected", "n"])
 
 
-def _alpha(coders: pd.DataFrame, level: str) -> ReliabilityResult:
-    import krippendorff
+_LEVELS = ("nominal", "ordinal", "interval", "ratio")
 
+
+def _alpha_data(coders: pd.DataFrame, level: str) -> np.ndarray:
+    """The coders x units matrix Krippendorff's alpha reads (labels coded as numbers),
+    checked so that alpha is defined."""
+    if level not in _LEVELS:
+        raise InvalidParameterError(f"level must be one of {', '.join(_LEVELS)}, got {level!r}.")
     values = sorted({str(v) for v in coders.stack().dropna()})
+    if len(values) < 2:
+        seen = f"every label is {values[0]!r}" if values else "there are no labels"
+        raise InvalidParameterError(
+            f"Krippendorff's alpha is undefined here ({seen}); it needs at least two different "
+            "labels among the annotations."
+        )
+    if coders.notna().sum(axis=1).max() < 2:
+        raise InvalidParameterError(
+            "Krippendorff's alpha needs a sample labelled by at least two coders; every sample "
+            "has at most one label."
+        )
     if level == "nominal":
         codes = {v: i for i, v in enumerate(values)}
         data = coders.apply(
             lambda s: s.map(lambda v: codes.get(str(v), np.nan) if pd.notna(v) else np.nan)
         )
     else:
-        data = coders.astype(float)
-    matrix = data.to_numpy(dtype=float).T  # coders x units
+        try:
+            data = coders.astype(float)
+        except (TypeError, ValueError) as exc:
+            raise InvalidParameterError(
+                f"Labels must be numbers for level={level!r} ({exc}); use level='nominal'."
+            ) from exc
+    return data.to_numpy(dtype=float).T
+
+
+def _alpha(coders: pd.DataFrame, level: str) -> ReliabilityResult:
+    import krippendorff
+
+    matrix = _alpha_data(coders, level)
     alpha = float(krippendorff.alpha(reliability_data=matrix, level_of_measurement=level))
     items = pd.DataFrame(
         {
@@ -240,8 +277,10 @@ def validate(
     annotations: pd.DataFrame, gold: Any = None, *, method: str = "auto", pairwise: bool = True
 ) -> ValidationReport:
     """Accuracy, macro-F1 and Cohen's kappa of every model against ``gold``, confusion
-    matrices, and agreement between models (see :func:`intercoder_reliability`). In a
-    notebook the report shows its tables with charts (see :meth:`ValidationReport.figures`)."""
+    matrices, and agreement between models (see :func:`intercoder_reliability`; ``None``
+    with ``method="auto"`` when it is undefined, e.g. every model gave the same label).
+    ``gold`` holds one label per sample (a list or Series, or a column name). In a notebook
+    the report shows its tables with charts (see :meth:`ValidationReport.figures`)."""
     from sklearn.metrics import accuracy_score, f1_score
 
     wide, truth = _wide(annotations)
@@ -264,7 +303,14 @@ def validate(
                 }
             )
     metrics = pd.DataFrame(rows, columns=["model", "n", "accuracy", "macro_f1", "kappa"])
-    reliability = intercoder_reliability(coders, method) if coders.shape[1] >= 2 else None
+    reliability = None
+    if coders.shape[1] >= 2:
+        try:
+            reliability = intercoder_reliability(coders, method)
+        except InvalidParameterError:
+            if method != "auto":
+                raise
+            # alpha is undefined (all coders gave one label): the report leaves it out
     return ValidationReport(
         metrics, compute_confusion_matrices(annotations, gold, pairwise=pairwise), reliability
     )

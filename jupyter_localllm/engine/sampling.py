@@ -8,6 +8,7 @@ Keyword names follow llama-cpp-python (``max_tokens``, ``temperature``, ``top_k`
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,7 +89,7 @@ class SamplingParams:
         )
         need(
             _is_number(self.temperature) and self.temperature >= 0,
-            f"temperature must be >= 0, got {self.temperature!r}.",
+            f"temperature must be a finite number >= 0, got {self.temperature!r}.",
         )
         need(_is_int(self.top_k) and self.top_k >= 0, f"top_k must be >= 0, got {self.top_k!r}.")
         need(
@@ -101,7 +102,7 @@ class SamplingParams:
         )
         need(
             _is_number(self.repeat_penalty) and self.repeat_penalty > 0,
-            f"repeat_penalty must be > 0, got {self.repeat_penalty!r}.",
+            f"repeat_penalty must be a finite number > 0, got {self.repeat_penalty!r}.",
         )
         need(
             _is_int(self.repeat_last_n) and self.repeat_last_n >= -1,
@@ -171,4 +172,5 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool, NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -64,6 +64,7 @@ _GIB = 1024**3
 _OLLAMA_REGISTRY = "registry.ollama.ai"
 _OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _ACCEPTED = (
     "a path to a .gguf file, 'default', part of a cached model's file name, "
     "'ollama:NAME[:TAG]', 'hf://owner/repo/file.gguf' or an https:// URL of a .gguf file"
@@ -203,6 +204,11 @@ def resolve_model(
         return _download.download_url(
             ref, dest, force=force_redownload, show_progress=show_progress
         ).absolute()
+    if _URL_SCHEME.match(ref):
+        raise InvalidParameterError(
+            f"Cannot download {ref!r}: only https://, http:// and hf:// addresses are "
+            f"supported; pass {_ACCEPTED}."
+        )
     path = _expand(ref)
     if path.is_file():
         return path.absolute()

@@ -8,10 +8,12 @@ only once it is complete and starts like a GGUF file, so a file at the final pat
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import os
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -29,6 +31,8 @@ RETRIES = 5  # retries after failures in a row (dropped connections, 5xx/408/429
 RETRY_BACKOFF_S = 1.0  # doubled after each failure, reset when bytes arrived
 TIMEOUT_S = 30.0  # per socket operation, not for the whole file
 _USER_AGENT = "jupyter-localllm"
+HUB_CHECK_TIMEOUT_S = 5.0  # to open a connection to the Hub before handing it the download
+_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN}
 
 
 class _Retryable(Exception):
@@ -41,7 +45,12 @@ def url_destination(url: str, cache_dir: Path) -> Path:
     The hash keeps two URLs that end in the same file name apart; the file name stays readable so
     that cache lookups by name find it.
     """
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed [IPv6] host
+        raise InvalidParameterError(
+            f"Cannot read the URL {url!r} ({exc}); pass the full URL of a .gguf file."
+        ) from exc
     name = Path(urllib.parse.unquote(parts.path)).name
     if not name:
         raise InvalidParameterError(
@@ -136,6 +145,11 @@ def _download_once(url: str, part: Path, show_progress: bool) -> None:
                 f"Cannot look up the host of {url} ({reason}); check the URL and that this "
                 "machine is online."
             ) from exc
+        if _is_permanent(reason):
+            raise DownloadError(
+                f"Cannot reach {url} ({reason}); check the URL, the network and any proxy or "
+                "certificate settings, then try again."
+            ) from exc
         raise _Retryable(str(reason)) from exc
     with response:
         if have and response.status != 206:
@@ -147,6 +161,14 @@ def _download_once(url: str, part: Path, show_progress: bool) -> None:
     got = part.stat().st_size
     if total is not None and got != total:
         raise _Retryable(f"the connection closed after {got:,} of {total:,} bytes")
+
+
+def _is_permanent(reason: object) -> bool:
+    """Whether a connection failure will not pass by waiting: no route to the network or host,
+    or a TLS certificate that does not verify (timeouts, resets and refusals are retried)."""
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return True
+    return isinstance(reason, OSError) and reason.errno in _UNREACHABLE
 
 
 def _stream(
@@ -223,12 +245,42 @@ def download_hf(
     # tqdm_class arrived in later huggingface_hub releases; older ones always show their bar.
     if not show_progress and "tqdm_class" in inspect.signature(download).parameters:
         options["tqdm_class"] = _silent_tqdm_class()
+    problem = _hub_problem()
+    if problem is not None:  # only a copy already here can do; say so at once
+        options["local_files_only"] = True
     where = {"repo_id": repo_id, "filename": filename, "revision": revision}
     try:
         path = download(**where, local_dir=cache_dir / "hf" / repo_id, **options)
     except Exception as exc:  # network, disk, validation: one message, cause attached
-        raise _hf_download_error(exc, where) from exc
+        raise _hf_download_error(exc, {**where, "why": f" ({problem})" if problem else ""}) from exc
     return Path(path).absolute()
+
+
+def _hub_problem() -> str | None:
+    """Why the Hugging Face Hub cannot be reached from here (its host has no address, or no
+    route leads to it), or ``None``: reachable, slow (the Hub client retries timeouts and
+    server errors itself), offline mode, or behind a proxy, which decides instead."""
+    from huggingface_hub import constants
+
+    parts = urllib.parse.urlsplit(constants.ENDPOINT)
+    host = parts.hostname
+    if getattr(constants, "HF_HUB_OFFLINE", False) or not host or _proxied(parts.scheme, host):
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_CHECK_TIMEOUT_S).close()
+    except socket.gaierror as exc:
+        return f"cannot look up {host}: {exc.strerror or exc}"
+    except TimeoutError:
+        return None
+    except OSError as exc:
+        return f"cannot connect to {host}: {exc.strerror or exc}"
+    return None
+
+
+def _proxied(scheme: str, host: str) -> bool:
+    proxies = urllib.request.getproxies()
+    return bool(proxies.get(scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host)
 
 
 # (huggingface_hub.utils class name, message) in the order to test them: a subclass comes before
@@ -252,8 +304,8 @@ _HF_ERROR_MESSAGES = (
     ),
     (
         "LocalEntryNotFoundError",
-        "Cannot reach the Hugging Face Hub for {filename!r} in {repo_id!r} and no copy is "
-        "cached; connect to the network and try again.",
+        "Cannot reach the Hugging Face Hub{why} for {filename!r} in {repo_id!r} and no copy "
+        "is cached; connect to the network and try again.",
     ),
     (
         "EntryNotFoundError",

@@ -12,6 +12,7 @@ import re
 import shlex
 import string
 import time
+from argparse import ArgumentTypeError
 from collections.abc import Callable
 from typing import Any
 
@@ -84,13 +85,28 @@ def _int_or_auto(value: str) -> int | str:
     return value if value == "auto" else int(value)
 
 
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (a non-number reads "invalid int value")."""
+
+    def parse(value: str) -> int:
+        number = int(value)
+        if number < low:
+            raise ArgumentTypeError(f"must be at least {low}, got {number}")
+        return number
+
+    parse.__name__ = "int"
+    return parse
+
+
 def _load_parser() -> MagicArgumentParser:
     p = _parser("%llm load", "Load a model (default: %config LocalLLM.default_model).")
     p.add_argument("ref", nargs="?", help="'default', a path, a cache name, ollama:NAME, hf://…")
     p.add_argument("--alias", "-a", help="name to use it by (default: the reference)")
-    p.add_argument("--n-ctx", type=int, help="context size (default: sized from the work)")
+    p.add_argument(
+        "--n-ctx", type=_int_at_least(16), help="context size (default: sized from the work)"
+    )
     p.add_argument("--n-gpu-layers", type=_int_or_auto, help="layers on the GPU, or auto")
-    p.add_argument("--n-seq-max", type=int, help="rows run in parallel by batch calls")
+    p.add_argument("--n-seq-max", type=_int_at_least(1), help="rows run in parallel by batch calls")
     return p
 
 

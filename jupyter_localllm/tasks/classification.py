@@ -6,7 +6,7 @@ probabilities. A short builder of a ``"score"``
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,12 +19,19 @@ from ..session.executors import Plan, execute, single
 from ..session.pipeline import BatchRequest
 from ..types import Progress, Result, Results
 from .generation import check_context
-from .prompts import render_prompt, render_rows, resolve_format
+from .prompts import as_texts, render_prompt, render_rows, resolve_format
 
 if TYPE_CHECKING:
     from ..session.jobs import Job
 
-__all__ = ["CONTENT_FREE", "classify", "classify_plan", "label_frame", "label_request"]
+__all__ = [
+    "CONTENT_FREE",
+    "check_label_options",
+    "classify",
+    "classify_plan",
+    "label_frame",
+    "label_request",
+]
 
 # The content-free input of contextual calibration (Zhao et al. 2021). The paper averages
 # "N/A", "[MASK]" and "", which measured worse here with SmolLM2 (AG News 4-shot: 49% vs 53%;
@@ -37,11 +44,32 @@ def _content_free(calibrate: bool | Sequence[str]) -> list[str]:
         return list(CONTENT_FREE)
     if calibrate is False or calibrate is None:
         return []
-    if isinstance(calibrate, str) or not all(isinstance(t, str) for t in calibrate):
+    texts = list(calibrate) if isinstance(calibrate, (list, tuple)) else None
+    if texts is None or not all(isinstance(t, str) and t.strip() for t in texts):
         raise InvalidParameterError(
             "calibrate must be True, False or a list of content-free texts like ['N/A']."
         )
-    return list(calibrate)
+    return texts
+
+
+_EXAMPLES_FORM = (
+    "give examples as (text, label) pairs, dicts with 'text' and 'label', or a DataFrame "
+    "with those columns"
+)
+
+
+def _example_pair(example: Any, index: int) -> tuple[Any, Any]:
+    """One example as ``(text, label)``; a malformed one is an :class:`InvalidParameterError`."""
+    if isinstance(example, Mapping):
+        if "text" not in example or "label" not in example:
+            keys = ", ".join(map(repr, example)) or "none"
+            raise InvalidParameterError(
+                f"Example {index} has keys {keys} but needs 'text' and 'label'; {_EXAMPLES_FORM}."
+            )
+        return example["text"], example["label"]
+    if isinstance(example, (str, bytes)) or not isinstance(example, Sequence) or len(example) != 2:
+        raise InvalidParameterError(f"Example {index} is {example!r}; {_EXAMPLES_FORM}.")
+    return example[0], example[1]
 
 
 def _normalize_examples(examples: Any, labels: Sequence[str]) -> list[tuple[str, str]]:
@@ -55,10 +83,12 @@ def _normalize_examples(examples: Any, labels: Sequence[str]) -> list[tuple[str,
                 f"{', '.join(map(str, examples.columns))}."
             )
         pairs = list(zip(examples["text"], examples["label"], strict=True))
+    elif isinstance(examples, (str, bytes, Mapping)) or not isinstance(examples, Iterable):
+        raise InvalidParameterError(f"examples is a {type(examples).__name__}; {_EXAMPLES_FORM}.")
     else:
-        pairs = [(e["text"], e["label"]) if isinstance(e, Mapping) else tuple(e) for e in examples]
+        pairs = [_example_pair(e, i) for i, e in enumerate(examples)]
     for text, label in pairs:
-        if label not in labels:
+        if str(label) not in labels:
             raise InvalidParameterError(
                 f"Example label {label!r} is not one of the labels ({', '.join(labels)})."
             )
@@ -67,13 +97,33 @@ def _normalize_examples(examples: Any, labels: Sequence[str]) -> list[tuple[str,
     return [(str(t), str(lab)) for t, lab in pairs]
 
 
-def _check_labels(labels: Sequence[Any]) -> list[str]:
+def _check_labels(labels: Any) -> list[str]:
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
+        raise InvalidParameterError(
+            f"labels must be a list of label names like ['positive', 'negative'], got {labels!r}."
+        )
+    labels = list(labels)
+    if not all(isinstance(lab, (str, int)) and not isinstance(lab, bool) for lab in labels):
+        raise InvalidParameterError(f"Labels must be strings, got {labels!r}.")
     labels = [str(lab) for lab in labels]
+    if any(not lab.strip() for lab in labels):
+        raise InvalidParameterError(f"Labels cannot be empty or blank, got {labels!r}.")
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise InvalidParameterError("labels must hold at least two distinct labels.")
     if "label" in labels or "error" in labels:
         raise InvalidParameterError('Labels cannot be named "label" or "error".')
     return labels
+
+
+def check_label_options(
+    labels: Any, examples: Any = None, calibrate: Any = False, scoring: str = "constrained"
+) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """The options of :func:`classify` that need no model, checked: the labels, the examples
+    as ``(text, label)`` pairs and the content-free texts (``explore`` checks them before it
+    loads any model)."""
+    labels = _check_labels(labels)
+    check_scoring(scoring)
+    return labels, _normalize_examples(examples, labels), _content_free(calibrate)
 
 
 def label_request(
@@ -93,20 +143,15 @@ def label_request(
     rows known to be bad, with their messages)."""
     check_context(context)
     model = context.model
-    labels = _check_labels(labels)
-    if isinstance(texts, str):
-        raise InvalidParameterError("prompts must be a list of texts; wrap a single one in [].")
+    texts = as_texts(texts)
+    labels, shots, content_free = check_label_options(labels, examples, calibrate, scoring)
     fmt = resolve_format(model, format)
-    check_scoring(scoring)
-    shots = _normalize_examples(examples, labels)
     if instruction is None and fmt != "raw":
         instruction = (
             "Classify the text into exactly one of these categories: "
             f"{', '.join(labels)}. Answer with the category name only."
         )
-    texts = list(texts)
     rows, bad = render_rows(model, fmt, texts, instruction, system_prompt, shots)
-    content_free = _content_free(calibrate)
     # Chat replies start right after the template's newline; plain prompts end with "Answer:"
     # and the label follows after a space.
     first = next((r for r in rows if r is not None), "")

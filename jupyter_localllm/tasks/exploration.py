@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Generator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,15 +15,17 @@ import pandas as pd
 
 from ..engine.llama import Model
 from ..engine.runner import GenerationContext
+from ..engine.sampling import SamplingParams
 from ..engine.scoring import check_scoring
-from ..errors import InvalidParameterError
+from ..errors import BatchInterrupted, InvalidParameterError, LocalLLMError
+from ..models import resolve_model, validate_model_file
 from ..session.executors import Plan, execute
 from ..session.manager import get_manager, model_load, open_context
 from ..session.pipeline import BatchRequest
 from ..types import Progress, Result, Results
-from .classification import label_frame, label_request
-from .generation import generation_request
-from .prompts import chat_prompts
+from .classification import check_label_options, label_frame, label_request
+from .generation import check_model, generation_request
+from .prompts import FORMATS, as_texts, chat_prompts
 
 if TYPE_CHECKING:
     from ..session.jobs import Job
@@ -39,13 +42,16 @@ class Exploration:
 
     ``annotations``: long format (``sample_id, model_id, label, truth``); ``matrix``: wide
     (one row per sample, one column per model); ``hashes``: per model, the input and output
-    SHA-256 of its run; ``details``: per model, the full output (probabilities for labels).
+    SHA-256 of its run; ``details``: per model, the full output (probabilities for labels);
+    ``errors``: per model that failed to load or run after others finished, why (its
+    finished chunks, if any, stay in ``annotations``; empty when every model ran).
     """
 
     annotations: pd.DataFrame
     matrix: pd.DataFrame
     hashes: dict[str, dict[str, str]] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict, repr=False)
+    errors: dict[str, str] = field(default_factory=dict)
 
     def validate(self, **kwargs: Any):
         """:func:`jupyter_localllm.validate` on these annotations (gold = ``truth``)."""
@@ -55,22 +61,51 @@ class Exploration:
 
 
 def _models(models: Any) -> list[tuple[str, Any]]:
-    if isinstance(models, (str, Model)):
+    if isinstance(models, (str, os.PathLike, Model)):
         models = [models]
     if isinstance(models, Mapping):
-        return [(str(k), v) for k, v in models.items()]
-    out = []
-    for m in models:
-        name = (
-            m.name
-            if isinstance(m, Model)
-            else Path(str(m)).stem
-            if str(m).endswith(".gguf")
-            else str(m)
+        out = [(str(k), v) for k, v in models.items()]
+    elif isinstance(models, Iterable):
+        out = [(_model_name(m), m) for m in models]
+    else:
+        raise InvalidParameterError(
+            f"models must be a model reference, a list of them or a dict {{name: model}}, "
+            f"got {type(models).__name__}."
         )
-        out.append((name, m))
+    if not out:
+        raise InvalidParameterError("There are no models to explore; give at least one.")
     if len({n for n, _ in out}) != len(out):
         raise InvalidParameterError("Model names must be unique; pass a dict {name: model}.")
+    return out
+
+
+def _model_name(ref: Any) -> str:
+    if isinstance(ref, Model):
+        return ref.name
+    return Path(str(ref)).stem if str(ref).endswith(".gguf") else str(ref)
+
+
+def _checked_models(models: list[tuple[str, Any]], reuse_models: bool) -> list[tuple[str, Any]]:
+    """Every model reference resolved and its file checked before anything runs: each
+    ``(name, ref)`` becomes ``(name, what to load)``, a loaded model, the reference the
+    session's model manager already holds under ``name``, or the checked file's path (so a
+    download is not looked up twice). Raises the first reference's error, naming it."""
+    manager = get_manager()
+    out = []
+    for name, ref in models:
+        if isinstance(ref, Model):
+            check_model(ref)  # still open
+            out.append((name, ref))
+            continue
+        if reuse_models and name in manager.aliases and manager.entry(name).ref == str(ref):
+            out.append((name, ref))
+            continue
+        try:
+            path = validate_model_file(resolve_model(ref))
+        except LocalLLMError as exc:
+            exc.args = (f"Model {name!r}: {exc}", *exc.args[1:])
+            raise
+        out.append((name, str(path)))
     return out
 
 
@@ -84,6 +119,8 @@ def _texts(
     if (prompts is None) == (data is None):
         raise InvalidParameterError("Give either prompts or data (with text_column), not both.")
     if data is not None:
+        if not isinstance(data, pd.DataFrame):
+            raise InvalidParameterError(f"data must be a DataFrame, got {type(data).__name__}.")
         if text_column not in data.columns:
             raise InvalidParameterError(
                 f"Column {text_column!r} not found; columns are "
@@ -91,7 +128,7 @@ def _texts(
             )
         texts, sample_ids = data[text_column].tolist(), list(data.index)
     else:
-        texts = list(prompts)
+        texts = as_texts(prompts)
         sample_ids = list(range(len(texts)))
     if isinstance(truth, str):
         if data is None or truth not in data.columns:
@@ -159,42 +196,98 @@ def _open(name: str, ref: Any, reuse_models: bool) -> tuple[Model, bool]:
     return model_load(ref), True
 
 
+class _Collected:
+    """What an exploration has so far: annotation frames, hashes, details, errors."""
+
+    def __init__(self, sink_path: Path | None, on_result: Callable[[pd.DataFrame], Any] | None):
+        self.sink_path, self.on_result = sink_path, on_result
+        self.frames: list[pd.DataFrame] = []
+        self.hashes: dict[str, dict[str, str]] = {}
+        self.details: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+        self.first_error: LocalLLMError | None = None
+
+    def add(self, name: str, request: BatchRequest, results: Results) -> None:
+        """A finished chunk: kept, appended to the sink, passed to ``on_result``."""
+        scored = request.kind == "score"
+        output = label_frame(request, results) if scored else list(results)
+        self.details.setdefault(name, []).append(output)
+        self.hashes[name] = results.hashes
+        frame = pd.DataFrame([_annotation(request, r) for r in results])
+        self.frames.append(frame)
+        if self.sink_path is not None:
+            path = self.sink_path
+            frame.to_csv(path, mode="a", header=not path.exists(), index=False)
+        if self.on_result is not None:
+            self.on_result(frame)
+
+    def failed(self, name: str, exc: LocalLLMError) -> None:
+        """Model ``name`` failed after the checks: noted, the others go on."""
+        self.errors[name] = str(exc)
+        self.first_error = self.first_error or exc
+        warnings.warn(
+            f"Model {name!r} failed ({exc}); the exploration goes on with the other models "
+            "and lists it in .errors.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    def exploration(self) -> Exploration:
+        """The :class:`Exploration` of what finished (the first error if nothing did)."""
+        if not self.frames and self.first_error is not None:
+            raise self.first_error
+        annotations = pd.concat(self.frames, ignore_index=True)
+        matrix = annotations.pivot_table(
+            index="sample_id", columns="model_id", values="label", aggfunc="first", sort=False
+        )
+        matrix.columns.name = None
+        return Exploration(annotations, matrix, self.hashes, self.details, self.errors)
+
+
 def _steps(
     models: list[tuple[str, Any]],
     chunks: _Chunks,
     reuse_models: bool,
-    sink_path: Path | None,
-    on_result: Callable[[pd.DataFrame], Any] | None,
+    collected: _Collected,
 ) -> Generator[BatchRequest, Results, Exploration]:
-    frames, hashes, details = [], {}, {}
     for name, ref in models:
-        model, owned = _open(name, ref, reuse_models)
+        try:
+            model, owned = _open(name, ref, reuse_models)
+        except BatchInterrupted:
+            raise
+        except LocalLLMError as exc:  # llama.cpp refused a file that passed the checks
+            collected.failed(name, exc)
+            continue
         ctx = open_context(model, n_seq_max=chunks.slots)
         try:
-            outputs: list[Any] = []
             for start in range(0, len(chunks.texts), chunks.chunk):
                 request = chunks.request(ctx, name, start)
-                results = yield request
-                scored = request.kind == "score"
-                outputs.append(label_frame(request, results) if scored else list(results))
-                hashes[name] = results.hashes
-                frame = pd.DataFrame([_annotation(request, r) for r in results])
-                frames.append(frame)
-                if sink_path is not None:
-                    frame.to_csv(sink_path, mode="a", header=not sink_path.exists(), index=False)
-                if on_result is not None:
-                    on_result(frame)
-            details[name] = outputs
+                collected.add(name, request, (yield request))
         finally:
             ctx.close()
             if owned:
                 model.close()
-    annotations = pd.concat(frames, ignore_index=True)
-    matrix = annotations.pivot_table(
-        index="sample_id", columns="model_id", values="label", aggfunc="first", sort=False
-    )
-    matrix.columns.name = None
-    return Exploration(annotations, matrix, hashes, details)
+    return collected.exploration()
+
+
+def _check_options(
+    labels: Any, engine: str, n_seq_max: Any, batch_size: Any, options: dict[str, Any]
+) -> None:
+    """The options that need no model, checked before any model loads."""
+    if engine not in _ENGINES:
+        raise InvalidParameterError(f"engine must be one of {', '.join(_ENGINES)}, got {engine!r}.")
+    if options["format"] not in FORMATS:
+        raise InvalidParameterError(
+            f"format must be one of {', '.join(FORMATS)}, got {options['format']!r}."
+        )
+    for name, value in (("n_seq_max", n_seq_max), ("batch_size", batch_size or 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}.")
+    if labels is not None:
+        check_label_options(labels, options["examples"], options["calibrate"], options["scoring"])
+    else:
+        check_scoring(options["scoring"])
+        SamplingParams(max_tokens=options["max_tokens"])
 
 
 def exploration_plan(
@@ -215,20 +308,18 @@ def exploration_plan(
 ) -> Plan[Exploration]:
     """The plan of :func:`explore` (arguments as there; ``options`` are its instruction,
     examples, system_prompt, calibrate, scoring, format, clean, max_tokens and cache)."""
-    check_scoring(options["scoring"])  # before any model loads
-    if engine not in _ENGINES:
-        raise InvalidParameterError(f"engine must be one of {', '.join(_ENGINES)}, got {engine!r}.")
+    _check_options(labels, engine, n_seq_max, batch_size, options)  # before any model loads
     texts, sample_ids, gold = _texts(prompts, data, text_column, truth)
-    model_list = _models(models)
     if not texts:
         raise InvalidParameterError("There are no texts to annotate; give at least one.")
+    model_list = _checked_models(_models(models), reuse_models)
     slots = 1 if engine == "single" else n_seq_max
     chunks = _Chunks(texts, sample_ids, gold, labels, options, batch_size or len(texts), slots)
     sink_path = Path(sink) if sink is not None else None
     if sink_path is not None and sink_path.exists():
         sink_path.unlink()  # a fresh file for this run
     return Plan(
-        _steps(model_list, chunks, reuse_models, sink_path, on_result),
+        _steps(model_list, chunks, reuse_models, _Collected(sink_path, on_result)),
         total=len(model_list) * len(texts),
         desc="explore",
         view=_annotation,
@@ -276,6 +367,11 @@ def explore(
     ``batch_size`` (default: all); with ``sink`` (a CSV path) each finished chunk is appended
     to the file at once, so a long run leaves its results on disk as it goes.
     ``reuse_models`` keeps loaded models in the session's model manager for later calls.
+
+    Every model reference is resolved and its file checked before the first model runs, so a
+    missing or truncated file fails the call at once. A model that llama.cpp then refuses to
+    load is skipped with a warning and named in :attr:`Exploration.errors`; the other models'
+    results are kept (the call raises only when no model ran).
 
     ``progress`` shows one bar over all models (see :func:`generate_parallel`);
     ``on_result`` is called with each finished chunk's annotations (long format); setting

@@ -18,7 +18,7 @@ from ..session.executors import Plan, execute, single
 from ..session.pipeline import BatchRequest, resolve_sampling
 from ..types import Progress, Result, Results
 from .generation import SamplingArg, check_context
-from .prompts import render_rows, resolve_format
+from .prompts import as_texts, render_rows, resolve_format
 
 if TYPE_CHECKING:
     from ..session.jobs import Job
@@ -56,6 +56,7 @@ def extraction_plan(
     """The plan of :func:`extract` (for front-ends that run it their own way); rows are
     seen as the parsed dict or the error result."""
     check_context(context)
+    texts = as_texts(texts)
     schema = json_schema(schema)
     grammar = json_schema_to_grammar(schema)
     fmt = resolve_format(context.model, format)
@@ -63,9 +64,7 @@ def extraction_plan(
         instruction = (
             f"Extract the information from the text as JSON with this schema: {json.dumps(schema)}"
         )
-    if isinstance(texts, str):
-        raise InvalidParameterError("prompts must be a list of texts; wrap a single one in [].")
-    rows, bad = render_rows(context.model, fmt, list(texts), instruction, system_prompt)
+    rows, bad = render_rows(context.model, fmt, texts, instruction, system_prompt)
     params = resolve_sampling(
         sampling, {**sampling_kwargs, "grammar": grammar}, base=SamplingParams(max_tokens=256)
     )

@@ -4,7 +4,7 @@ prefix (decoded once)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidParameterError
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMATS",
+    "as_texts",
     "chat_prompts",
     "model_chat",
     "render_prompt",
@@ -24,6 +25,17 @@ __all__ = [
 ]
 
 FORMATS = ("auto", "chat", "plain", "raw")
+
+
+def as_texts(texts: Any, what: str = "prompts") -> list[Any]:
+    """``texts`` as a list (a list, tuple, Series or other iterable of texts); a bare string,
+    a dict or ``None`` is an :class:`InvalidParameterError` rather than one row per
+    character or key. The items are not checked here: a bad one becomes an error row."""
+    if isinstance(texts, (str, bytes)):
+        raise InvalidParameterError(f"{what} must be a list of texts; wrap a single one in [].")
+    if isinstance(texts, Mapping) or not isinstance(texts, Iterable):
+        raise InvalidParameterError(f"{what} must be a list of texts, got {type(texts).__name__}.")
+    return list(texts)
 
 
 def resolve_format(model: Model, fmt: str) -> str:
