@@ -24,6 +24,7 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "PromptError",
+    "column_not_found",
 ]
 
 
@@ -95,3 +96,10 @@ class BatchInterrupted(LocalLLMError, KeyboardInterrupt):
 
 class JobTimeoutError(LocalLLMError, TimeoutError):
     """A background job did not end within the time given to ``job.result(timeout=...)``."""
+
+
+def column_not_found(column: object, columns: object, where: str = "") -> InvalidParameterError:
+    """The error for ``column`` missing from ``columns`` (of the frame named ``where``)."""
+    place = f" in {where}" if where else ""
+    known = ", ".join(map(str, columns)) or "none"
+    return InvalidParameterError(f"Column {column!r} not found{place}; columns are {known}.")

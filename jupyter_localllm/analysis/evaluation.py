@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, column_not_found
 
 __all__ = [
     "ReliabilityResult",
@@ -46,9 +46,7 @@ def _gold(wide: pd.DataFrame, truth: pd.Series | None, gold: Any) -> pd.Series |
         return truth
     if isinstance(gold, str):
         if gold not in wide.columns:
-            raise InvalidParameterError(
-                f"Column {gold!r} not found; columns are {', '.join(map(str, wide.columns))}."
-            )
+            raise column_not_found(gold, wide.columns)
         return wide[gold]
     if isinstance(gold, (bytes, dict)) or not hasattr(gold, "__len__"):
         raise InvalidParameterError(

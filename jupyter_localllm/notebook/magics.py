@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
-from ..errors import BatchInterrupted, LocalLLMError
+from ..errors import BatchInterrupted, LocalLLMError, column_not_found
 from .config import get_settings
 from .templates import render, template_fields
 
@@ -465,10 +465,7 @@ class LLMMagics(Magics):
         if not isinstance(frame, pd.DataFrame):
             raise UsageError(f"{name!r} is a {type(frame).__name__}, not a DataFrame.")
         if column not in frame.columns:
-            raise UsageError(
-                f"Column {column!r} not found in {name}; columns are "
-                f"{', '.join(map(str, frame.columns))}."
-            )
+            raise UsageError(str(column_not_found(column, frame.columns, name)))
         return frame, name, column
 
 

@@ -17,7 +17,7 @@ from ..engine.llama import Model
 from ..engine.runner import GenerationContext
 from ..engine.sampling import SamplingParams
 from ..engine.scoring import check_scoring
-from ..errors import BatchInterrupted, InvalidParameterError, LocalLLMError
+from ..errors import BatchInterrupted, InvalidParameterError, LocalLLMError, column_not_found
 from ..models import resolve_model, validate_model_file
 from ..session.executors import Plan, execute
 from ..session.manager import get_manager, model_load, open_context
@@ -122,10 +122,7 @@ def _texts(
         if not isinstance(data, pd.DataFrame):
             raise InvalidParameterError(f"data must be a DataFrame, got {type(data).__name__}.")
         if text_column not in data.columns:
-            raise InvalidParameterError(
-                f"Column {text_column!r} not found; columns are "
-                f"{', '.join(map(str, data.columns))}."
-            )
+            raise column_not_found(text_column, data.columns)
         texts, sample_ids = data[text_column].tolist(), list(data.index)
     else:
         texts = as_texts(prompts)
