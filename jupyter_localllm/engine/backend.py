@@ -14,7 +14,7 @@ in the batch ("output row").
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,6 +26,7 @@ __all__ = [
     "BackendContext",
     "BackendModel",
     "BackendSampler",
+    "ModelUser",
 ]
 
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: the most sequences one context may hold
@@ -112,6 +113,13 @@ class BackendSampler(Protocol):
         ...
 
 
+class ModelUser(Protocol):
+    """Something that runs on a model (a generation context): ``lock`` is held while it
+    runs, and the model does not close under it."""
+
+    lock: Any
+
+
 class BackendModel(Protocol):
     """A loaded model: its vocabulary, and the factory of its contexts, batches and samplers."""
 
@@ -123,6 +131,15 @@ class BackendModel(Protocol):
 
     def require_open(self) -> None:
         """Raise :class:`~jupyter_localllm.errors.InvalidParameterError` once closed."""
+        ...
+
+    def add_user(self, user: ModelUser) -> None:
+        """Register ``user``: closing the model is refused while ``user.lock`` is held."""
+        ...
+
+    def check_grammar(self, grammar: str) -> None:
+        """Raise :class:`~jupyter_localllm.errors.GrammarError` unless this model can be
+        sampled under ``grammar`` to its end without the backend aborting."""
         ...
 
     def tokenize(

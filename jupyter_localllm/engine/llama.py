@@ -1,19 +1,25 @@
 """The backend: the only module that touches llama_cpp's ctypes API.
 
 One small class per native handle — :class:`Model`, :class:`Context`, :class:`Batch`,
-:class:`Sampler` — each freed explicitly with ``close()`` (children before parents) or a
-``with`` block. Nothing above this module sees a ctypes object. Every input that could make
-llama.cpp abort the process (sequence ids, batch sizes, token ids, grammars) is checked here in
-Python first. :class:`Model` implements :class:`~jupyter_localllm.engine.backend.BackendModel`:
-it creates its contexts, batches and samplers, so the runner never names these classes.
+:class:`Sampler` — each freed once: by ``close()`` (children before parents), at the end of a
+``with`` block, or when the Python object is garbage-collected (a ``weakref.finalize`` that
+keeps the parent model alive until its children are freed; nothing is freed at interpreter
+exit, where the OS takes the memory back). A model refuses to close while one of its
+generation contexts runs. Nothing above this module sees a ctypes object. Every input that
+could make llama.cpp abort the process (sequence ids, batch sizes, token ids, context sizes,
+grammars) is checked here in Python first. :class:`Model` implements
+:class:`~jupyter_localllm.engine.backend.BackendModel`: it creates its contexts, batches and
+samplers, so the runner never names these classes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
 import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +34,10 @@ from ..errors import (
     ModelLoadError,
     PromptError,
 )
-from .backend import MAX_SEQUENCES
-from .checks import check_int, default_threads
+from .backend import MAX_SEQUENCES, ModelUser
+from .checks import UINT32_MAX, check_int, default_threads
+from .grammar import Alphabet, alphabet_from_pieces, check_grammar
+from .memory import check_context_memory, kv_cache_bytes
 from .sampling import SamplingParams
 
 __all__ = [
@@ -81,12 +89,26 @@ def supports_gpu_offload() -> bool:
     return bool(_ll.llama_supports_gpu_offload())
 
 
+def _release(free: Callable[[Any], None], handle: Any, *keep: Any) -> None:
+    """Free ``handle``; ``keep`` (the parent model) only stays alive until then."""
+    free(handle)
+
+
 class _Native:
     """Lifecycle shared by the wrappers: one native handle, freed once by :meth:`close`
-    (also at the end of a ``with`` block); subclasses say how in ``_free``."""
+    (also at the end of a ``with`` block) or when the object is garbage-collected."""
 
     _handle: Any = None
+    _finalizer: weakref.finalize | None = None
     _closed_message = "This object was closed; create a new one."
+
+    def _own(self, handle: Any, free: Callable[[Any], None], *keep: Any) -> None:
+        """Hold ``handle``, freed by ``free(handle)`` exactly once; ``keep`` (a parent)
+        outlives it."""
+        self._handle = handle
+        self._finalizer = weakref.finalize(self, _release, free, handle, *keep)
+        # At exit the OS frees everything, and a daemon job thread may still be decoding.
+        self._finalizer.atexit = False
 
     @property
     def closed(self) -> bool:
@@ -95,12 +117,9 @@ class _Native:
 
     def close(self) -> None:
         """Free the native object (safe to call twice)."""
-        if self._handle is not None:
-            self._free(self._handle)
-            self._handle = None
-
-    def _free(self, handle: Any) -> None:
-        raise NotImplementedError
+        self._handle = None
+        if self._finalizer is not None:
+            self._finalizer()  # a no-op once it has run
 
     def _require_open(self) -> Any:
         if self._handle is None:
@@ -144,6 +163,7 @@ class Model(_Native):
         # first multi-token decode (llama.cpp #20824), so it is opt-in.
         params.use_extra_bufts = bool(use_extra_bufts)
         self.use_extra_bufts = bool(use_extra_bufts)
+        self.n_gpu_layers = params.n_gpu_layers
         handle = _ll.llama_model_load_from_file(str(self.path).encode(), params)
         if not handle:
             raise ModelLoadError(
@@ -151,7 +171,8 @@ class Model(_Native):
                 "quantisation this llama-cpp-python build does not support (upgrade it) — "
                 "set_verbosity(2) shows llama.cpp's reason."
             )
-        self._handle = handle
+        self._own(handle, _ll.llama_model_free)
+        self._lock = threading.RLock()  # held while contexts are made and while closing
         self._vocab = _ll.llama_model_get_vocab(handle)
         self.n_vocab = int(_ll.llama_vocab_n_tokens(self._vocab))
         self.size_bytes = self.path.stat().st_size
@@ -162,13 +183,45 @@ class Model(_Native):
         self.eos_token = int(_ll.llama_vocab_eos(self._vocab))
         self.add_bos = bool(_ll.llama_vocab_get_add_bos(self._vocab))
         self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
+        self._users: weakref.WeakSet[ModelUser] = weakref.WeakSet()
         self._piece_cache: dict[tuple[int, bool], bytes] = {}
+        self._alphabet: Alphabet | None = None
+        self._grammars_ok: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def _free(self, handle: Any) -> None:
-        for ctx in list(self._contexts):  # children before their parent
-            ctx.close()
-        _ll.llama_model_free(handle)
+    def add_user(self, user: ModelUser) -> None:
+        """Register a generation context whose ``lock`` is held while it runs: the model
+        will not close under it."""
+        self._users.add(user)
+
+    def close(self) -> None:
+        """Free the model and its contexts (safe to call twice). Raises
+        :class:`InvalidParameterError` while one of its generation contexts is running."""
+        with self._lock:
+            if self._handle is None:
+                return
+            with self._users_idle():
+                for ctx in list(self._contexts):  # children before their parent
+                    ctx.close()
+                super().close()
+
+    @contextlib.contextmanager
+    def _users_idle(self) -> Iterator[None]:
+        """Hold the lock of every user of this model, or raise if one is running."""
+        held = []
+        try:
+            for user in list(self._users):
+                if not user.lock.acquire(blocking=False):
+                    raise InvalidParameterError(
+                        f"Model {self.name!r} is in use by a running generation (a background "
+                        "job or a call in another thread); cancel the job (job.cancel(); "
+                        "job.wait()) or let it finish, then close the model."
+                    )
+                held.append(user.lock)
+            yield
+        finally:
+            for lock in held:
+                lock.release()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.size_bytes / 2**20:.0f} MiB"
@@ -202,19 +255,40 @@ class Model(_Native):
         """Raise :class:`InvalidParameterError` once the model was closed."""
         self._require_open()
 
+    # -- memory ----------------------------------------------------------------------------
+    def kv_cache_bytes(self, n_ctx: int) -> int:
+        """Bytes of an f16 KV cache of ``n_ctx`` cells (from the GGUF metadata; 0 when the
+        metadata lacks the sizes)."""
+        return kv_cache_bytes(self.metadata, n_ctx)
+
+    def _check_memory(self, n_ctx: int, n_seq_max: int, n_batch: int, kv_unified: bool) -> None:
+        """Raise :class:`InsufficientMemoryError` when a CPU context of this size would not
+        fit in the memory available now (llama.cpp would be killed filling it)."""
+        if self.n_gpu_layers != 0 and supports_gpu_offload():
+            return  # the cache goes to the GPU, where a failed allocation is a NULL context
+        check_context_memory(
+            self.metadata,
+            n_ctx,
+            n_vocab=self.n_vocab,
+            n_seq_max=n_seq_max,
+            n_batch=n_batch,
+            kv_unified=kv_unified,
+        )
+
     # -- factories (the backend protocol) --------------------------------------------------
     def new_context(
         self, *, n_ctx: int, n_seq_max: int, n_batch: int, n_threads: int | None, kv_unified: bool
     ) -> Context:
         """A :class:`Context` on this model (see its parameters)."""
-        return Context(
-            self,
-            n_ctx=n_ctx,
-            n_seq_max=n_seq_max,
-            n_batch=n_batch,
-            n_threads=n_threads,
-            kv_unified=kv_unified,
-        )
+        with self._lock:  # not while the model is being closed
+            return Context(
+                self,
+                n_ctx=n_ctx,
+                n_seq_max=n_seq_max,
+                n_batch=n_batch,
+                n_threads=n_threads,
+                kv_unified=kv_unified,
+            )
 
     def new_batch(self, capacity: int, n_seq_max: int) -> Batch:
         """An empty :class:`Batch` of ``capacity`` tokens for this model's vocabulary."""
@@ -223,6 +297,49 @@ class Model(_Native):
     def new_sampler(self, params: SamplingParams, seed: int) -> Sampler:
         """A :class:`Sampler` for ``params`` with random stream ``seed``."""
         return Sampler(self, params, seed)
+
+    # -- grammars --------------------------------------------------------------------------
+    def check_grammar(self, grammar: str) -> None:
+        """Raise :class:`GrammarError` unless llama.cpp can sample ``grammar`` with this
+        model to its end (see :mod:`~jupyter_localllm.engine.grammar`)."""
+        if grammar in self._grammars_ok:
+            return
+        check_grammar(grammar, self._grammar_alphabet())
+        with self._lock:
+            self._require_open()
+            handle = _ll.llama_sampler_init_grammar(self._vocab, grammar.encode("utf-8"), b"root")
+            if not handle:
+                raise GrammarError(
+                    "llama.cpp refused the grammar (its reason is on stderr); check its GBNF "
+                    "syntax and that it defines a rule named root."
+                )
+            _ll.llama_sampler_free(handle)
+        if len(self._grammars_ok) > 256:
+            self._grammars_ok.clear()
+        self._grammars_ok.add(grammar)
+
+    def _grammar_alphabet(self) -> Alphabet:
+        """What this model can write under a grammar (built once from the vocabulary)."""
+        with self._lock:
+            self._require_open()
+            vocab = self._vocab
+            if self._alphabet is None:
+                pieces, usable = [], set()
+                for token in range(self.n_vocab):
+                    if _ll.llama_vocab_is_eog(vocab, token):
+                        continue  # the grammar allows these only at its end
+                    piece = _piece(vocab, token, special=True)
+                    if piece and piece[0] != 0:
+                        pieces.append(piece)
+                        usable.add(token)
+                self._alphabet = alphabet_from_pieces(
+                    pieces, token_ok=usable.__contains__, token_id=self._single_token
+                )
+            return self._alphabet
+
+    def _single_token(self, text: str) -> int | None:
+        tokens = self.tokenize(text, add_special=False, parse_special=True)
+        return tokens[0] if len(tokens) == 1 else None
 
     # -- tokens ----------------------------------------------------------------------------
     def tokenize(
@@ -251,14 +368,9 @@ class Model(_Native):
         key = (token, special)
         piece = self._piece_cache.get(key)
         if piece is None:
+            self._require_open()
             self._check_tokens((token,))
-            buf = ctypes.create_string_buffer(64)
-            n = _ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = _ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
-            piece = buf.raw[:n]
-            self._piece_cache[key] = piece
+            piece = self._piece_cache[key] = _piece(self._vocab, token, special=special)
         return piece
 
     def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
@@ -282,6 +394,7 @@ class Model(_Native):
 
     def token_text(self, token: int) -> str:
         """The vocabulary entry of ``token`` (for display)."""
+        self._require_open()
         self._check_tokens((token,))
         raw = _ll.llama_vocab_get_text(self._vocab, token)
         return raw.decode("utf-8", "replace") if raw else ""
@@ -293,6 +406,16 @@ class Model(_Native):
                 f"Token ids must be in [0, {self.n_vocab}) for this model; "
                 f"got {int(arr.min())}..{int(arr.max())}."
             )
+
+
+def _piece(vocab: Any, token: int, *, special: bool) -> bytes:
+    """The bytes of ``token`` as llama.cpp renders it."""
+    buf = ctypes.create_string_buffer(64)
+    n = _ll.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
+    if n < 0:
+        buf = ctypes.create_string_buffer(-n)
+        n = _ll.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
+    return buf.raw[:n]
 
 
 def _resolve_gpu_layers(n_gpu_layers: int | str) -> int:
@@ -328,12 +451,13 @@ class Context(_Native):
         kv_unified: bool = True,
     ):
         model._require_open()
-        check_int("n_ctx", n_ctx, 16, None)
+        check_int("n_ctx", n_ctx, 16, UINT32_MAX)
         check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
-        check_int("n_batch", n_batch, 1, None)
+        check_int("n_batch", n_batch, 1, UINT32_MAX)
         if n_threads is None:
             n_threads = default_threads()
         check_int("n_threads", n_threads, 1, 1024)
+        model._check_memory(n_ctx, n_seq_max, n_batch, kv_unified)
         params = _ll.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -353,7 +477,7 @@ class Context(_Native):
                 f"n_seq_max={n_seq_max}; try a smaller n_ctx (memory) or n_seq_max."
             )
         self.model = model
-        self._handle = handle
+        self._own(handle, _ll.llama_free, model)  # the model outlives its context
         self._memory = _ll.llama_get_memory(handle)
         self.n_ctx = int(_ll.llama_n_ctx(handle))
         self.n_batch = int(_ll.llama_n_batch(handle))
@@ -365,8 +489,9 @@ class Context(_Native):
 
     _closed_message = "This context was closed; create a new one."
 
-    def _free(self, handle: Any) -> None:
-        _ll.llama_free(handle)
+    def close(self) -> None:
+        """Free the context (safe to call twice)."""
+        super().close()
         self._memory = None
 
     def __repr__(self) -> str:
@@ -542,7 +667,8 @@ class Sampler(_Native):
         model._require_open()
         chain_params = _ll.llama_sampler_chain_default_params()
         chain_params.no_perf = True
-        self._handle = _ll.llama_sampler_chain_init(chain_params)
+        # The grammar sampler holds the model's vocabulary: the model outlives it.
+        self._own(_ll.llama_sampler_chain_init(chain_params), _ll.llama_sampler_free, model)
         try:
             self._build(model, params, params.seed if seed is None else seed)
         except BaseException:
@@ -559,8 +685,8 @@ class Sampler(_Native):
             )
             if not grammar:  # NULL would crash llama.cpp later
                 raise GrammarError(
-                    "The grammar could not be parsed; check its GBNF syntax and that it "
-                    "defines a rule named root."
+                    "llama.cpp refused the grammar (its reason is on stderr); check its GBNF "
+                    "syntax and that it defines a rule named root."
                 )
             self._add(grammar)
         if p.repeat_penalty != 1.0 and p.repeat_last_n != 0:
@@ -584,9 +710,6 @@ class Sampler(_Native):
         """Pick (and accept) the next token from output ``index`` of the last decode."""
         return int(_ll.llama_sampler_sample(self._handle, ctx._require_open(), index))
 
-    def _free(self, handle: Any) -> None:
-        _ll.llama_sampler_free(handle)  # frees the samplers the chain owns too
-
 
 def json_schema_to_grammar(schema: dict) -> str:
     """A GBNF grammar accepting exactly the JSON documents of ``schema`` (llama-cpp-python's
@@ -604,4 +727,9 @@ def json_schema_to_grammar(schema: dict) -> str:
         ) from exc
     if not grammar.strip():
         raise GrammarError("The JSON schema produced an empty grammar; give it some properties.")
+    check_grammar(
+        grammar,
+        subject="The grammar of this JSON schema",
+        fix="change the schema (its const, enum and pattern values)",
+    )
     return grammar

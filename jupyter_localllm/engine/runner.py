@@ -21,10 +21,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import BatchInterrupted, DecodeError, InvalidParameterError, LocalLLMError
+from ..errors import (
+    BatchInterrupted,
+    DecodeError,
+    GrammarError,
+    InvalidParameterError,
+    LocalLLMError,
+)
 from ..types import Progress, Result
 from .backend import MAX_SEQUENCES
-from .checks import check_int
+from .checks import UINT32_MAX, check_int
 from .sampling import SamplingParams, derive_seed
 from .scheduler import Request, Scheduler, StepPlan, common_prefix_length
 from .scoring import LabelScorer
@@ -35,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["GenerationContext", "KVSession", "RunStats"]
 
 _CTX_ROUND = 256  # auto-sized contexts grow in steps of this many cells
+# The most an auto-sized context asks for (the backend then says whether memory allows it).
+_MAX_AUTO_CTX = UINT32_MAX // _CTX_ROUND * _CTX_ROUND
 _PROGRESS_INTERVAL = 0.1  # seconds between progress events while no row finishes
 
 
@@ -173,9 +181,9 @@ class GenerationContext:
     ):
         model.require_open()
         if n_ctx is not None:
-            check_int("n_ctx", n_ctx, 16, None)
+            check_int("n_ctx", n_ctx, 16, UINT32_MAX)
         check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
-        check_int("n_batch", n_batch, 1, None)
+        check_int("n_batch", n_batch, 1, UINT32_MAX)
         if n_batch < n_seq_max:
             raise InvalidParameterError(
                 f"n_batch ({n_batch}) must be at least n_seq_max ({n_seq_max}) so every "
@@ -194,6 +202,7 @@ class GenerationContext:
         self._ctx: BackendContext | None = None
         self._batch: BackendBatch | None = None
         self._prefix: list[int] = []
+        model.add_user(self)  # the model refuses to close while self.lock is held
         if n_ctx is not None:
             self._open(n_ctx)
 
@@ -207,8 +216,11 @@ class GenerationContext:
         return self._ctx.n_ctx if self._ctx is not None else None
 
     def _open(self, n_ctx: int) -> BackendContext:
-        if self._ctx is not None:
+        if self.fixed_n_ctx is None:
+            n_ctx = min(n_ctx, _MAX_AUTO_CTX)
+        if self._ctx is not None:  # free it first: the new one may need its memory
             self._ctx.close()
+            self._ctx, self._prefix = None, []
         self._ctx = self.model.new_context(
             n_ctx=n_ctx,
             n_seq_max=self.n_seq_max,
@@ -361,8 +373,10 @@ class GenerationContext:
         if n == 0:
             return []
         seeds = list(seed_rows) if seed_rows is not None else range(n)
+        shared = isinstance(params, SamplingParams)
+        invalid = self._check_grammars(per_row, invalid or {}, shared=shared)
         with self.lock:
-            kv = self.start_run(prompts, invalid or {}, lambda i, own: own + per_row[i].max_tokens)
+            kv = self.start_run(prompts, invalid, lambda i, own: own + per_row[i].max_tokens)
             return _Generation(
                 self,
                 kv,
@@ -374,6 +388,26 @@ class GenerationContext:
                 on_text=on_text,
                 cancel=cancel,
             ).run()
+
+    def _check_grammars(
+        self, per_row: list[SamplingParams], invalid: Mapping[int, str], shared: bool
+    ) -> Mapping[int, str]:
+        """Check each grammar once before anything runs (a grammar llama.cpp cannot finish
+        aborts the process): a bad grammar raises :class:`GrammarError` when all rows share
+        it, else the rows that use it fail in their place."""
+        grammars = {p.grammar for p in per_row if p.grammar is not None}
+        bad: dict[str, str] = {}
+        for grammar in grammars:
+            try:
+                self.model.check_grammar(grammar)
+            except GrammarError as exc:
+                if shared or len(per_row) == 1:
+                    raise
+                bad[grammar] = str(exc).rstrip(".")
+        if not bad:
+            return invalid
+        rows = {i: bad[p.grammar] for i, p in enumerate(per_row) if p.grammar in bad}
+        return {**rows, **invalid}
 
     def score_labels(
         self,

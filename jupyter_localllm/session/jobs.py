@@ -23,14 +23,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BatchInterrupted, JobTimeoutError
+from ..errors import BatchInterrupted, InvalidParameterError, JobTimeoutError
 from ..types import Progress
 from .sinks import CallbackSink, ProgressArg, ProgressSink, TqdmSink, frontend
 
 if TYPE_CHECKING:
     from ..engine.runner import GenerationContext
 
-__all__ = ["Job", "start_job"]
+__all__ = ["Job", "start_job", "stop_jobs"]
 
 JobFunction = Callable[
     [threading.Event, Callable[..., None], Callable[[Progress], None]],
@@ -342,6 +342,23 @@ def start_job(
         job.add_view(TqdmSink(total, desc))
     job._start(show=bool(in_notebook))
     return job
+
+
+def stop_jobs(match: Callable[[Job], bool], *, timeout: float = 60.0) -> list[Job]:
+    """Cancel the unfinished jobs for which ``match(job)`` is true and wait for them to end
+    (each stops after its current step); returns them. Raises
+    :class:`InvalidParameterError` when one is still running after ``timeout`` seconds."""
+    jobs = [job for job in list(_jobs) if not job.done() and match(job)]
+    for job in jobs:
+        job.cancel()
+    end = time.monotonic() + timeout
+    for job in jobs:
+        if not job.wait(max(0.0, end - time.monotonic())):
+            raise InvalidParameterError(
+                f"The {job.desc} job did not stop within {timeout:g} s of being cancelled; "
+                "wait for it (job.wait()) and try again."
+            )
+    return jobs
 
 
 @atexit.register

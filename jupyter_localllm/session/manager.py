@@ -19,6 +19,7 @@ from ..engine import llama as backend
 from ..engine.llama import Model
 from ..engine.runner import GenerationContext
 from ..errors import InvalidParameterError
+from .jobs import stop_jobs
 
 __all__ = [
     "LoadedModel",
@@ -202,13 +203,20 @@ class ModelManager:
         self.default_alias = alias
 
     def unload(self, alias: str) -> None:
-        """Free the model under ``alias`` and its contexts."""
+        """Free the model under ``alias`` and its contexts. Background jobs on them are
+        cancelled first (their finished rows stay in ``job.partial()``) and waited for; a
+        model this manager did not load (:meth:`adopt`) is forgotten, not closed."""
+        entry = self.entry(alias)
+        mine = list(entry.contexts.values())
+        # Not under self._lock: a job may need the manager while it stops.
+        stop_jobs(lambda job: _runs_on(job, entry, mine))
         with self._lock:
-            entry = self.entry(alias)
-            for ctx in entry.contexts.values():
+            if self._models.get(entry.alias) is not entry:
+                return  # unloaded meanwhile
+            for ctx in mine:
                 ctx.close()
             if entry.owned:
-                entry.model.close()
+                entry.model.close()  # refuses while a run outside a job still holds it
             del self._models[entry.alias]
             if self.default_alias == entry.alias:
                 self.default_alias = next(iter(self._models), None)
@@ -251,21 +259,17 @@ class ModelManager:
         return pd.DataFrame(rows, columns=columns)
 
 
+def _runs_on(job: Any, entry: LoadedModel, contexts: list[GenerationContext]) -> bool:
+    """True when ``job`` runs on one of ``contexts``, or on any context of ``entry``'s model
+    when the manager owns (and so will close) it."""
+    ctx = job.context
+    return ctx is not None and (ctx in contexts or (entry.owned and ctx.model is entry.model))
+
+
 def kv_cache_bytes(model: Model, n_ctx: int) -> int:
     """Bytes of an f16 KV cache of ``n_ctx`` cells for ``model`` (from its GGUF metadata;
     0 when the metadata lacks the sizes)."""
-    meta = model.metadata
-    arch = meta.get("general.architecture", "")
-    try:
-        layers = int(meta[f"{arch}.block_count"])
-        heads = int(meta[f"{arch}.attention.head_count"])
-        kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
-        embd = int(meta[f"{arch}.embedding_length"])
-        k_len = int(meta.get(f"{arch}.attention.key_length", embd // heads))
-        v_len = int(meta.get(f"{arch}.attention.value_length", k_len))
-    except (KeyError, ValueError, ZeroDivisionError):
-        return 0
-    return 2 * layers * n_ctx * kv_heads * (k_len + v_len)
+    return model.kv_cache_bytes(n_ctx)
 
 
 def resolve_context(

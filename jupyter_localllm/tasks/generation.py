@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import hardware
 from ..engine import llama as backend
+from ..engine.backend import MAX_SEQUENCES
+from ..engine.checks import UINT32_MAX, check_int
 from ..engine.llama import Model
 from ..engine.runner import GenerationContext
 from ..engine.sampling import SamplingParams
@@ -278,6 +280,9 @@ def quick_llama(
     ``n_seq_max`` at a time, and gives a list in the same order. Other keywords are sampling
     options of :func:`generate` (``max_tokens`` defaults to 100).
     """
+    if n_ctx is not None:
+        check_int("n_ctx", n_ctx, 16, UINT32_MAX)
+    check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
     manager = get_manager()
     loaded = manager.load(model, n_gpu_layers=n_gpu_layers)
     single_prompt = isinstance(prompt, str)

@@ -1,0 +1,87 @@
+"""How much memory a llama.cpp context takes, from the model's GGUF metadata (no llama_cpp
+here), and the check that refuses one that would not fit.
+
+On the CPU, llama.cpp allocates and clears a context's whole KV cache when it is created; a
+context larger than the free memory gets the process killed (the kernel dies with it). So
+:func:`check_context_memory` compares the estimate with the memory available now first.
+"""
+
+from __future__ import annotations
+
+from ..errors import InsufficientMemoryError
+from .checks import available_memory
+
+__all__ = ["check_context_memory", "context_bytes", "kv_cache_bytes", "kv_shape"]
+
+_PAD = 256  # llama.cpp pads a cache to a multiple of this many cells
+
+
+def kv_shape(meta: dict[str, str]) -> tuple[int, int, int, int, int] | None:
+    """``(layers, heads, kv_heads, key_length, value_length)`` from GGUF metadata, or None."""
+    arch = meta.get("general.architecture", "")
+    try:
+        layers = int(meta[f"{arch}.block_count"])
+        heads = int(meta[f"{arch}.attention.head_count"])
+        kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+        embd = int(meta[f"{arch}.embedding_length"])
+        k_len = int(meta.get(f"{arch}.attention.key_length", embd // heads))
+        v_len = int(meta.get(f"{arch}.attention.value_length", k_len))
+    except (KeyError, ValueError, ZeroDivisionError):
+        return None
+    return layers, heads, kv_heads, k_len, v_len
+
+
+def kv_cache_bytes(meta: dict[str, str], n_ctx: int) -> int:
+    """Bytes of an f16 KV cache of ``n_ctx`` cells (0 when the metadata lacks the sizes)."""
+    shape = kv_shape(meta)
+    if shape is None:
+        return 0
+    layers, _heads, kv_heads, k_len, v_len = shape
+    return 2 * layers * n_ctx * kv_heads * (k_len + v_len)
+
+
+def context_bytes(
+    meta: dict[str, str],
+    n_ctx: int,
+    *,
+    n_vocab: int,
+    n_seq_max: int,
+    n_batch: int,
+    kv_unified: bool,
+) -> int:
+    """Estimated bytes of a context: the KV cache (padded as llama.cpp pads it) and the
+    compute buffer llama.cpp reserves for one batch of ``n_batch`` tokens (f32 attention
+    scores against one sequence's cells, and the batch's logits); 0 when the metadata lacks
+    the sizes. SmolLM2-135M, n_ctx=65536: 1440 MiB KV + 1286 MiB compute reported by
+    llama.cpp, 2688 MiB estimated."""
+    shape = kv_shape(meta)
+    if shape is None:
+        return 0
+    n_ctx = -(-n_ctx // _PAD) * _PAD
+    n_ctx_seq = n_ctx if kv_unified else -(-n_ctx // n_seq_max)
+    batch = min(n_batch, n_ctx)
+    compute = 4 * batch * (shape[1] * n_ctx_seq + n_vocab)
+    return kv_cache_bytes(meta, n_ctx) + compute
+
+
+def check_context_memory(meta: dict[str, str], n_ctx: int, **sizes: int) -> None:
+    """Raise :class:`InsufficientMemoryError` naming the largest ``n_ctx`` that fits when a
+    context of ``n_ctx`` cells would not fit in the memory available now (``sizes``: the
+    other arguments of :func:`context_bytes`)."""
+
+    def need(n: int) -> int:
+        return context_bytes(meta, n, **sizes)
+
+    free = available_memory()
+    budget = free - max(free // 10, 256 * 2**20)  # room for the rest of the kernel
+    if need(n_ctx) <= budget:
+        return
+    fit = 0
+    for step in (2**k for k in range(31, 7, -1)):  # the largest multiple of 256 that fits
+        if need(fit + step) <= budget:
+            fit += step
+    raise InsufficientMemoryError(
+        f"A context of n_ctx={n_ctx} would need about {need(n_ctx) / 2**30:.1f} GiB but "
+        f"{free / 2**30:.1f} GiB of memory is available; the largest n_ctx that fits is {fit}: "
+        "use a smaller n_ctx (or fewer parallel rows, or a smaller max_tokens)."
+    )
