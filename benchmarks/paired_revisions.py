@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rows", type=int, default=100, help="seed workload prompts")
     ap.add_argument("--texts", type=int, default=100, help="AG News texts to classify")
+    ap.add_argument("--row", action="append", help="run only the rows named so (repeatable)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "paired")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(old_package(args.base, args.workdir)))
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         bp.ll = bc.ll = ll
         runs[side] = workloads(bp, bc, ll.model_load("default"), args.rows, args.texts)
         print(f"{side}: {ll.__file__}", flush=True)
-    walls: dict[str, dict[str, list[float]]] = {row: {"old": [], "new": []} for row in runs["new"]}
+    rows = [row for row in runs["new"] if not args.row or row in args.row]
+    walls: dict[str, dict[str, list[float]]] = {row: {"old": [], "new": []} for row in rows}
     for r in range(args.rounds):
         for i, row in enumerate(walls):
             order = ("old", "new") if (r + i) % 2 == 0 else ("new", "old")
