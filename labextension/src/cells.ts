@@ -6,6 +6,7 @@
  */
 
 import { ICellModel } from '@jupyterlab/cells';
+import { IEditorLanguageRegistry } from '@jupyterlab/codemirror';
 import { NotebookPanel } from '@jupyterlab/notebook';
 
 import { LLM_MIME } from './language';
@@ -13,6 +14,8 @@ import { isLlmCell } from './magic';
 
 /** Keeps the cells of open notebooks in the right language. */
 export class CellLanguages {
+  constructor(private readonly _languages: IEditorLanguageRegistry) {}
+
   /** Whether `%%llm` cells get their own language (the `highlighting` setting). */
   get enabled(): boolean {
     return this._enabled;
@@ -61,12 +64,34 @@ export class CellLanguages {
     if (model.isDisposed) {
       return;
     }
-    const source = model.sharedModel.getSource();
-    const llm = this._enabled && isLlmCell(source.slice(0, source.indexOf('\n') + 1 || undefined));
-    const wanted = llm ? LLM_MIME : panel.content.codeMimetype;
-    if (model.mimeType !== wanted) {
-      model.mimeType = wanted;
+    if (!this._isLlm(model)) {
+      if (model.mimeType === LLM_MIME) {
+        model.mimeType = panel.content.codeMimetype;
+      }
+      return;
     }
+    const current = model.mimeType;
+    if (current === LLM_MIME) {
+      return;
+    }
+    // The editor loads the language of each MIME type it is given asynchronously and applies
+    // whichever load finishes last. When the notebook re-types the cell (kernel info), let
+    // that language's load finish first, then switch, so the prompt language is applied last.
+    void this._languages
+      .getLanguage(current)
+      .catch(() => null)
+      .then(() => new Promise(resolve => setTimeout(resolve, 0)))
+      .then(() => {
+        if (!model.isDisposed && this._isLlm(model)) {
+          model.mimeType = LLM_MIME;
+        }
+      });
+  }
+
+  private _isLlm(model: ICellModel): boolean {
+    const source = model.sharedModel.getSource();
+    const end = source.indexOf('\n');
+    return this._enabled && isLlmCell(end < 0 ? source : source.slice(0, end));
   }
 
   private _updateAll(panel: NotebookPanel): void {

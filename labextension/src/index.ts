@@ -82,7 +82,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       mime: LLM_MIME,
       load: async () => llmPromptSupport()
     });
-    const cells = new CellLanguages();
+    const cells = new CellLanguages(languages);
     const status = new LocalLLMStatus();
     const clients = new Clients(message => {
       // Errors the kernel reports without a request waiting for them (e.g. a cancel).
