@@ -131,17 +131,21 @@ def _register_accessors() -> None:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext jupyter_localllm``: the magics, ``%config LocalLLM`` and the accessors
-    (safe to run again)."""
-    from .notebook import accessor, config, magics  # noqa: F401  (accessor registers df.llm)
+    """``%load_ext jupyter_localllm``: the magics, ``%config LocalLLM``, the accessors and,
+    in a kernel, the comm that shows the session in JupyterLab (safe to run again)."""
+    from .notebook import accessor, comm, config, magics  # noqa: F401  (accessor registers df.llm)
 
     config.attach(ipython)
     ipython.register_magics(magics.LLMMagics)
+    comm.open_comm(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    """``%unload_ext jupyter_localllm``: remove the magics (models stay loaded)."""
-    from .notebook import magics
+    """``%unload_ext jupyter_localllm``: remove the magics and close the comm (models stay
+    loaded)."""
+    from .notebook import comm, magics
+
+    comm.close_comms()
 
     table = ipython.magics_manager.magics
     for kind, names in (("line", ("llm", "llm_batch")), ("cell", ("llm",))):

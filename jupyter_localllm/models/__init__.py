@@ -29,6 +29,7 @@ from ..errors import (
     InsufficientMemoryError,
     InvalidModelFileError,
     InvalidParameterError,
+    LocalLLMError,
     ModelNotFoundError,
 )
 from . import download as _download
@@ -45,6 +46,7 @@ __all__ = [
     "available_memory_bytes",
     "check_memory",
     "default_model_path",
+    "discover_models",
     "list_cached_models",
     "list_ollama_models",
     "model_cache_dir",
@@ -443,6 +445,32 @@ def list_ollama_models(models_dir: str | os.PathLike[str] | None = None) -> pd.D
             "digest": pd.Series([r["digest"] for r in rows], dtype=str),
         }
     )
+
+
+def discover_models() -> pd.DataFrame:
+    """The models that can be loaded here, as a DataFrame: the packaged ones that are
+    installed (``"default"``, ``"gemma-3-270m"``), the files in the model cache and the models
+    in Ollama's store.
+
+    Columns: ``source`` (``"packaged"``, ``"cache"`` or ``"ollama"``), ``ref`` (what to pass
+    to :func:`resolve_model`, ``model_load`` or ``%llm load``), ``size_mb``, ``path``.
+    """
+    import pandas as pd
+
+    rows = []
+    for ref, locate in (("default", default_model_path), (GEMMA_REF, gemma_model_path)):
+        try:
+            path = locate()
+        except LocalLLMError:  # not installed, or its file cannot be assembled here
+            continue
+        rows.append(("packaged", ref, path.stat().st_size, str(path)))
+    for _, r in list_cached_models().iterrows():
+        rows.append(("cache", r["name"], r["size_bytes"], r["path"]))
+    for _, r in list_ollama_models().iterrows():
+        rows.append(("ollama", f"ollama:{r['name']}", r["size_bytes"], r["path"]))
+    table = pd.DataFrame(rows, columns=["source", "ref", "size_bytes", "path"])
+    table.insert(2, "size_mb", (table.pop("size_bytes") / 2**20).round(1))
+    return table
 
 
 # --- checking a file ---------------------------------------------------------------------------

@@ -256,28 +256,10 @@ class LLMMagics(Magics):
         return table.drop(columns="path")
 
     def _list(self, argv: list[str]) -> Any:
-        import pandas as pd
-
         from .. import models
 
         _parser("%llm list", "Models you can load.").parse_args(argv)
-        rows = []
-        for ref, locate in (
-            ("default", models.default_model_path),
-            (models.GEMMA_REF, models.gemma_model_path),
-        ):
-            try:
-                path = locate()
-            except LocalLLMError:
-                continue
-            rows.append(("packaged", ref, path.stat().st_size, str(path)))
-        for _, r in models.list_cached_models().iterrows():
-            rows.append(("cache", r["name"], r["size_bytes"], r["path"]))
-        for _, r in models.list_ollama_models().iterrows():
-            rows.append(("ollama", f"ollama:{r['name']}", r["size_bytes"], r["path"]))
-        table = pd.DataFrame(rows, columns=["source", "ref", "size_bytes", "path"])
-        table.insert(3, "size_mb", (table.pop("size_bytes") / 2**20).round(1))
-        return table
+        return models.discover_models()
 
     def _unload(self, argv: list[str]) -> None:
         self._alias_command(argv, "unload", "Free a loaded model.", "Unloaded {!r}.")

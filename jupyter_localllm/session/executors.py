@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ..errors import BatchInterrupted
 from ..types import Progress, Result, Results
+from . import activity
 from .jobs import Job, start_job
 from .pipeline import BatchRequest, run_batch
 from .sinks import ProgressArg, ProgressSink, make_sink
@@ -201,9 +202,10 @@ class ForegroundExecutor:
     ) -> T:
         """Run ``plan`` now, drawing its progress on the sink made of ``progress``."""
         sink: ProgressSink | None = make_sink(progress, plan.total, plan.desc)
+        run = activity.start_foreground(plan.desc, plan.total, plan.context)
         status = "failed"
         try:
-            value = _Driver(plan, sink, cancel, plan.on_result).run()
+            value = _Driver(plan, _reporting(run, sink), cancel, plan.on_result).run()
             status = "finished"
             return value
         except KeyboardInterrupt:
@@ -212,6 +214,20 @@ class ForegroundExecutor:
         finally:
             if sink is not None:
                 sink.close(status)
+            run.end(status)
+
+
+def _reporting(
+    run: activity.ForegroundRun, sink: ProgressSink | None
+) -> Callable[[Progress], None]:
+    """Progress events to the session's activity, then to ``sink``."""
+
+    def report(event: Progress) -> None:
+        run.report(event)
+        if sink is not None:
+            sink(event)
+
+    return report
 
 
 class BackgroundExecutor:

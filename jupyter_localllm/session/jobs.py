@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BatchInterrupted, InvalidParameterError, JobTimeoutError
 from ..types import Progress
+from . import activity
 from .sinks import CallbackSink, ProgressArg, ProgressSink, TqdmSink, frontend
 
 if TYPE_CHECKING:
@@ -122,6 +123,9 @@ class Job:
         self._views: list[ProgressSink] = []
         self._sink: ProgressSink | None = None  # the front-end's panel, once made
         self._ended = False
+        self.id: str | None = None
+        """The job's id in the session's activity (front-ends cancel it by id); set when it
+        starts."""
         self.shown_in: Any = None
         """Where a front-end displayed the job when it started (a notebook: the cell's
         execution count), so showing the cell's value does not draw it twice."""
@@ -215,6 +219,7 @@ class Job:
     # -- the thread ----------------------------------------------------------------------
     def _start(self, show: bool) -> None:
         _jobs.add(self)
+        self.id = activity.track_job(self)
         front = frontend() if show else None
         if front is not None:
             front.show_job(self, started=True)
@@ -231,6 +236,7 @@ class Job:
         self.progress = event
         for sink in list(self._views):
             sink(event)
+        activity.changed()
 
     def _note(self, text: str) -> None:
         set_note = getattr(self._sink, "set_note", None)
@@ -248,6 +254,7 @@ class Job:
                 lock = self.context.lock if self.context is not None else contextlib.nullcontext()
                 with lock:
                     self.status = "running"
+                    activity.changed()
                     self._note("")
                     self.started_at = time.monotonic()
                     try:
@@ -285,6 +292,7 @@ class Job:
                     sink.close(self.status, note)
             _jobs.discard(self)
             self._done.set()
+            activity.run_ended()
 
     def _queued(self, ahead: int) -> None:
         self._note(f"queued behind {ahead} job(s) on this context")

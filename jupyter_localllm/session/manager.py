@@ -19,6 +19,7 @@ from ..engine import llama as backend
 from ..engine.llama import Model
 from ..engine.runner import GenerationContext
 from ..errors import InvalidParameterError
+from . import activity
 from .jobs import stop_jobs
 
 __all__ = [
@@ -142,7 +143,8 @@ class ModelManager:
                 held.n_seq_max = n_seq_max
             if self.default_alias is None:
                 self.default_alias = alias
-            return held.model
+        activity.changed()
+        return held.model
 
     def adopt(self, model: Model, alias: str | None = None) -> str:
         """Register a model loaded with model_load() so front-ends can use it by ``alias``
@@ -159,7 +161,8 @@ class ModelManager:
             self._models[alias] = LoadedModel(alias, str(model.path), model, {}, owned=False)
             if self.default_alias is None:
                 self.default_alias = alias
-            return alias
+        activity.changed()
+        return alias
 
     def get(self, alias: str | None = None) -> Model:
         """The model loaded under ``alias`` (the default model when ``None``)."""
@@ -201,6 +204,7 @@ class ModelManager:
         """Make ``alias`` the default model."""
         self.entry(alias)
         self.default_alias = alias
+        activity.changed()
 
     def unload(self, alias: str) -> None:
         """Free the model under ``alias`` and its contexts. Background jobs on them are
@@ -220,11 +224,17 @@ class ModelManager:
             del self._models[entry.alias]
             if self.default_alias == entry.alias:
                 self.default_alias = next(iter(self._models), None)
+        activity.changed()
 
     def unload_all(self) -> None:
         """Free every model."""
         for alias in list(self._models):
             self.unload(alias)
+
+    def loaded(self) -> list[LoadedModel]:
+        """The loaded models, in load order (a copy: safe to read while another thread loads
+        or unloads one)."""
+        return list(self._models.values())
 
     @property
     def aliases(self) -> list[str]:
