@@ -62,7 +62,8 @@ test: setup $(CHROMIUM)
 $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			--no-install-recommends chromium chromium-driver fonts-dejavu-core; } \
+			--no-install-recommends chromium chromium-driver fonts-dejavu-core \
+			fonts-noto-color-emoji; } \
 		|| echo "chromium could not be installed: the browser tests will skip"; \
 	else \
 		echo "$(CHROMIUM) is missing (install it as root: apt-get install chromium):" \

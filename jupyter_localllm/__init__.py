@@ -130,6 +130,12 @@ def _register_accessors() -> None:
         importlib.import_module(".notebook.accessor", __name__)
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where the prebuilt JupyterLab extension lies in this package (for
+    ``jupyter labextension develop``; wheels install it into ``share/jupyter/labextensions``)."""
+    return [{"src": "labextension", "dest": "jupyter-localllm"}]
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext jupyter_localllm``: the magics, ``%config LocalLLM``, the accessors and,
     in a kernel, the comm that shows the session in JupyterLab (safe to run again)."""

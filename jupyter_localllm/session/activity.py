@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..types import Progress
@@ -231,6 +232,7 @@ def _model_state(entry: Any, default: bool) -> dict[str, Any]:
     return {
         "alias": entry.alias,
         "name": entry.model.name,
+        "file": Path(entry.model.path).name,
         "size_mb": round(entry.model.size_bytes / 2**20, 1),
         "n_ctx": entry.n_ctx,
         "default": default,

@@ -17,7 +17,12 @@ export const COMM_TARGET = 'jupyter_localllm';
 /** How long to wait for the kernel to answer a request (a model load can take a while). */
 const REPLY_TIMEOUT_MS = 120_000;
 
-type Reply = { type: string; action?: string; message?: string; models?: IAvailableModel[] };
+type Reply = {
+  type: string;
+  action?: string | null;
+  message?: string;
+  models?: IAvailableModel[];
+};
 
 /** The kernel's LocalLLM state and the requests the front-end sends it. */
 export class LocalLLMClient {
@@ -123,10 +128,11 @@ export class LocalLLMClient {
       return;
     }
     const reply = data as Reply;
-    const waiter = this._waiters.find(
-      w => (w.type === reply.type && (!w.action || w.action === reply.action)) ||
-        (reply.type === 'error' && (!reply.action || reply.action === w.action))
-    );
+    // A reply names the action it answers (`models_available` answers `discover`).
+    const answers = (w: { type: string; action: string }) =>
+      (reply.type === 'error' || reply.type === w.type) &&
+      (reply.action === undefined || reply.action === null || reply.action === w.action);
+    const waiter = this._waiters.find(answers);
     if (waiter !== undefined) {
       this._waiters.splice(this._waiters.indexOf(waiter), 1);
       if (reply.type === 'error') {

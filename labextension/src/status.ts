@@ -6,7 +6,10 @@
 /** A model the kernel holds. */
 export interface IModelInfo {
   alias: string;
+  /** The model's own name (GGUF metadata). */
   name: string;
+  /** Its file's name. */
+  file?: string;
   size_mb: number;
   n_ctx: number | null;
   default: boolean;
@@ -59,6 +62,12 @@ export function shortName(name: string): string {
   return short || name;
 }
 
+/** The name the status bar shows for a model: its file's name without the quantization
+ * suffix (the name people know a download by), else its own name. */
+export function modelName(model: IModelInfo): string {
+  return shortName(model.file || model.name);
+}
+
 /** `1234` → `1,234`. */
 export function formatCount(n: number): string {
   return numbers.format(Math.round(n));
@@ -82,7 +91,7 @@ export function formatDuration(seconds: number): string {
 export function jobModelName(state: IKernelState, job: IJobInfo): string {
   const model =
     state.models.find(m => m.alias === job.model) ?? state.models.find(m => m.default);
-  return model ? shortName(model.name) : (job.model ?? 'model');
+  return model ? modelName(model) : (job.model ?? 'model');
 }
 
 /** `812/2,000 rows · 96 tok/s` (the rate once known). */
@@ -126,7 +135,7 @@ export function statusText(state: IKernelState | null): string | null {
     return `${LLAMA} no model loaded`;
   }
   const others = state.models.length > 1 ? ` +${state.models.length - 1}` : '';
-  return `${LLAMA} ${shortName(model.name)}${others}`;
+  return `${LLAMA} ${modelName(model)}${others}`;
 }
 
 /** The status item's tooltip: each model (alias, name, size, context) and each active job. */
@@ -136,8 +145,8 @@ export function statusTitle(state: IKernelState | null): string {
   }
   const lines = state.models.map(m => {
     const ctx = m.n_ctx === null ? 'n_ctx auto' : `n_ctx ${formatCount(m.n_ctx)}`;
-    const star = m.default ? ' (default)' : '';
-    return `${m.alias}${star}: ${m.name}, ${formatCount(m.size_mb)} MB, ${ctx}`;
+    const star = m.default && state.models.length > 1 ? ' (the default)' : '';
+    return `${m.alias}${star}: ${modelName(m)} (${m.name}), ${formatCount(m.size_mb)} MB, ${ctx}`;
   });
   if (lines.length === 0) {
     lines.push('No model loaded: run %llm load default, or LocalLLM › Load model…');

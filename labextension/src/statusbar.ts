@@ -14,7 +14,7 @@ import {
   isActive,
   jobLine,
   jobModelName,
-  shortName,
+  modelName,
   statusText,
   statusTitle
 } from './status';
@@ -177,7 +177,8 @@ function modelList(state: IKernelState): HTMLElement {
     const row = document.createElement('div');
     row.className = 'jp-LocalLLM-model';
     const ctx = m.n_ctx === null ? 'n_ctx auto' : `n_ctx ${m.n_ctx}`;
-    row.textContent = `${m.alias}${m.default ? ' (default)' : ''}: ${shortName(m.name)}, ${Math.round(m.size_mb)} MB, ${ctx}`;
+    const star = m.default && state.models.length > 1 ? ' (the default)' : '';
+    row.textContent = `${m.alias}${star}: ${modelName(m)}, ${Math.round(m.size_mb)} MB, ${ctx}`;
     list.append(row);
   }
   return list;

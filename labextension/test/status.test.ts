@@ -12,7 +12,8 @@ import {
 
 const smol = {
   alias: 'default',
-  name: 'SmolLM2-135M-Instruct.Q4_1',
+  name: 'Smollm2 135M 8k Lc100K Mix1 Ep2',
+  file: 'SmolLM2-135M-Instruct.Q4_1.gguf',
   size_mb: 98.2,
   n_ctx: 2048,
   default: true
@@ -84,8 +85,11 @@ describe('jobLine and statusTitle', () => {
 
   it('lists the models in the tooltip', () => {
     const title = statusTitle(state({ models: [smol, gemma] }));
-    expect(title).toContain('default (default): SmolLM2-135M-Instruct.Q4_1, 98 MB, n_ctx 2,048');
-    expect(title).toContain('gemma: gemma-3-270m-it-Q4_K_M, 241 MB, n_ctx auto');
+    expect(title).toContain(
+      'default (the default): SmolLM2-135M-Instruct (Smollm2 135M 8k Lc100K Mix1 Ep2), 98 MB, n_ctx 2,048'
+    );
+    expect(title).toContain('gemma: gemma-3-270m-it (gemma-3-270m-it-Q4_K_M), 241 MB, n_ctx auto');
+    expect(statusTitle(state())).toMatch(/^default: SmolLM2-135M-Instruct \(/);
   });
 });
 
