@@ -6,8 +6,9 @@ classes ``cm-llm-*``) and a Python cell as Python, and the cell returns to Pytho
 first line changes; the status-bar item is hidden until ``%load_ext jupyter_localllm``, then
 names the model after ``%llm load default``; during a 200-row background generation it shows
 the rows advancing; Cancel in its popup stops the job within 2 s and the finished rows stay;
-"Load model…" from the command palette loads the gemma model. Screenshots of the cell, the
-status bar and the popup go to ``docs/screenshots/``.
+"Load model…" from the command palette loads the gemma model; a running cell is interrupted
+from the popup and keeps its finished rows; LocalLLM › Show dashboard runs ``%llm panel``.
+Screenshots of the cell, the status bar, the popup and the dialog go to ``docs/screenshots/``.
 
 Everything skips, with the reason, where Chromium, Playwright, JupyterLab or the built
 extension are missing (``make setup`` builds it).
@@ -59,6 +60,13 @@ CELLS = [
     "print(f'status={job.status} kept={len(job.partial())} total={job.total}')",
     # 6: the models the kernel holds
     "%llm models",
+    # 7: a foreground run, stopped from the popup by interrupting the kernel
+    "from jupyter_localllm.errors import BatchInterrupted\n"
+    "try:\n"
+    "    df.llm.generate('{text}', max_tokens=48)\n"
+    "except BatchInterrupted as stop:\n"
+    "    kept = sum(r.ok for r in stop.results)\n"
+    "    print(f'interrupted kept={kept} of {len(stop.results)}')",
 ]
 
 
@@ -225,3 +233,37 @@ def test_load_model_from_the_command_palette(page) -> None:
     assert "gemma-3-270m" in page.locator(STATUS).get_attribute("title")
     output = browser.run_cell(page, 6).inner_text()
     assert "gemma-3-270m" in output
+
+
+def test_interrupt_in_the_popup_stops_a_running_cell(page) -> None:
+    """A foreground run shows in the status bar too; its Interrupt button interrupts the
+    kernel, and the cell gets BatchInterrupted with the finished rows."""
+    browser.cell(page, 7).locator(".jp-InputPrompt").click()
+    page.keyboard.press("Control+Enter")  # not waiting: the cell runs until interrupted
+    wait_for_status(page, re.compile(rf"· ([1-9][\d,]*)/{ROWS} rows"), timeout=120)
+    page.locator(STATUS).click()
+    popup = page.locator(".jp-LocalLLM-popup")
+    job = popup.locator(".jp-LocalLLM-job-running").first
+    job.wait_for(timeout=10_000)
+    job.get_by_role("button", name="Interrupt").click()
+    found = browser.wait_for_text(
+        browser.cell_output(page, 7), re.compile(r"interrupted kept=\d+ of \d+"), timeout=30
+    )
+    kept, total = map(int, re.findall(r"\d+", found.inner_text()))
+    assert 0 < kept < total == ROWS
+    page.keyboard.press("Escape")
+    browser.wait_for_kernel_idle(page)
+
+
+def test_show_dashboard_from_the_menu(page) -> None:
+    """LocalLLM › Show dashboard inserts a %llm panel cell below the active one and runs it."""
+    cells = browser.notebook(page).locator(".jp-Cell")
+    before = cells.count()
+    page.get_by_role("menuitem", name="LocalLLM", exact=True).click()
+    page.get_by_role("menuitem", name="Show dashboard", exact=True).click()
+    deadline = time.monotonic() + 30
+    while cells.count() == before:
+        assert time.monotonic() < deadline, "no cell was inserted"
+        page.wait_for_timeout(100)
+    new = browser.notebook(page).locator(".jp-Cell", has_text="%llm panel").first
+    browser.wait_for_text(new.locator(".jp-OutputArea"), "Hardware", timeout=60)
