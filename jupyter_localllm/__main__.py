@@ -1,5 +1,6 @@
-"""``python -m jupyter_localllm``: see :mod:`jupyter_localllm.cli`."""
+"""``python -m jupyter_localllm``: the ``jupyter-localllm`` command (see
+:mod:`jupyter_localllm.cli`)."""
 
 from .cli import main
 
-raise SystemExit(main())
+raise SystemExit(main(prog_name="python -m jupyter_localllm"))

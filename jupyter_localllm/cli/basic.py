@@ -1,16 +1,10 @@
-"""Command line: ``python -m jupyter_localllm demo | hardware | models``.
-
-A thin front-end over the public API (:mod:`jupyter_localllm.tasks`), like the notebook magics.
-"""
+"""The small commands: ``demo`` (a console demo), ``hardware`` and ``models``."""
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["demo", "hardware", "models"]
 
 DEMO_QUESTIONS = (
     "What is the capital of France?",
@@ -24,9 +18,9 @@ DEMO_QUESTIONS = (
 def demo(model_ref: str = "default", max_tokens: int = 40) -> int:
     """Load a model, answer a few questions through its chat template (streaming each answer
     and its speed), then label the demo news sample in parallel by label scoring."""
-    from . import datasets
-    from .tasks import generation as api
-    from .tasks.classification import classify
+    from .. import datasets
+    from ..tasks import generation as api
+    from ..tasks.classification import classify
 
     t0 = time.perf_counter()
     model = api.model_load(model_ref)
@@ -70,32 +64,18 @@ def demo(model_ref: str = "default", max_tokens: int = 40) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m jupyter_localllm``."""
-    parser = argparse.ArgumentParser(prog="python -m jupyter_localllm")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="answer a few questions with the default model")
-    p_demo.add_argument("--model", default="default", help="model reference (default: default)")
-    p_demo.add_argument("--max-tokens", type=int, default=40)
-    sub.add_parser("hardware", help="show this machine's hardware profile")
-    sub.add_parser("models", help="list cached and Ollama models")
-    args = parser.parse_args(argv)
+def hardware() -> int:
+    """Print this machine's hardware profile."""
+    from ..hardware import hardware_profile
 
-    from .errors import LocalLLMError
+    print(hardware_profile())
+    return 0
 
-    try:
-        if args.command == "demo":
-            return demo(args.model, args.max_tokens)
-        if args.command == "hardware":
-            from .hardware import hardware_profile
 
-            print(hardware_profile())
-            return 0
-        from .models import list_cached_models, list_ollama_models
+def models() -> int:
+    """Print the cached and Ollama models."""
+    from ..models import list_cached_models, list_ollama_models
 
-        print("Cached models:\n", list_cached_models().to_string(index=False))
-        print("\nOllama models:\n", list_ollama_models().to_string(index=False))
-        return 0
-    except LocalLLMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    print("Cached models:\n", list_cached_models().to_string(index=False))
+    print("\nOllama models:\n", list_ollama_models().to_string(index=False))
+    return 0

@@ -1,0 +1,251 @@
+"""``jupyter-localllm run``: the real command in a subprocess, on the packaged default model.
+
+Each test writes a small table (8 to 12 rows), runs the command on it and reads what it wrote:
+the new columns for CSV, Parquet and JSON Lines (generate, classify with --labels, extract with
+--schema), an interrupt (SIGINT once some rows are done: exit 130, the finished rows written)
+and the re-run that computes only the missing rows, and one line with exit code 2 for each kind
+of bad input. The result cache is off, so every count is of rows really computed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+TEXTS = [
+    "The striker scored twice as the home side won the cup final.",
+    "Shares fell sharply after the bank reported lower profits.",
+    "The government announced new elections for the spring.",
+    "A new smartphone chip promises longer battery life.",
+    "The tennis champion lost in the first round.",
+    "Oil prices rose for the third week in a row.",
+    "Leaders met in Geneva to discuss the ceasefire.",
+    "Researchers released an open source language model.",
+]
+LABELS = ["Sports", "Business", "World", "Tech"]
+SUMMARY = re.compile(r"(\d+) computed now, (\d+) taken from the previous run")
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a run: no result cache, caches in this test's folder."""
+    return {
+        **os.environ,
+        "LOCALLLM_RESULT_CACHE": "0",
+        "LOCALLLM_CACHE_DIR": str(tmp_path / "cache"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def command(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "jupyter_localllm", "run", *map(str, args)]
+
+
+def cli(tmp_path: Path, *args: str | Path) -> subprocess.CompletedProcess:
+    """Run ``jupyter-localllm run ARGS`` to its end."""
+    return subprocess.run(
+        command(*args),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        timeout=600,
+    )
+
+
+def counts(stream: str) -> tuple[int, int]:
+    """(computed now, taken from the previous run) from a run's summary line."""
+    found = SUMMARY.findall(stream)
+    assert found, f"no summary line in {stream!r}"
+    computed, taken = found[-1]
+    return int(computed), int(taken)
+
+
+def news(path: Path, texts: list[str] = TEXTS) -> Path:
+    """``texts`` as a table with ``id`` and ``text`` columns, in ``path``'s format."""
+    frame = pd.DataFrame({"id": range(len(texts)), "text": texts})
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    elif path.suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+def test_generate_csv_writes_answers_and_errors_and_a_rerun_computes_nothing(tmp_path):
+    texts = [*TEXTS[:7], None]  # the last row has no text: an error in its place
+    source = tmp_path / "news.csv"
+    pd.DataFrame({"id": range(8), "text": texts}).to_csv(source, index=False)
+    out = tmp_path / "out.csv"
+    args = (source, "--out", out, "--template", "Summarise in five words: {text}")
+
+    done = cli(tmp_path, *args, "--max-tokens", "8")
+    assert done.returncode == 0, done.stderr
+    assert counts(done.stdout) == (8, 0)
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["id", "text", "llm_output", "llm_output_error"]
+    assert table["id"].tolist() == list(range(8))
+    answered = table.iloc[:7]
+    assert answered["llm_output"].notna().all() and answered["llm_output_error"].isna().all()
+    assert pd.isna(table.at[7, "llm_output"])
+    assert "empty" in table.at[7, "llm_output_error"]
+
+    again = cli(tmp_path, *args, "--max-tokens", "8")
+    assert again.returncode == 0, again.stderr
+    assert counts(again.stdout) == (0, 8)  # the error row is finished too
+    pd.testing.assert_frame_equal(pd.read_csv(out), table)
+
+
+def test_classify_parquet_writes_one_label_per_row(tmp_path):
+    source = news(tmp_path / "news.parquet")
+    out = tmp_path / "labelled.parquet"
+    done = cli(tmp_path, source, "-o", out, "--labels", ",".join(LABELS), "--column-out", "topic")
+    assert done.returncode == 0, done.stderr
+    assert counts(done.stdout) == (8, 0)
+    table = pd.read_parquet(out)
+    assert list(table.columns) == ["id", "text", "topic", "topic_error"]
+    assert table["text"].tolist() == TEXTS
+    assert set(table["topic"]) <= set(LABELS)
+    assert table["topic_error"].isna().all()
+
+
+def test_extract_jsonl_writes_a_column_per_schema_property(tmp_path):
+    source = news(tmp_path / "news.jsonl")
+    schema = {
+        "type": "object",
+        "properties": {
+            "topic": {"type": "string", "enum": [label.lower() for label in LABELS]},
+            "positive": {"type": "boolean"},
+        },
+        "required": ["topic", "positive"],
+    }
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    out = tmp_path / "fields.jsonl"
+    done = cli(tmp_path, source, "-o", out, "--schema", "schema.json", "--max-tokens", "24")
+    assert done.returncode == 0, done.stderr
+    assert counts(done.stdout) == (8, 0)
+    table = pd.read_json(out, lines=True)
+    assert list(table.columns) == ["id", "text", "topic", "positive", "extract_error"]
+    assert table["extract_error"].isna().all(), table["extract_error"].tolist()
+    assert set(table["topic"]) <= {label.lower() for label in LABELS}
+    assert set(table["positive"]) <= {True, False}
+
+
+class Stderr:
+    """A process's stderr, read in a thread, so the test can wait for its progress bar."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.text = ""
+        self._thread = threading.Thread(target=self._read, args=(process.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for chunk in iter(lambda: stream.read1(256), b""):
+            self.text += chunk.decode("utf-8", "replace")
+
+    def rows_done(self, total: int) -> int:
+        """The last count the progress bar showed (0 before it)."""
+        found = re.findall(rf"\b(\d+)/{total}\b", self.text)
+        return int(found[-1]) if found else 0
+
+    def finish(self) -> str:
+        self._thread.join(timeout=60)
+        return self.text
+
+
+def test_interrupt_writes_the_finished_rows_and_a_rerun_computes_the_rest(tmp_path):
+    texts = [f"Count from {i} to {i + 50}, one number per line." for i in range(12)]
+    source = news(tmp_path / "numbers.csv", texts)
+    out = tmp_path / "numbers_out.csv"
+    args = (source, "-o", out, "--n-seq-max", "1", "--max-tokens", "32")
+    process = subprocess.Popen(
+        command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(tmp_path)
+    )
+    stderr = Stderr(process)
+    deadline = time.monotonic() + 300  # only a guard against a hang, not a timing check
+    while stderr.rows_done(12) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, f"the run ended before the interrupt: {stderr.text}"
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=300)
+    message = stderr.finish()
+
+    assert process.returncode == 130, message
+    partial = pd.read_csv(out)
+    assert partial["text"].tolist() == texts  # every input row, answers for the finished ones
+    finished = partial["llm_output"].notna()
+    n_done = int(finished.sum())
+    assert 2 <= n_done < 12
+    assert partial["llm_output_error"].isna().all()
+    said = re.search(r"Interrupted: wrote (\d+) of 12 rows .*\((\d+) computed now", message)
+    assert said is not None, message
+    assert int(said.group(1)) == int(said.group(2)) == n_done
+
+    again = cli(tmp_path, *args)
+    assert again.returncode == 0, again.stderr
+    assert counts(again.stdout) == (12 - n_done, n_done)
+    final = pd.read_csv(out)
+    assert final["llm_output"].notna().all()
+    pd.testing.assert_series_equal(final["llm_output"][finished], partial["llm_output"][finished])
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """A folder holding good and bad inputs for the bad-input cases."""
+    news(tmp_path / "news.csv")
+    (tmp_path / "broken.parquet").write_text("not a parquet file")
+    (tmp_path / "notes.txt").write_text("text\nhello\n")
+    (tmp_path / "not_json.json").write_text("{'type': 'object'")
+    (tmp_path / "no_properties.json").write_text('{"type": "object"}')
+    return tmp_path
+
+
+BAD_INPUTS = {
+    "missing column": (["news.csv", "-o", "o.csv", "--column", "body"], "Column 'body'"),
+    "missing file": (["absent.csv", "-o", "o.csv"], "does not exist"),
+    "unreadable file": (["broken.parquet", "-o", "o.csv"], "cannot read INPUT"),
+    "wrong input extension": (["notes.txt", "-o", "o.csv"], "'.txt'"),
+    "wrong output extension": (["news.csv", "-o", "o.xlsx"], "'.xlsx'"),
+    "schema not JSON": (["news.csv", "-o", "o.csv", "--schema", "not_json.json"], "not JSON"),
+    "schema without properties": (
+        ["news.csv", "-o", "o.csv", "--schema", "no_properties.json"],
+        "'properties'",
+    ),
+    "unknown model": (["news.csv", "-o", "o.csv", "-m", "no-such-model"], "no-such-model"),
+    "one label": (["news.csv", "-o", "o.csv", "--labels", "Sports"], "two distinct labels"),
+    "missing --out": (["news.csv"], "--out"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_prints_one_line_and_exits_2(inputs, case):
+    args, words = BAD_INPUTS[case]
+    done = cli(inputs, *args)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert words in lines[0]
+    assert not (inputs / "o.csv").exists() and not (inputs / "o.xlsx").exists()
+
+
+def test_the_console_script_and_python_m_know_every_command(tmp_path):
+    script = Path(sys.executable).with_name("jupyter-localllm")
+    if not script.exists():
+        pytest.skip("the package is not installed with its console script here")
+    for program in ([str(script)], [sys.executable, "-m", "jupyter_localllm"]):
+        shown = subprocess.run(
+            [*program, "--help"], capture_output=True, text=True, env=cli_env(tmp_path)
+        )
+        assert shown.returncode == 0, shown.stderr
+        for name in ("run", "demo", "hardware", "models"):
+            assert re.search(rf"^\s+{name}\s", shown.stdout, re.MULTILINE), shown.stdout
