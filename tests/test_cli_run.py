@@ -169,7 +169,7 @@ def test_interrupt_writes_the_finished_rows_and_a_rerun_computes_the_rest(tmp_pa
     out = tmp_path / "numbers_out.csv"
     args = (source, "-o", out, "--n-seq-max", "1", "--max-tokens", "32")
     process = subprocess.Popen(
-        command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(tmp_path)
+        command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env(tmp_path)
     )
     stderr = Stderr(process)
     deadline = time.monotonic() + 300  # only a guard against a hang, not a timing check
@@ -177,7 +177,7 @@ def test_interrupt_writes_the_finished_rows_and_a_rerun_computes_the_rest(tmp_pa
         time.sleep(0.05)
     assert process.poll() is None, f"the run ended before the interrupt: {stderr.text}"
     process.send_signal(signal.SIGINT)
-    process.communicate(timeout=300)
+    process.wait(timeout=300)  # stderr is read by its thread only
     message = stderr.finish()
 
     assert process.returncode == 130, message
