@@ -9,6 +9,7 @@ of bad input. The result cache is off, so every count is of rows really computed
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -197,6 +198,25 @@ def test_interrupt_writes_the_finished_rows_and_a_rerun_computes_the_rest(tmp_pa
     final = pd.read_csv(out)
     assert final["llm_output"].notna().all()
     pd.testing.assert_series_equal(final["llm_output"][finished], partial["llm_output"][finished])
+
+
+def test_cluster_runs_the_rows_on_a_dask_scheduler(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from jupyter_localllm.notebook.accessor import LLMFrameAccessor
+
+    if "cluster" not in inspect.signature(LLMFrameAccessor.classify).parameters:
+        pytest.skip("this version's df.llm has no cluster= option")
+    source = news(tmp_path / "news.csv")
+    out = tmp_path / "on_cluster.csv"
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        address = cluster.scheduler_address
+        done = cli(tmp_path, source, "-o", out, "--labels", ",".join(LABELS), "--cluster", address)
+    assert done.returncode == 0, done.stderr
+    assert counts(done.stdout) == (8, 0)
+    table = pd.read_csv(out)
+    assert set(table["label"]) <= set(LABELS) and table["label_error"].isna().all()
 
 
 @pytest.fixture
