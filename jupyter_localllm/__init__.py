@@ -124,10 +124,15 @@ def __dir__() -> list[str]:
 
 
 def _register_accessors() -> None:
-    """Register ``df.llm``/``s.llm`` once pandas is loaded (importing pandas here would make
-    ``import jupyter_localllm`` slow)."""
+    """Register ``df.llm``/``s.llm`` once pandas is loaded, and ``ddf.llm``/``dds.llm`` once
+    dask.dataframe is (importing either here would make ``import jupyter_localllm`` slow)."""
     if "pandas" in sys.modules and "jupyter_localllm.notebook.accessor" not in sys.modules:
         importlib.import_module(".notebook.accessor", __name__)
+    if (
+        "dask.dataframe" in sys.modules
+        and "jupyter_localllm.notebook.dask_accessor" not in sys.modules
+    ):
+        importlib.import_module(".notebook.dask_accessor", __name__)
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
@@ -141,6 +146,7 @@ def load_ipython_extension(ipython: Any) -> None:
     in a kernel, the comm that shows the session in JupyterLab (safe to run again)."""
     from .notebook import accessor, comm, config, magics  # noqa: F401  (accessor registers df.llm)
 
+    _register_accessors()  # ddf.llm when dask.dataframe is loaded
     config.attach(ipython)
     ipython.register_magics(magics.LLMMagics)
     comm.open_comm(ipython)

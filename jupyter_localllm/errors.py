@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "AmbiguousModelError",
     "BatchInterrupted",
+    "ClusterError",
     "ContextFullError",
     "DecodeError",
     "DownloadError",
@@ -92,6 +93,11 @@ class BatchInterrupted(LocalLLMError, KeyboardInterrupt):
     def __init__(self, message: str, results: list):
         super().__init__(message)
         self.results = results
+
+
+class ClusterError(LocalLLMError, RuntimeError):
+    """A Dask cluster cannot run the batch: Dask is not installed, the scheduler cannot be
+    reached, or ``cluster=`` is not a client or an address."""
 
 
 class JobTimeoutError(LocalLLMError, TimeoutError):

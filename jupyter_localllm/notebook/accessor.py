@@ -102,10 +102,10 @@ def _cache(cache: bool | None) -> bool | None:
     return False if cache is None and not get_settings().cache else cache
 
 
-def _run(plan: Plan[Any], background: bool, progress: Any) -> Any:
+def _run(plan: Plan[Any], background: bool, progress: Any, cluster: Any = None) -> Any:
     from ..session.executors import execute
 
-    return execute(plan, background=background, progress=_progress(progress))
+    return execute(plan, background=background, progress=_progress(progress), cluster=cluster)
 
 
 class _Accessor:
@@ -151,6 +151,7 @@ class _Accessor:
         progress: bool | Any | None = None,
         cache: bool | None = None,
         background: bool = False,
+        cluster: Any = None,
         **sampling: Any,
     ) -> pd.Series | Job:
         """Generate an answer for every row: ``template`` with ``{column}`` placeholders is
@@ -165,7 +166,9 @@ class _Accessor:
 
         ``background=True`` returns a :class:`~jupyter_localllm.Job` at once (with a Cancel
         button in notebooks); rows still land in ``out`` as they finish, ``job.partial()``
-        holds them by position, and ``job.result()`` gives the Series.
+        holds them by position, and ``job.result()`` gives the Series. ``cluster`` (a
+        ``distributed.Client`` or a scheduler address) runs the rows on a Dask cluster's
+        workers (see :func:`~jupyter_localllm.generate_parallel`).
         """
         from ..session.executors import single
         from ..tasks.generation import generation_request
@@ -192,7 +195,7 @@ class _Accessor:
             return series
 
         plan = self._writing(single(request, finish, desc="generate"), out, lambda r: r)
-        return _run(plan, background, progress)
+        return _run(plan, background, progress, cluster)
 
     def _prepare(self, template: str, model: Any, n_seq_max: int | None) -> tuple:
         """The frame, the start time, each row's text and the rows' errors, and the context."""
@@ -211,6 +214,7 @@ class _Accessor:
         n_seq_max: int | None = None,
         progress: bool | Any | None = None,
         background: bool = False,
+        cluster: Any = None,
         **options: Any,
     ) -> pd.Series | pd.DataFrame | Job:
         """Label every row with one of ``labels`` by label scoring: ``template`` renders
@@ -220,7 +224,8 @@ class _Accessor:
         Returns a Series of labels aligned to the index (``<NA>`` where a row could not
         run), or with ``probs=True`` a DataFrame with ``label``, one probability column per
         label and ``error``. ``out`` writes the labels into that column as rows are scored.
-        ``background=True`` returns a :class:`~jupyter_localllm.Job` (see :meth:`generate`).
+        ``background=True`` returns a :class:`~jupyter_localllm.Job` and ``cluster`` runs on
+        a Dask cluster (see :meth:`generate`).
         """
         from ..tasks.classification import classify_plan
 
@@ -242,7 +247,7 @@ class _Accessor:
             return result
 
         plan = self._writing(plan.then(finish), out, lambda rec: _or_na(rec["label"]))
-        return _run(plan, background, progress)
+        return _run(plan, background, progress, cluster)
 
     def extract(
         self,
@@ -253,13 +258,15 @@ class _Accessor:
         n_seq_max: int | None = None,
         progress: bool | Any | None = None,
         background: bool = False,
+        cluster: Any = None,
         **options: Any,
     ) -> pd.DataFrame | Job:
         """Extract the fields of ``schema`` (JSON schema or pydantic model) from every row;
         other keywords (``instruction``, ``system_prompt``, sampling options) as in
         :func:`~jupyter_localllm.extract`. Returns a DataFrame aligned to the index: one
         column per top-level property and ``error`` (``None``, or why the row failed).
-        ``background=True`` returns a :class:`~jupyter_localllm.Job` (see :meth:`generate`)."""
+        ``background=True`` returns a :class:`~jupyter_localllm.Job` and ``cluster`` runs on
+        a Dask cluster (see :meth:`generate`)."""
         from ..tasks.extraction import extraction_plan, json_schema
 
         frame, t0, texts, errors, ctx = self._prepare(template, model, n_seq_max)
@@ -276,7 +283,7 @@ class _Accessor:
             table.attrs["llm"] = info
             return table
 
-        return _run(plan.then(finish), background, progress)
+        return _run(plan.then(finish), background, progress, cluster)
 
 
 def _or_na(value: Any) -> Any:

@@ -144,6 +144,7 @@ def _batch_parser() -> MagicArgumentParser:
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--n-seq-max", type=int)
     p.add_argument("--background", action="store_true", help="run as a job; the kernel stays free")
+    p.add_argument("--cluster", help="run on the Dask cluster at this scheduler address")
     return p
 
 
@@ -164,6 +165,7 @@ _HELP = """\
 %llm_batch DF.COLUMN --out NEWCOL [--template "... {COLUMN} ..."] [-m ALIAS]
       [-s SYSTEM] [--labels "A,B,C" [--calibrate]] [--max-tokens N] [--n-seq-max N]
       [--background]     (a job: rows land in NEWCOL as they finish; the kernel stays free)
+      [--cluster ADDRESS] (the rows run on the Dask cluster's workers, e.g. tcp://host:8786)
 
 Settings: %config LocalLLM (default_model, n_ctx, n_seq_max, n_gpu_layers, max_tokens,
 temperature, seed, progress, cache)."""
@@ -413,6 +415,7 @@ class LLMMagics(Magics):
             model=args.model,
             n_seq_max=args.n_seq_max,
             background=args.background,
+            cluster=args.cluster,
         )
         t0 = time.perf_counter()
         if args.labels:

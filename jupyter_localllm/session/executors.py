@@ -18,6 +18,11 @@ The executor contract (what a new executor, e.g. on Dask, implements):
 - a cancel (the event, or Ctrl-C in the foreground) stops the run between steps and ends it
   with :class:`~jupyter_localllm.errors.BatchInterrupted` whose ``results`` hold one result
   per row of the plan: every finished row, and ``"cancelled"`` results for the rest.
+
+The foreground and background executors take the function that runs one request
+(``run_batch`` by default, with its signature and its promises); the Dask executor
+(:mod:`~jupyter_localllm.session.cluster`) gives them one that runs the request's partitions
+on a cluster's workers.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from . import activity
 from .jobs import Job, start_job
 from .pipeline import BatchRequest, run_batch
 from .sinks import ProgressArg, ProgressSink, make_sink
+
+BatchRunner = Callable[..., Results]
+"""Runs one request as :func:`run_batch` does (``on_result``, ``on_progress``, ``cancel``)."""
 
 if TYPE_CHECKING:
     from ..engine.runner import GenerationContext
@@ -118,8 +126,10 @@ class _Driver:
         report: Callable[[Progress], Any] | None,
         cancel: threading.Event | None,
         keep: Callable[[int, Any], Any] | None,
+        run: BatchRunner = run_batch,
     ):
         self.plan, self.report, self.cancel, self.keep = plan, report, cancel, keep
+        self.run_request = run
         self.finished: list[Result] = []  # rows of the requests done so far
         self.done = self.errors = self.tokens = 0
         self.t_start = time.perf_counter()
@@ -151,7 +161,7 @@ class _Driver:
                 self.keep(offset + result.row, self.plan.view(request, result))
 
         try:
-            return run_batch(
+            return self.run_request(
                 request, on_result=on_result, on_progress=self._progress, cancel=self.cancel
             )
         except BatchInterrupted as exc:
@@ -195,7 +205,10 @@ class Executor(Protocol):
 
 class ForegroundExecutor:
     """Runs a plan in the calling thread and returns its value; Ctrl-C raises
-    :class:`BatchInterrupted` with the finished rows."""
+    :class:`BatchInterrupted` with the finished rows. ``run`` runs each request."""
+
+    def __init__(self, run: BatchRunner = run_batch):
+        self.run = run
 
     def submit(
         self, plan: Plan[T], *, progress: ProgressArg = None, cancel: threading.Event | None = None
@@ -205,7 +218,8 @@ class ForegroundExecutor:
         run = activity.start_foreground(plan.desc, plan.total, plan.context)
         status = "failed"
         try:
-            value = _Driver(plan, _reporting(run, sink), cancel, plan.on_result).run()
+            driver = _Driver(plan, _reporting(run, sink), cancel, plan.on_result, self.run)
+            value = driver.run()
             status = "finished"
             return value
         except KeyboardInterrupt:
@@ -232,7 +246,11 @@ def _reporting(
 
 class BackgroundExecutor:
     """Runs a plan in a background :class:`Job` (the kernel stays free); jobs on one
-    context run one after the other."""
+    context run one after the other. ``run`` runs each request; ``on_context=False`` starts
+    the job at once, holding no context (its requests run elsewhere)."""
+
+    def __init__(self, run: BatchRunner = run_batch, *, on_context: bool = True):
+        self.run, self.on_context = run, on_context
 
     def submit(
         self, plan: Plan[T], *, progress: ProgressArg = None, cancel: threading.Event | None = None
@@ -247,13 +265,13 @@ class BackgroundExecutor:
                 if plan.on_result is not None:
                     plan.on_result(row, value)
 
-            return _Driver(plan, report, cancel_event, keep).run()
+            return _Driver(plan, report, cancel_event, keep, self.run).run()
 
         return start_job(
             work,
             total=plan.total,
             desc=plan.desc,
-            context=plan.context,
+            context=plan.context if self.on_context else None,
             progress=progress,
             cancel=cancel,
         )
@@ -269,7 +287,14 @@ def execute(
     background: bool = False,
     progress: ProgressArg = None,
     cancel: threading.Event | None = None,
+    cluster: Any = None,
 ) -> T | Job:
-    """Run ``plan`` in the foreground (its value) or in the background (a :class:`Job`)."""
+    """Run ``plan`` in the foreground (its value) or in the background (a :class:`Job`);
+    with ``cluster`` (a ``distributed.Client`` or a scheduler address) its requests run in
+    partitions on the cluster's workers (see :mod:`~jupyter_localllm.session.cluster`)."""
     executor: Executor = BACKGROUND if background else FOREGROUND
+    if cluster is not None:
+        from .cluster import DaskExecutor
+
+        executor = DaskExecutor(cluster, background=background)
     return executor.submit(plan, progress=progress, cancel=cancel)

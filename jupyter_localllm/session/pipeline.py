@@ -34,6 +34,7 @@ __all__ = [
     "BatchRequest",
     "input_problem",
     "prompt_tokens",
+    "record_run",
     "resolve_sampling",
     "run_batch",
 ]
@@ -277,16 +278,23 @@ class _BatchRun:
             if i not in self.results:
                 self.deliver(Result.failed("the row did not run", row=i))
         results = Results(self.results[i] for i in range(self.n))
-        results.hashes = log_call(
-            req.function,
-            self.model,
-            req.log_params,
-            req.rows,
-            _hashed_outputs(req, results),
-            time.perf_counter() - self.t_start,
-        )
+        results.hashes = record_run(req, results, time.perf_counter() - self.t_start, self.model)
         self.emit()
         return results
+
+
+def record_run(request: BatchRequest, results: Results, seconds: float, model: Any = None) -> dict:
+    """The input and output hashes of ``request``'s finished ``results`` (one per row, in
+    order), the call appended to the run log when one is open; ``model`` defaults to the
+    request's context's."""
+    return log_call(
+        request.function,
+        model if model is not None else request.context.model,
+        request.log_params,
+        request.rows,
+        _hashed_outputs(request, results),
+        seconds,
+    )
 
 
 # -- engines per kind ----------------------------------------------------------------------

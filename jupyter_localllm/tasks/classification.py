@@ -236,6 +236,7 @@ def classify(
     cancel: threading.Event | None = None,
     on_result: Callable[[dict[str, Any]], Any] | None = None,
     background: bool = False,
+    cluster: Any = None,
 ) -> pd.DataFrame | Job:
     """Pick one of ``labels`` for each text by scoring every label as the model's answer.
 
@@ -260,12 +261,11 @@ def classify(
 
     Returns a DataFrame in input order: ``label`` (the most probable), one probability column
     per label (summing to 1), and ``error`` (``None`` or why the row failed).
-
     ``on_result`` gets each row's record (``row``, ``label``, probabilities, ``error``) as
-    soon as its wave is scored. Ctrl-C (or ``cancel``) raises :class:`BatchInterrupted` whose
-    ``results`` hold every scored row (label as text, ``probs``). ``background=True`` returns a
-    :class:`~jupyter_localllm.Job` (see :func:`~jupyter_localllm.generate_parallel`):
-    ``job.partial()`` holds the scored rows' records, ``job.result()`` the DataFrame.
+    soon as its wave is scored; Ctrl-C (or ``cancel``) raises :class:`BatchInterrupted` with
+    every scored row (label as text, ``probs``). ``background=True`` returns a
+    :class:`~jupyter_localllm.Job` (``job.partial()``: the scored rows' records) and
+    ``cluster`` scores on a Dask cluster, as in :func:`~jupyter_localllm.generate_parallel`.
     """
     plan = classify_plan(
         context,
@@ -280,4 +280,4 @@ def classify(
     )
     if on_result is not None:
         plan = plan.also_on_result(lambda row, rec: on_result({"row": row, **rec}))
-    return execute(plan, background=background, progress=progress, cancel=cancel)
+    return execute(plan, background=background, progress=progress, cancel=cancel, cluster=cluster)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["Exploration", "exploration_plan", "explore"]
 
 _ENGINES = ("auto", "parallel", "single")
-_RUN_ARGUMENTS = ("progress", "cancel", "background")  # how explore() runs its plan
+_RUN_ARGUMENTS = ("progress", "cancel", "background", "cluster")  # how explore() runs its plan
 
 
 @dataclass
@@ -349,6 +349,7 @@ def explore(
     on_result: Callable[[pd.DataFrame], Any] | None = None,
     cancel: threading.Event | None = None,
     background: bool = False,
+    cluster: Any = None,
 ) -> Exploration | Job:
     """Annotate the same texts with every model in ``models``.
 
@@ -376,9 +377,9 @@ def explore(
     hold one result per annotation row. ``background=True`` returns a
     :class:`~jupyter_localllm.Job` at once: ``job.partial()`` holds the finished
     annotation rows (``{row: dict}``, numbered as in ``annotations``), ``job.result()`` the
-    :class:`Exploration`.
+    :class:`Exploration`; ``cluster`` runs each model's chunks on a Dask cluster's workers.
     """
     # every other argument is the plan's, under the same name
     options = {k: v for k, v in locals().items() if k not in _RUN_ARGUMENTS}
     plan = exploration_plan(**options)
-    return execute(plan, background=background, progress=progress, cancel=cancel)
+    return execute(plan, background=background, progress=progress, cancel=cancel, cluster=cluster)

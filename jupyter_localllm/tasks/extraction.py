@@ -105,6 +105,7 @@ def extract(
     cancel: threading.Event | None = None,
     cache: bool | None = None,
     background: bool = False,
+    cluster: Any = None,
     **sampling_kwargs: Any,
 ) -> list[dict | Result] | Job:
     """Extract a JSON object matching ``schema`` from each text.
@@ -119,7 +120,8 @@ def extract(
     ``results`` hold every finished row (``value``: the parsed dict). ``background=True``
     returns a :class:`~jupyter_localllm.Job` at once (see
     :func:`~jupyter_localllm.generate_parallel`); ``job.partial()`` holds each finished row's
-    dict or error, ``job.result()`` the list.
+    dict or error, ``job.result()`` the list. ``cluster``: run on a Dask cluster's workers
+    (see :func:`~jupyter_localllm.generate_parallel`).
     """
     plan = extraction_plan(
         context,
@@ -132,4 +134,4 @@ def extract(
         cache=cache,
         **sampling_kwargs,
     )
-    return execute(plan, background=background, progress=progress, cancel=cancel)
+    return execute(plan, background=background, progress=progress, cancel=cancel, cluster=cluster)

@@ -195,6 +195,7 @@ def generate_parallel(
     cancel: threading.Event | None = None,
     cache: bool | None = None,
     background: bool = False,
+    cluster: Any = None,
     **sampling_kwargs: Any,
 ) -> Results | Job:
     """Generate for every prompt, ``context.n_seq_max`` at a time with continuous batching.
@@ -219,6 +220,10 @@ def generate_parallel(
     stays free): ``job.result()`` gives the :class:`Results`, ``job.partial()`` the rows
     finished so far, ``job.cancel()`` stops it; in a notebook its progress panel has a Cancel
     button. Jobs on the same context run one after the other.
+
+    ``cluster`` (a ``distributed.Client`` or a scheduler address) runs the rows in
+    partitions on the Dask cluster's workers, each loading the model file once (it must be
+    at the same path there); seeds, order, errors, progress and interrupts work as here.
     """
     if on_error not in ("return", "raise"):
         raise InvalidParameterError(f'on_error must be "return" or "raise", got {on_error!r}.')
@@ -230,7 +235,7 @@ def generate_parallel(
         plan = plan.also_on_result(lambda _row, res: on_result(res))
     if on_error == "raise":
         plan = plan.then(_raise_first_error)
-    return execute(plan, background=background, progress=progress, cancel=cancel)
+    return execute(plan, background=background, progress=progress, cancel=cancel, cluster=cluster)
 
 
 def _raise_first_error(results: Results) -> Results:
