@@ -104,7 +104,7 @@ class ForegroundRun:
         """The run ended: ``status`` is ``"finished"``, ``"failed"`` or ``"cancelled"``."""
         self.status = status
         self.ended_at = time.monotonic()
-        run_ended()
+        run_ended(self)
 
     def done(self) -> bool:
         """True once the run has ended."""
@@ -131,8 +131,28 @@ def _register(run: Any) -> str:
     return run_id
 
 
-def run_ended() -> None:
-    """A run ended: announce it, and (later) its dropping out of the snapshot."""
+class _EndedRun:
+    """What the snapshot shows of a run that ended. The run itself (its context, its rows)
+    is not kept: a loop of runs must not hold their contexts for :data:`KEEP_FINISHED_S`."""
+
+    def __init__(self, state: dict[str, Any], ended_at: float):
+        self.state, self.ended_at = state, ended_at
+        self.background = state["background"]
+        self.cancelled = True  # nothing to cancel
+
+    def done(self) -> bool:
+        return True
+
+
+def run_ended(run: Any) -> None:
+    """``run`` (a job or a foreground run) ended: keep only its last state, announce it, and
+    (later) its dropping out of the snapshot."""
+    entries = _model_entries()
+    with _lock:
+        run_id = next((i for i, r in _runs.items() if r is run), None)
+        if run_id is not None:
+            ended_at = run.ended_at if run.ended_at is not None else time.monotonic()
+            _runs[run_id] = _EndedRun(_run_state(run_id, run, entries), ended_at)
     changed()
     _schedule_expiry()
 
@@ -213,7 +233,10 @@ def snapshot() -> dict[str, Any]:
         "type": "state",
         "protocol": PROTOCOL,
         "models": [_model_state(entry, default) for entry, default in entries],
-        "jobs": [_run_state(run_id, run, entries) for run_id, run in _prune()],
+        "jobs": [
+            run.state if isinstance(run, _EndedRun) else _run_state(run_id, run, entries)
+            for run_id, run in _prune()
+        ],
     }
 
 

@@ -292,7 +292,7 @@ class Job:
                     sink.close(self.status, note)
             _jobs.discard(self)
             self._done.set()
-            activity.run_ended()
+            activity.run_ended(self)
 
     def _queued(self, ahead: int) -> None:
         self._note(f"queued behind {ahead} job(s) on this context")
