@@ -10,8 +10,10 @@ Engines: (a) llama-cpp-python's high-level ``Llama`` in a loop, (b) our ``genera
 loop, (c) ``generate_parallel`` at n_seq_max 4, 8, 16.
 
 "ideal" is the time this machine needs for the tokens the engine decoded, at rates measured in
-this run: prompt tokens / prompt-processing rate + generated tokens / batched-decode rate at the
-run's slot count. wall/ideal near 1 means the scheduler keeps the CPU busy with useful work.
+this run: prompt tokens / the best prompt-processing rate (over 16-512 tokens per decode) +
+generated tokens / the batched-decode rate measured on a context configured as the engine's own
+run (its n_ctx, slot count and KV layout, sequences as deep as a row mid-answer). wall/ideal
+near 1 means the scheduler keeps the CPU busy with useful work.
 """
 
 from __future__ import annotations
@@ -92,44 +94,71 @@ def gen_prompts(model, n: int) -> list[str]:
     ]
 
 
-def measure_rates(model, n_seqs: list[int]) -> tuple[float, dict[int, float]]:
-    """This machine's rates right now: prompt processing (tok/s, 64-token chunks of one
-    sequence, like a row's own prompt part) and batched decode (tok/s with one token for each
-    of n sequences per llama_decode, logits for each, ~100 tokens of context)."""
-    ctx = Context(
+PP_CHUNKS = (16, 64, 256, 512)
+
+
+def _context(model, n_ctx: int, n_seq: int, kv_unified: bool, n_batch: int = 512) -> Context:
+    return Context(
         model,
-        n_ctx=128 * max(n_seqs),
-        n_seq_max=max(n_seqs),
-        n_batch=512,
+        n_ctx=n_ctx,
+        n_seq_max=n_seq,
+        n_batch=n_batch,
         n_threads=ll.hardware_profile()["cores_physical"],
+        kv_unified=kv_unified,
     )
-    batch = Batch(512, ctx.n_seq_max, model.n_vocab)
-    toks = np.random.default_rng(0).integers(100, 20000, size=256)
-    times = []
-    for _ in range(6):
-        ctx.memory_clear()
-        batch.clear()
-        batch.add(toks[:64], 0, 0, want_last_logits=True)
-        t0 = time.perf_counter()
-        ctx.decode(batch)
-        times.append(time.perf_counter() - t0)
-    pp = 64 / float(np.median(times))
-    decode = {}
-    for n in n_seqs:
-        ctx.memory_clear()
-        for s in range(n):
+
+
+def measure_pp(model, chunks=PP_CHUNKS) -> dict[int, float]:
+    """Prompt processing (tok/s) as a function of the tokens in one decode: one sequence,
+    per-sequence KV (the engine's layout), median of 3 decodes per size."""
+    ctx = _context(model, 1024, 1, kv_unified=False)
+    batch = Batch(512, 1, model.n_vocab)
+    toks = np.random.default_rng(0).integers(100, 20000, size=512)
+    rates = {}
+    for n in chunks:
+        times = []
+        for _ in range(3):
+            ctx.memory_clear()
             batch.clear()
-            batch.add(toks[:96], 0, s, want_last_logits=False)
+            batch.add(toks[:n], 0, 0, want_last_logits=True)
+            t0 = time.perf_counter()
             ctx.decode(batch)
-        steps, t0 = 12, time.perf_counter()
-        for k in range(steps):
-            batch.clear()
-            for s in range(n):
-                batch.add([int(toks[k])], 96 + k, s, want_last_logits=True)
-            ctx.decode(batch)
-        decode[n] = n * steps / (time.perf_counter() - t0)
+            times.append(time.perf_counter() - t0)
+        rates[n] = n / float(np.median(times))
     ctx.close()
-    return pp, decode
+    return rates
+
+
+def measure_decode(model, n_ctx: int, n_seq: int, kv_unified: bool, depth: int) -> float:
+    """Batched decode (tok/s) on a context configured as the engine's run (``n_ctx``,
+    ``n_seq`` slots, KV layout): one token for each of ``n_seq`` sequences per decode, each
+    sequence ``depth`` tokens deep (about a row's prompt and half its answer)."""
+    per_seq = n_ctx if kv_unified else n_ctx // n_seq
+    depth = max(8, min(depth, per_seq - 16))
+    ctx = _context(model, n_ctx, n_seq, kv_unified)
+    batch = Batch(max(512, n_seq), n_seq, model.n_vocab)
+    toks = np.random.default_rng(1).integers(100, 20000, size=depth + 16)
+    for s in range(n_seq):
+        for start in range(0, depth, 512):
+            batch.clear()
+            batch.add(toks[start : min(depth, start + 512)], start, s, want_last_logits=False)
+            ctx.decode(batch)
+    steps, t0 = 12, time.perf_counter()
+    for k in range(steps):
+        batch.clear()
+        for s in range(n_seq):
+            batch.add([int(toks[depth + k])], depth + k, s, want_last_logits=True)
+        ctx.decode(batch)
+    rate = n_seq * steps / (time.perf_counter() - t0)
+    ctx.close()
+    return rate
+
+
+def _depth(prompts, answers, model) -> int:
+    """Tokens a sequence holds mid-answer: a row's prompt and half its answer (medians)."""
+    n_prompt = np.median([len(model.tokenize(p, add_special=True)) for p in prompts])
+    n_answer = np.median([x.n_tokens for x in answers])
+    return int(n_prompt + n_answer / 2)
 
 
 def run_llama_loop(model, prompts, max_tokens):
@@ -185,8 +214,9 @@ def run_ours(model, prompts, max_tokens, n_seq_max):
         out = ll.generate_parallel(ctx, prompts, max_tokens=max_tokens, progress=False, cache=False)
         decoded, in_decode = ctx.last_run.decoded_prompt_tokens, ctx.last_run.decode_time
     wall = time.perf_counter() - t0
+    config = (ctx.last_run.n_ctx or ctx.n_ctx, max(1, ctx.last_run.n_slots), ctx.kv_unified)
     ctx.close()
-    return out, wall, decoded, 1 - in_decode / wall
+    return out, wall, decoded, 1 - in_decode / wall, config
 
 
 def bench(name, model, prompts, max_tokens, slots, rounds):
@@ -197,23 +227,30 @@ def bench(name, model, prompts, max_tokens, slots, rounds):
     ]
     records = []
     for r in range(rounds):
-        pp, dec = measure_rates(model, [1, *slots])
+        pp_curve = measure_pp(model)
         order = engines[r % len(engines) :] + engines[: r % len(engines)]
-        outputs = {}
+        outputs, configs = {}, {}
         for engine in order:
             if engine.startswith("(a)"):
                 out, wall, _, n_gen = run_llama_loop(model, prompts, max_tokens)
                 rec = dict(prompt_tok=None, gen_tok=n_gen, outside=None)
             else:
                 n = 1 if engine.startswith("(b)") else int(engine.rsplit("=", 1)[1])
-                out, wall, decoded, outside = run_ours(model, prompts, max_tokens, n)
+                out, wall, decoded, outside, configs[engine] = run_ours(
+                    model, prompts, max_tokens, n
+                )
                 rec = dict(
                     prompt_tok=decoded, gen_tok=sum(x.n_tokens for x in out), outside=outside
                 )
             outputs[engine] = out
-            n_slots = 1 if engine[1] in "ab" else int(engine.rsplit("=", 1)[1])
-            rec.update(engine=engine, round=r, wall=wall, pp=pp, dec=dec[n_slots])
+            rec.update(engine=engine, round=r, wall=wall, pp=max(pp_curve.values()))
             records.append(rec)
+        configs["(a) Llama loop"] = configs["(b) generate loop"]  # the same one-row decoding
+        depth = _depth(prompts, outputs["(b) generate loop"], model)
+        for rec in records[-len(engines) :]:
+            n_ctx, n_seq, unified = configs[rec["engine"]]
+            rec["dec"] = measure_decode(model, n_ctx, n_seq, unified, depth)
+            rec["config"] = f"n_ctx={n_ctx} slots={n_seq} {'unified' if unified else 'per-seq'}"
         ref = outputs["(a) Llama loop"]
         for rec in records[-len(engines) :]:
             out = outputs[rec["engine"]]
@@ -230,13 +267,19 @@ def bench(name, model, prompts, max_tokens, slots, rounds):
         prompt_tok=("prompt_tok", "first"),
         gen_tok=("gen_tok", "first"),
         agree=("agree", "first"),
+        config=("config", "first"),
         wall_ideal=("wall/ideal", "median"),
         outside_decode=("outside", "median"),
     )
     table["gen_tok_s"] = table.gen_tok / table.wall
     table["speedup_vs_a"] = table.loc["(a) Llama loop", "wall"] / table.wall
     print(f"\n== {name}: {len(prompts)} prompts, max_tokens={max_tokens}, {rounds} round(s) ==")
-    print(f"rates per round: pp {', '.join(f'{x:.0f}' for x in df.pp.unique())} tok/s")
+    rates = ", ".join(f"{x:.0f}" for x in df.pp.unique())
+    print(
+        f"ideal: prompt tokens at each round's best prompt rate ({rates} tok/s over 16-512 "
+        "tokens per decode), generated tokens at the decode rate measured on each engine's own "
+        "context (n_ctx, slots, KV layout, context depth)"
+    )
     print(table.to_string(float_format=lambda x: f"{x:.2f}"))
     return table
 
@@ -248,23 +291,32 @@ def main(argv=None) -> int:
     ap.add_argument("--slots", default="4,8,16")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--only", choices=["seed", "gen"], default=None)
+    ap.add_argument(
+        "--models",
+        default="default",
+        help="comma-separated model references, each benchmarked in turn (e.g. "
+        "default,qwen2.5-coder-0.5b-instruct-q4_k_m after make bench-model)",
+    )
     args = ap.parse_args(argv)
     if not DATA.exists():
         print(f"skipped: {DATA} is absent", file=sys.stderr)
         return 0
     slots = [int(s) for s in args.slots.split(",")]
-    model = ll.model_load("default")
     hw = ll.hardware_profile()
     print(
         f"machine: {hw['cpu_model']}, {hw['cores_physical']} cores, "
-        f"{hw['ram_total'] / 2**30:.0f} GiB; model {model.name} ({model.path.name})"
+        f"{hw['ram_total'] / 2**30:.0f} GiB"
     )
-    if args.only in (None, "seed"):
-        bench(
-            "seed workload (AG News)", model, seed_prompts(model, args.rows), 50, slots, args.rounds
-        )
-    if args.only in (None, "gen"):
-        bench("generation-heavy", model, gen_prompts(model, args.gen_rows), 120, slots, args.rounds)
+    for ref in args.models.split(","):
+        model = ll.model_load(ref.strip())
+        print(f"\n#### model {model.name} ({model.path.name})")
+        if args.only in (None, "seed"):
+            prompts = seed_prompts(model, args.rows)
+            bench("seed workload (AG News)", model, prompts, 50, slots, args.rounds)
+        if args.only in (None, "gen"):
+            prompts = gen_prompts(model, args.gen_rows)
+            bench("generation-heavy", model, prompts, 120, slots, args.rounds)
+        model.close()
     return 0
 
 
