@@ -103,6 +103,24 @@ def test_mixed_lengths_and_one_over_long_prompt(model, prompts):
         ll.generate_parallel(ctx, batch, max_tokens=2, progress=False, on_error="raise")
 
 
+def test_a_row_too_long_for_its_share_runs_in_a_shared_cache(model, prompts):
+    """A fixed n_ctx split n_seq_max ways is too small for a row the whole n_ctx holds: by
+    default that run uses one shared cache and the row runs; kv_unified=False keeps
+    localLLM's split, where the row fails; short rows go back to the split."""
+    long = prompts[1].replace("Name a primary colour.", "Say yes. " * 40)
+    batch = [*prompts[:5], long]
+    auto = ll.context_create(model, n_ctx=512, n_seq_max=8)  # 64 cells per sequence
+    out = ll.generate_parallel(auto, batch, max_tokens=4, progress=False, cache=False)
+    assert all(r.ok for r in out), [r.error for r in out]
+    assert auto.kv_unified and "kv_unified=auto" in repr(auto)
+    split = ll.context_create(model, n_ctx=512, n_seq_max=8, kv_unified=False)
+    kept = ll.generate_parallel(split, batch, max_tokens=4, progress=False, cache=False)
+    assert all(r.ok for r in kept[:5]) and not kept[5].ok
+    assert "per sequence" in kept[5].error
+    short = ll.generate_parallel(auto, prompts[:5], max_tokens=4, progress=False, cache=False)
+    assert all(r.ok for r in short) and not auto.kv_unified
+
+
 def test_zero_prompts_and_bad_rows(pctx):
     assert ll.generate_parallel(pctx, [], progress=False) == []
     res = ll.generate_parallel(pctx, ["", None, "Hello"], max_tokens=3, progress=False)

@@ -161,9 +161,12 @@ class GenerationContext:
 
     Created by :func:`jupyter_localllm.context_create`. ``n_ctx=None`` sizes the KV cache
     from each call's work (longest prompt + max_tokens per slot, plus the shared prefix) and
-    grows it when a later call needs more. By default (``kv_unified=False``) each sequence has
-    its own stream of ``n_ctx / n_seq_max`` cells. One thread drives it at a time; concurrent
-    callers wait on :attr:`lock`.
+    grows it when a later call needs more. KV layout: ``kv_unified=False`` gives each sequence
+    its own stream of ``n_ctx / n_seq_max`` cells (localLLM's split; the fastest attention on
+    CPUs), ``True`` one cache all rows share, and ``None`` (the default) chooses per run: its own
+    streams, unless a fixed ``n_ctx`` split ``n_seq_max`` ways is too small for a row that the
+    whole ``n_ctx`` holds — then one shared cache, so that row runs instead of failing. One
+    thread drives it at a time; concurrent callers wait on :attr:`lock`.
     """
 
     def __init__(
@@ -174,7 +177,7 @@ class GenerationContext:
         n_seq_max: int = 1,
         n_batch: int = 512,
         n_threads: int | None = None,
-        kv_unified: bool = False,
+        kv_unified: bool | None = None,
     ):
         model.require_open()
         if n_ctx is not None:
@@ -193,7 +196,10 @@ class GenerationContext:
         self.n_batch = self._requested_n_batch = n_batch  # n_batch: what the context accepts
         self.n_threads = n_threads
         self.fixed_n_ctx = n_ctx
+        self.kv_layout = None if kv_unified is None else bool(kv_unified)
+        """The layout asked for: True (shared), False (a stream per sequence), None (per run)."""
         self.kv_unified = bool(kv_unified)
+        """The layout of the cache in use (of the next one while none is open)."""
         self.lock = threading.RLock()
         self.last_run = RunStats()
         self._ctx: BackendContext | None = None
@@ -212,12 +218,13 @@ class GenerationContext:
             return self.fixed_n_ctx
         return self._ctx.n_ctx if self._ctx is not None else None
 
-    def _open(self, n_ctx: int) -> BackendContext:
+    def _open(self, n_ctx: int, unified: bool | None = None) -> BackendContext:
         if self.fixed_n_ctx is None:
             n_ctx = min(n_ctx, _MAX_AUTO_CTX)
         if self._ctx is not None:  # free it first: the new one may need its memory
             self._ctx.close()
             self._ctx, self._prefix = None, []
+        self.kv_unified = bool(self.kv_layout) if unified is None else unified
         self._ctx = self.model.new_context(
             n_ctx=n_ctx,
             n_seq_max=self.n_seq_max,
@@ -247,15 +254,19 @@ class GenerationContext:
 
     def __repr__(self) -> str:
         n_ctx = self.n_ctx if self.n_ctx is not None else "auto"
+        layout = "auto" if self.kv_layout is None else self.kv_layout
         return (
             f"<GenerationContext model={self.model.name!r} n_ctx={n_ctx} "
-            f"n_seq_max={self.n_seq_max} n_batch={self.n_batch} kv_unified={self.kv_unified}>"
+            f"n_seq_max={self.n_seq_max} n_batch={self.n_batch} kv_unified={layout}>"
         )
 
     def _ensure_context(self, prefix_len: int, per_slot: int, n_slots: int) -> BackendContext:
         if self.fixed_n_ctx is not None:
-            return self._ctx or self._open(self.fixed_n_ctx)
-        if self.kv_unified:  # one cache shared by all rows, the prefix stored once
+            unified = self._fixed_layout(prefix_len + per_slot, n_slots)
+            if self._ctx is None or unified != self.kv_unified:
+                self._open(self.fixed_n_ctx, unified)
+            return self._ctx
+        if self.kv_layout:  # one cache shared by all rows, the prefix stored once
             need = max(512, _round_up(prefix_len + n_slots * per_slot, _CTX_ROUND))
             if self._ctx is None or self._ctx.n_ctx < need:
                 self._open(need)
@@ -265,6 +276,14 @@ class GenerationContext:
         if self._ctx is None or self._ctx.n_ctx_seq < need_seq:
             self._open(max(512, _round_up(need_seq * self.n_seq_max, _CTX_ROUND)))
         return self._ctx
+
+    def _fixed_layout(self, need: int, n_slots: int) -> bool:
+        """The layout for a run on the fixed ``n_ctx`` whose rows need ``need`` cells each:
+        the one asked for, or (auto) a stream per sequence while a row fits its share."""
+        if self.kv_layout is not None:
+            return self.kv_layout
+        share = self.fixed_n_ctx // self.n_seq_max
+        return n_slots > 1 and share < need <= self.fixed_n_ctx
 
     def _seq_cells(self) -> int:
         """KV cells one sequence may use."""

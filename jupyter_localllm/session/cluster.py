@@ -114,7 +114,7 @@ def spec_of(context: GenerationContext) -> WorkerSpec:
         context.fixed_n_ctx,
         context.n_seq_max,
         context.n_batch,
-        context.kv_unified,
+        context.kv_layout,
     )
 
 

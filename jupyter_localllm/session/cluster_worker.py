@@ -65,7 +65,7 @@ class WorkerSpec:
     n_seq_max: int = 1
     """Rows decoded in parallel on each worker."""
     n_batch: int = 512
-    kv_unified: bool = False
+    kv_unified: bool | None = None
 
     @property
     def model_key(self) -> tuple[str, tuple[tuple[str, Any], ...]]:

@@ -53,18 +53,21 @@ def context_create(
     n_seq_max: int = 1,
     *,
     n_batch: int = 512,
-    kv_unified: bool = False,
+    kv_unified: bool | None = None,
     verbosity: int | None = None,
 ) -> GenerationContext:
     """A context for generating with ``model``: ``n_seq_max`` rows run in parallel.
 
     ``n_ctx=None`` sizes the KV cache from each call's work (grown when needed); give a
-    number to fix it. By default each sequence gets its own share of the cache
-    (``n_ctx / n_seq_max`` tokens, as in localLLM): attention then only reads a row's own
-    tokens, which is the fastest layout on CPUs; the prompt prefix shared by all rows is
-    decoded once and copied into each share. ``kv_unified=True`` stores it once in a single
-    shared cache instead (less memory for long shared prefixes, slower attention with many
-    rows). ``n_threads`` defaults to the physical cores.
+    number to fix it. Each sequence gets its own share of the cache (``n_ctx / n_seq_max``
+    tokens, as in localLLM): attention then only reads a row's own tokens, which is the
+    fastest layout on CPUs; the prompt prefix shared by all rows is decoded once and copied
+    into each share. When a fixed ``n_ctx`` split that way is too small for a row that the
+    whole ``n_ctx`` holds, a run uses one shared cache instead, so the row runs rather than
+    failing (``kv_unified=None``, the default). ``kv_unified=False`` always splits (localLLM's
+    behaviour: such rows fail), ``kv_unified=True`` always shares (the prefix stored once; less
+    memory for long shared prefixes, slower attention with many rows). ``n_threads``
+    defaults to the physical cores.
     """
     if verbosity is not None:
         backend.set_verbosity(verbosity)
