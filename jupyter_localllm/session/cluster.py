@@ -46,7 +46,7 @@ from .cache import cache_enabled
 from .cluster_worker import PROGRESS_TOPIC, PartResult, WorkerSpec, run_part
 from .executors import BackgroundExecutor, ForegroundExecutor, Plan
 from .manager import get_manager
-from .pipeline import BatchRequest, record_run
+from .pipeline import BatchRequest, interrupted_after, record_run
 from .sinks import ProgressArg
 
 __all__ = ["DaskExecutor", "DaskRunner", "dask_client", "model_spec", "partitions", "spec_of"]
@@ -346,12 +346,7 @@ class _DaskRun:
 
     def interrupted(self) -> BatchInterrupted:
         """The run's interrupt: the finished rows, the rest cancelled."""
-        rows = [self.results.get(i) or Result.cancelled(i) for i in range(self.n)]
-        return BatchInterrupted(
-            f"Interrupted after {len(self.results)} of {self.n} rows; the finished rows are "
-            "in .results.",
-            rows,
-        )
+        return interrupted_after(self.results, self.n)
 
     def finish(self) -> Results:
         """The rows in order, hashed and logged here as one call."""

@@ -33,6 +33,7 @@ __all__ = [
     "KINDS",
     "BatchRequest",
     "input_problem",
+    "interrupted_after",
     "prompt_tokens",
     "record_run",
     "resolve_sampling",
@@ -264,12 +265,7 @@ class _BatchRun:
     # -- the end ---------------------------------------------------------------------------
     def interrupted(self) -> BatchInterrupted:
         """The exception of an interrupted run: finished rows, the rest cancelled."""
-        rows = [self.results.get(i) or Result.cancelled(i) for i in range(self.n)]
-        return BatchInterrupted(
-            f"Interrupted after {len(self.results)} of {self.n} rows; the finished rows are "
-            "in .results.",
-            rows,
-        )
+        return interrupted_after(self.results, self.n)
 
     def finish(self) -> Results:
         """The results in row order, hashed and logged."""
@@ -281,6 +277,16 @@ class _BatchRun:
         results.hashes = record_run(req, results, time.perf_counter() - self.t_start, self.model)
         self.emit()
         return results
+
+
+def interrupted_after(finished: Mapping[int, Result], n: int) -> BatchInterrupted:
+    """The exception of a run of ``n`` rows interrupted with ``finished`` ({row: result}) done:
+    its ``results`` hold one result per row, ``"cancelled"`` for the rows not finished."""
+    rows = [finished.get(i) or Result.cancelled(i) for i in range(n)]
+    return BatchInterrupted(
+        f"Interrupted after {len(finished)} of {n} rows; the finished rows are in .results.",
+        rows,
+    )
 
 
 def record_run(request: BatchRequest, results: Results, seconds: float, model: Any = None) -> dict:
