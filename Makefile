@@ -85,7 +85,8 @@ lab: $(STAMP)
 # sha256 checked; bench-server builds llama-server once per llama-cpp-python version (~14 min
 # on 2 cores), cached in .bench/.
 bench: bench-model bench-server
-	$(PY) benchmarks/bench_parallel.py
+	$(PY) benchmarks/bench_parallel.py --models default,qwen2.5-coder-0.5b \
+		--markdown $(BENCH)/bench_parallel.md
 
 bench-model: $(STAMP)
 	$(PY) benchmarks/fetch_model.py

@@ -1,19 +1,35 @@
-"""Parallel generation benchmark: the localLLM seed tutorial's workload, side by side.
+"""Parallel generation benchmark: our engine, llama-cpp-python and llama-server, side by side.
 
-    .venv/bin/python benchmarks/bench_parallel.py [--rows 100] [--quick]
+    .venv/bin/python benchmarks/bench_parallel.py [--models default,qwen2.5-coder-0.5b]
+        [--rounds 2] [--only seed|gen] [--markdown FILE]
 
-Workloads (default model, temperature 0):
-  seed   the seed tutorial's AG News classification prompt on ../shared/data/ag_news_sample.csv
-         (100 rows), chat template applied, max_tokens=50
-  gen    48 prompts asking for a paragraph, max_tokens=120
+``make bench`` runs it on both benchmark models after ``make bench-model`` (the 0.5B model)
+and ``make bench-server`` (``.bench/llama-server``); without the server binary the server rows
+are left out, with a note.
+
+Workloads (temperature 0, so every engine decodes greedily):
+  seed  the localLLM seed tutorial's classification workload as written: 100 AG News rows of
+        ../shared/data/ag_news_sample.csv, its chat prompt, max_tokens=5; the loop on
+        ``context_create(model, n_ctx=512)``, the parallel run on ``n_ctx=1048, n_seq_max=10``
+  gen   48 prompts asking for a paragraph, max_tokens=120
 Engines: (a) llama-cpp-python's high-level ``Llama`` in a loop, (b) our ``generate()`` in a
-loop, (c) ``generate_parallel`` at n_seq_max 4, 8, 16.
+loop, (c) ``generate_parallel``, (s) llama-server ``-np 8`` with 8 concurrent HTTP clients
+(continuous batching and its prompt cache on, flash attention on as in our contexts, its
+other settings at their defaults). The ``Llama`` loop runs at llama-cpp-python's defaults
+(flash attention off), as users run it; that alone makes some greedy answers differ from ours
+(near-tied tokens flip), which the agreement column shows.
 
-"ideal" is the time this machine needs for the tokens the engine decoded, at rates measured in
-this run: prompt tokens / the best prompt-processing rate (over 16-512 tokens per decode) +
-generated tokens / the batched-decode rate measured on a context configured as the engine's own
-run (its n_ctx, slot count and KV layout, sequences as deep as a row mid-answer). wall/ideal
-near 1 means the scheduler keeps the CPU busy with useful work.
+Every engine runs once per round, in an order rotated between rounds (the VM's speed drifts by
+up to 1.5x within minutes); the table shows medians over rounds.
+
+"ideal" is the time this machine needs for the tokens an engine of ours decoded, at rates
+measured in the same round: decoded prompt tokens at the best prompt-processing rate (over
+16-512 tokens per decode) plus the generation decodes (generated tokens less one per row: a
+row's first token comes from its prompt's decode, its last is never decoded) at the batched
+decode rate measured on a context configured as that run's (n_ctx, slots, KV layout, rows as
+deep as mid-answer). "tail s" is the time spent in decodes holding fewer rows than the run's
+slots (the run's start and end, when rows finish at different lengths): wall above ideal that
+no scheduler removes, since a row's tokens are decoded one after another.
 """
 
 from __future__ import annotations
@@ -21,13 +37,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 import jupyter_localllm as ll
+from jupyter_localllm.engine import llama as engine_llama
 from jupyter_localllm.engine.llama import Batch, Context
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import server as llama_server  # benchmarks/server.py
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news_sample.csv"
 TOPICS = [
@@ -58,8 +81,8 @@ TOPICS = [
 ]
 
 
-def seed_prompts(model, rows: int) -> list[str]:
-    df = pd.read_csv(DATA).head(rows)
+def seed_prompts(model, rows: int, data: Path = DATA) -> list[str]:
+    df = pd.read_csv(data).head(rows)
     return [
         ll.apply_chat_template(
             model,
@@ -154,14 +177,80 @@ def measure_decode(model, n_ctx: int, n_seq: int, kv_unified: bool, depth: int) 
     return rate
 
 
-def _depth(prompts, answers, model) -> int:
-    """Tokens a sequence holds mid-answer: a row's prompt and half its answer (medians)."""
+def _depth(prompts, answer_tokens: float, model) -> int:
+    """Tokens a sequence holds mid-answer: a row's prompt (median) and half its answer."""
     n_prompt = np.median([len(model.tokenize(p, add_special=True)) for p in prompts])
-    n_answer = np.median([x.n_tokens for x in answers])
-    return int(n_prompt + n_answer / 2)
+    return int(n_prompt + answer_tokens / 2)
 
 
-def run_llama_loop(model, prompts, max_tokens):
+@dataclass(frozen=True)
+class Engine:
+    """One column of the comparison: ``kind`` is ``llama`` (llama-cpp-python loop), ``loop``
+    (our ``generate`` loop), ``parallel`` (``generate_parallel``) or ``server``."""
+
+    label: str
+    kind: str
+    n_seq_max: int = 1
+    n_ctx: int | None = None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Prompts, answer length and the engines compared on them."""
+
+    name: str
+    prompts: Callable[..., list[str]]
+    max_tokens: int
+    engines: tuple[Engine, ...]
+    seed: int | None = None
+
+
+@dataclass
+class Run:
+    """What one engine did in one round."""
+
+    texts: list[str]
+    wall: float
+    gen_tok: int
+    prompt_tok: float = float("nan")  # prompt tokens decoded (after prefix reuse)
+    config: tuple[int, int, bool] | None = None  # (n_ctx, slots, kv_unified) of our runs
+    outside: float = float("nan")  # share of wall outside llama_decode
+    tail: float = float("nan")  # seconds in decodes holding fewer rows than slots
+    steps: list[tuple[int, float]] = field(default_factory=list)
+
+
+def workloads(gen_rows: int, seed_rows: int, slots: list[int], data: Path = DATA) -> list[Workload]:
+    """The two workloads and their engines (see the module docstring)."""
+    server = Engine("(s) llama-server -np 8, 8 clients", "server", 8)
+    seed = Workload(
+        "seed tutorial workload (AG News, as written)",
+        lambda model: seed_prompts(model, seed_rows, data),
+        5,
+        (
+            Engine("(a) Llama loop", "llama", 1, 512),
+            Engine("(b) generate loop, n_ctx=512", "loop", 1, 512),
+            Engine("(c) generate_parallel n_ctx=1048 n_seq_max=10", "parallel", 10, 1048),
+            Engine("(c) generate_parallel n_seq_max=16", "parallel", 16),
+            server,
+        ),
+        seed=92092,
+    )
+    gen = Workload(
+        "generation-heavy",
+        lambda model: gen_prompts(model, gen_rows),
+        120,
+        (
+            Engine("(a) Llama loop", "llama", 1, 2048),
+            Engine("(b) generate loop", "loop", 1),
+            *(Engine(f"(c) generate_parallel n_seq_max={n}", "parallel", n) for n in slots),
+            server,
+        ),
+    )
+    return [seed, gen]
+
+
+def llama_cpp_model(model, n_ctx: int):
+    """llama-cpp-python's ``Llama`` on ``model``, loaded AMX-safe."""
     import llama_cpp
     import llama_cpp.llama_cpp as low_level
 
@@ -176,147 +265,258 @@ def run_llama_loop(model, prompts, max_tokens):
 
     low_level.llama_model_default_params = params_without_extra_bufts
     try:
-        llm = llama_cpp.Llama(
+        return llama_cpp.Llama(
             model_path=str(model.path),
-            n_ctx=2048,
+            n_ctx=n_ctx,
             verbose=False,
             seed=1234,
             n_threads=ll.hardware_profile()["cores_physical"],
+            # the layers our engine put on the GPU (0 on a CPU build), so both run alike
+            n_gpu_layers=getattr(model, "n_gpu_layers", 0),
         )
     finally:
         low_level.llama_model_default_params = defaults
+
+
+def run_llama_loop(model, prompts, max_tokens, n_ctx: int = 2048) -> Run:
+    """llama-cpp-python's ``Llama`` called once per prompt (it reuses the previous prompt's
+    cached prefix, as our generate loop does)."""
+    llm = llama_cpp_model(model, n_ctx)
     t0 = time.perf_counter()
-    out, n_prompt, n_gen = [], 0, 0
+    out, n_gen = [], 0
     for p in prompts:
         r = llm(p, max_tokens=max_tokens, temperature=0, repeat_penalty=1.0)
         out.append(r["choices"][0]["text"])
-        n_prompt += r["usage"]["prompt_tokens"]
         n_gen += r["usage"]["completion_tokens"]
     wall = time.perf_counter() - t0
     llm.close()
-    return out, wall, n_prompt, n_gen
+    return Run(out, wall, n_gen)
 
 
-def run_ours(model, prompts, max_tokens, n_seq_max):
-    """Our engine: a generate() loop (n_seq_max=1) or generate_parallel. Returns the
-    results, the wall time, the prompt tokens actually decoded and the time outside
-    llama_decode."""
-    ctx = ll.context_create(model, n_seq_max=n_seq_max)
-    decoded, in_decode = 0, 0.0
-    t0 = time.perf_counter()
-    if n_seq_max == 1:
-        out = []
-        for p in prompts:
-            out.append(ll.generate(ctx, p, max_tokens=max_tokens))
-            decoded += ctx.last_run.decoded_prompt_tokens
-            in_decode += ctx.last_run.decode_time
-    else:
-        out = ll.generate_parallel(ctx, prompts, max_tokens=max_tokens, progress=False, cache=False)
-        decoded, in_decode = ctx.last_run.decoded_prompt_tokens, ctx.last_run.decode_time
-    wall = time.perf_counter() - t0
-    config = (ctx.last_run.n_ctx or ctx.n_ctx, max(1, ctx.last_run.n_slots), ctx.kv_unified)
+@contextmanager
+def decode_log() -> Iterator[list[tuple[int, float]]]:
+    """Record (tokens, seconds) of every llama_decode our engine makes inside the block."""
+    log: list[tuple[int, float]] = []
+    original = engine_llama.Context.decode
+
+    def timed(self, batch):
+        t0 = time.perf_counter()
+        original(self, batch)
+        log.append((batch.n_tokens, time.perf_counter() - t0))
+
+    engine_llama.Context.decode = timed
+    try:
+        yield log
+    finally:
+        engine_llama.Context.decode = original
+
+
+def run_ours(model, prompts, max_tokens, engine: Engine, seed: int | None = None) -> Run:
+    """Our engine: a generate() loop or generate_parallel, as ``engine`` says."""
+    ctx = ll.context_create(model, n_seq_max=engine.n_seq_max, n_ctx=engine.n_ctx)
+    options = dict(max_tokens=max_tokens, seed=seed)
+    decoded = 0
+    with decode_log() as steps:
+        t0 = time.perf_counter()
+        if engine.kind == "loop":
+            out = []
+            for p in prompts:
+                out.append(ll.generate(ctx, p, **options))
+                decoded += ctx.last_run.decoded_prompt_tokens
+        else:
+            out = ll.generate_parallel(ctx, prompts, progress=False, cache=False, **options)
+            decoded = ctx.last_run.decoded_prompt_tokens
+        wall = time.perf_counter() - t0
+    failed = [x for x in out if not x.ok]
+    if failed:
+        print(f"   {engine.label}: {len(failed)} row(s) failed: {failed[0].error}")
+    slots = max(1, ctx.last_run.n_slots)
+    config = (ctx.last_run.n_ctx or ctx.n_ctx, slots, ctx.kv_unified)
     ctx.close()
-    return out, wall, decoded, 1 - in_decode / wall, config
+    return Run(
+        [str(x) for x in out],
+        wall,
+        sum(x.n_tokens for x in out),
+        prompt_tok=decoded,
+        config=config,
+        outside=1 - sum(dt for _, dt in steps) / wall,
+        tail=sum(dt for n, dt in steps if n < slots),
+        steps=steps,
+    )
 
 
-def bench(name, model, prompts, max_tokens, slots, rounds):
-    """Every engine once per round, in a rotated order, so that the machine's speed drifting
-    during the run (shared VMs) does not favour one engine; medians over rounds."""
-    engines = ["(a) Llama loop", "(b) generate loop"] + [
-        f"(c) parallel n_seq_max={n}" for n in slots
-    ]
+def run_server(model, prompts, max_tokens, n_parallel: int, url: str) -> Run:
+    """The prompts through a running llama-server from ``n_parallel`` concurrent clients."""
+    r = llama_server.run_prompts(url, prompts, n_clients=n_parallel, n_predict=max_tokens)
+    return Run(r.texts, r.wall, r.generated_tokens, prompt_tok=r.prompt_tokens)
+
+
+@contextmanager
+def maybe_server(model, engines) -> Iterator[str | None]:
+    """A llama-server for the workload's server engine (None when there is none or the binary
+    is missing: those rows are skipped)."""
+    server = next((e for e in engines if e.kind == "server"), None)
+    if server is None or not llama_server.SERVER.is_file():
+        yield None
+        return
+    threads = ll.hardware_profile()["cores_physical"]
+    # Flash attention on, as in our contexts (the server's "auto" picks it on CPUs too).
+    with llama_server.running_server(
+        model.path, server.n_seq_max, n_threads=threads, flash_attn="on"
+    ) as url:
+        yield url
+
+
+def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
+    """Every engine of ``workload`` once per round in a rotated order; medians over rounds."""
+    prompts = workload.prompts(model)
+    engines = list(workload.engines)
+    if not llama_server.SERVER.is_file():
+        print(f"   (no {llama_server.SERVER}: `make bench-server` builds it; server rows skipped)")
+        engines = [e for e in engines if e.kind != "server"]
     records = []
     for r in range(rounds):
         pp_curve = measure_pp(model)
         order = engines[r % len(engines) :] + engines[: r % len(engines)]
-        outputs, configs = {}, {}
-        for engine in order:
-            if engine.startswith("(a)"):
-                out, wall, _, n_gen = run_llama_loop(model, prompts, max_tokens)
-                rec = dict(prompt_tok=None, gen_tok=n_gen, outside=None)
+        runs: dict[str, Run] = {}
+        with maybe_server(model, engines) as url:
+            for engine in order:
+                if engine.kind == "llama":
+                    run = run_llama_loop(model, prompts, workload.max_tokens, engine.n_ctx)
+                elif engine.kind == "server":
+                    run = run_server(model, prompts, workload.max_tokens, engine.n_seq_max, url)
+                else:
+                    run = run_ours(model, prompts, workload.max_tokens, engine, workload.seed)
+                runs[engine.label] = run
+                print(f"   round {r + 1}: {engine.label}: {run.wall:.1f} s", flush=True)
+        loop = next(e.label for e in engines if e.kind == "loop")
+        depth = _depth(prompts, runs[loop].gen_tok / len(prompts), model)
+        reference = runs[engines[0].label].texts  # (a), the Llama loop
+        ours = runs[loop].texts  # (b): equals Llama(flash_attn=True) (tests/test_generate.py)
+        for engine in engines:
+            run = runs[engine.label]
+            rec = dict(
+                engine=engine.label,
+                round=r,
+                wall=run.wall,
+                prompt_tok=run.prompt_tok,
+                gen_tok=run.gen_tok,
+                outside=run.outside,
+                tail=run.tail,
+                pp=max(pp_curve.values()),
+                agree=float(np.mean([x == y for x, y in zip(run.texts, reference, strict=True)])),
+                agree_b=float(np.mean([x == y for x, y in zip(run.texts, ours, strict=True)])),
+            )
+            if engine.kind == "llama":  # it decodes what our loop does (both reuse the prefix)
+                rec["prompt_tok"] = runs[loop].prompt_tok
+            config = run.config
+            if config is not None:
+                n_ctx, slots, unified = config
+                rec["dec"] = measure_decode(model, n_ctx, slots, unified, depth)
+                layout = "unified" if unified else "per-seq"
+                rec["config"] = f"n_ctx={n_ctx}, {slots} slot(s), {layout} KV, FA on"
+            elif engine.kind == "llama":
+                rec["dec"], rec["config"] = float("nan"), f"n_ctx={engine.n_ctx}, defaults"
             else:
-                n = 1 if engine.startswith("(b)") else int(engine.rsplit("=", 1)[1])
-                out, wall, decoded, outside, configs[engine] = run_ours(
-                    model, prompts, max_tokens, n
-                )
-                rec = dict(
-                    prompt_tok=decoded, gen_tok=sum(x.n_tokens for x in out), outside=outside
-                )
-            outputs[engine] = out
-            rec.update(engine=engine, round=r, wall=wall, pp=max(pp_curve.values()))
+                rec["dec"], rec["config"] = float("nan"), "server defaults, -fa on"
             records.append(rec)
-        configs["(a) Llama loop"] = configs["(b) generate loop"]  # the same one-row decoding
-        depth = _depth(prompts, outputs["(b) generate loop"], model)
-        for rec in records[-len(engines) :]:
-            n_ctx, n_seq, unified = configs[rec["engine"]]
-            rec["dec"] = measure_decode(model, n_ctx, n_seq, unified, depth)
-            rec["config"] = f"n_ctx={n_ctx} slots={n_seq} {'unified' if unified else 'per-seq'}"
-        ref = outputs["(a) Llama loop"]
-        for rec in records[-len(engines) :]:
-            out = outputs[rec["engine"]]
-            rec["agree"] = float(np.mean([str(x) == str(y) for x, y in zip(out, ref, strict=True)]))
     df = pd.DataFrame(records)
-    # Llama reuses the prompt prefix of its previous call exactly as our generate loop does,
-    # so (a) decodes the same prompt tokens as (b).
-    b_tokens = df.loc[df.engine.str.startswith("(b)"), "prompt_tok"].iloc[0]
-    df["prompt_tok"] = df["prompt_tok"].fillna(b_tokens)
-    df["ideal"] = df.prompt_tok / df.pp + df.gen_tok / df.dec
+    rows = len(prompts)
+    df["ideal"] = df.prompt_tok / df.pp + (df.gen_tok - rows).clip(lower=0) / df.dec
     df["wall/ideal"] = df.wall / df.ideal
     table = df.groupby("engine", sort=False).agg(
-        wall=("wall", "median"),
-        prompt_tok=("prompt_tok", "first"),
-        gen_tok=("gen_tok", "first"),
-        agree=("agree", "first"),
         config=("config", "first"),
+        wall=("wall", "median"),
+        prompt_tok=("prompt_tok", "median"),
+        gen_tok=("gen_tok", "median"),
+        ideal=("ideal", "median"),
         wall_ideal=("wall/ideal", "median"),
-        outside_decode=("outside", "median"),
+        tail=("tail", "median"),
+        outside=("outside", "median"),
+        agree=("agree", "median"),
+        agree_b=("agree_b", "median"),
     )
-    table["gen_tok_s"] = table.gen_tok / table.wall
-    table["speedup_vs_a"] = table.loc["(a) Llama loop", "wall"] / table.wall
-    print(f"\n== {name}: {len(prompts)} prompts, max_tokens={max_tokens}, {rounds} round(s) ==")
+    for engine in engines:
+        if engine.kind in ("llama", "loop", "server"):
+            table[f"x_{engine.kind}"] = table.loc[engine.label, "wall"] / table.wall
     rates = ", ".join(f"{x:.0f}" for x in df.pp.unique())
-    print(
-        f"ideal: prompt tokens at each round's best prompt rate ({rates} tok/s over 16-512 "
-        "tokens per decode), generated tokens at the decode rate measured on each engine's own "
-        "context (n_ctx, slots, KV layout, context depth)"
-    )
+    print(f"\n== {model.name}: {workload.name}: {rows} prompts, max_tokens={workload.max_tokens}")
+    print(f"   best prompt-processing rate per round: {rates} tok/s; {rounds} round(s), medians")
     print(table.to_string(float_format=lambda x: f"{x:.2f}"))
+    table.attrs.update(model=model.name, workload=workload.name, rows=rows)
     return table
+
+
+def markdown(tables: list[pd.DataFrame]) -> str:
+    """The README's benchmark table from :func:`bench` tables."""
+    lines = [
+        "| model | workload | engine | wall s | × (a) Llama loop | × (b) generate loop "
+        "| × (s) llama-server | wall/ideal | tail s | same text as (a) | same text as (b) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ratio(row, col):
+        return f"{row[col]:.2f}" if col in row and np.isfinite(row[col]) else "–"
+
+    for table in tables:
+        first = True
+        for label, row in table.iterrows():
+            lines.append(
+                f"| {table.attrs['model'] if first else ''} "
+                f"| {table.attrs['workload'] if first else ''} | {label} | {row.wall:.1f} "
+                f"| {ratio(row, 'x_llama')} | {ratio(row, 'x_loop')} | {ratio(row, 'x_server')} "
+                f"| {ratio(row, 'wall_ideal')} | {ratio(row, 'tail')} | {row.agree:.0%} "
+                f"| {row.agree_b:.0%} |"
+            )
+            first = False
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=100)
+    ap.add_argument("--rows", type=int, default=100, help="seed workload rows")
     ap.add_argument("--gen-rows", type=int, default=48)
-    ap.add_argument("--slots", default="4,8,16")
+    ap.add_argument("--slots", default="8,16,48", help="n_seq_max values on the gen workload")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--only", choices=["seed", "gen"], default=None)
     ap.add_argument(
         "--models",
         default="default",
         help="comma-separated model references, each benchmarked in turn (e.g. "
-        "default,qwen2.5-coder-0.5b-instruct-q4_k_m after make bench-model)",
+        "default,qwen2.5-coder-0.5b after make bench-model)",
+    )
+    ap.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    ap.add_argument("--data", type=Path, default=DATA, help="the AG News sample (CSV)")
+    ap.add_argument(
+        "--n-gpu-layers",
+        default="auto",
+        help='layers offloaded to a GPU ("auto": all when the build has a GPU backend)',
     )
     args = ap.parse_args(argv)
-    if not DATA.exists():
-        print(f"skipped: {DATA} is absent", file=sys.stderr)
+    if not args.data.exists():
+        print(f"skipped: {args.data} is absent", file=sys.stderr)
         return 0
-    slots = [int(s) for s in args.slots.split(",")]
     hw = ll.hardware_profile()
+    gpus = ", ".join(g["name"] for g in hw.get("gpus") or []) or "no GPU"
     print(
         f"machine: {hw['cpu_model']}, {hw['cores_physical']} cores, "
-        f"{hw['ram_total'] / 2**30:.0f} GiB"
+        f"{hw['ram_total'] / 2**30:.0f} GiB, {gpus}; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
+    slots = [int(s) for s in args.slots.split(",")]
+    tables = []
     for ref in args.models.split(","):
-        model = ll.model_load(ref.strip())
-        print(f"\n#### model {model.name} ({model.path.name})")
-        if args.only in (None, "seed"):
-            prompts = seed_prompts(model, args.rows)
-            bench("seed workload (AG News)", model, prompts, 50, slots, args.rounds)
-        if args.only in (None, "gen"):
-            prompts = gen_prompts(model, args.gen_rows)
-            bench("generation-heavy", model, prompts, 120, slots, args.rounds)
+        layers = args.n_gpu_layers if args.n_gpu_layers == "auto" else int(args.n_gpu_layers)
+        model = ll.model_load(ref.strip(), n_gpu_layers=layers)
+        print(f"\n#### model {model.name} ({model.path.name})", flush=True)
+        for workload in workloads(args.gen_rows, args.rows, slots, args.data):
+            if args.only is None or workload.name.startswith(args.only):
+                tables.append(bench(model, workload, args.rounds))
         model.close()
+    table = markdown(tables)
+    print("\n" + table)
+    if args.markdown is not None:
+        args.markdown.write_text(table, encoding="utf-8")
     return 0
 
 

@@ -64,7 +64,14 @@ def reference(model):
     llama_cpp = pytest.importorskip("llama_cpp")
     import llama_cpp.llama_cpp as low_level
 
-    kwargs = {"model_path": str(model.path), "n_ctx": 2048, "verbose": False, "seed": 1234}
+    # Flash attention on, as in our contexts by default: the same kernels round alike.
+    kwargs = {
+        "model_path": str(model.path),
+        "n_ctx": 2048,
+        "verbose": False,
+        "seed": 1234,
+        "flash_attn": True,
+    }
     if "use_extra_bufts" in inspect.signature(llama_cpp.Llama).parameters:
         llm = llama_cpp.Llama(**kwargs, use_extra_bufts=False)
     else:

@@ -157,9 +157,17 @@ class BackendModel(Protocol):
         ...
 
     def new_context(
-        self, *, n_ctx: int, n_seq_max: int, n_batch: int, n_threads: int | None, kv_unified: bool
+        self,
+        *,
+        n_ctx: int,
+        n_seq_max: int,
+        n_batch: int,
+        n_threads: int | None,
+        kv_unified: bool,
+        flash_attn: bool = True,
     ) -> BackendContext:
-        """A context of ``n_ctx`` cells for ``n_seq_max`` sequences (unified or one stream each)."""
+        """A context of ``n_ctx`` cells for ``n_seq_max`` sequences (unified or one stream each),
+        with or without flash attention."""
         ...
 
     def new_batch(self, capacity: int, n_seq_max: int) -> BackendBatch:

@@ -277,7 +277,14 @@ class Model(_Native):
 
     # -- factories (the backend protocol) --------------------------------------------------
     def new_context(
-        self, *, n_ctx: int, n_seq_max: int, n_batch: int, n_threads: int | None, kv_unified: bool
+        self,
+        *,
+        n_ctx: int,
+        n_seq_max: int,
+        n_batch: int,
+        n_threads: int | None,
+        kv_unified: bool,
+        flash_attn: bool = True,
     ) -> Context:
         """A :class:`Context` on this model (see its parameters)."""
         with self._lock:  # not while the model is being closed
@@ -288,6 +295,7 @@ class Model(_Native):
                 n_batch=n_batch,
                 n_threads=n_threads,
                 kv_unified=kv_unified,
+                flash_attn=flash_attn,
             )
 
     def new_batch(self, capacity: int, n_seq_max: int) -> Batch:
@@ -435,7 +443,10 @@ class Context(_Native):
     several sequences is stored once. With ``kv_unified=False`` (what
     :class:`~jupyter_localllm.engine.runner.GenerationContext` uses by default) each sequence
     has its own stream of ``n_ctx / n_seq_max`` cells (:attr:`n_ctx_seq`) and attention reads
-    only a row's own cells; a prefix is copied into every stream. Flash attention stays off.
+    only a row's own cells; a prefix is copied into every stream. ``flash_attn`` turns
+    llama.cpp's fused attention on (the default: faster on CPUs and GPUs, and it skips the
+    cells of other rows in a unified cache) or off (llama-cpp-python's ``Llama`` default, whose
+    greedy text it then reproduces token for token).
 
     Not thread-safe: one thread drives a context at a time (the session layer queues).
     """
@@ -449,6 +460,7 @@ class Context(_Native):
         n_batch: int = 512,
         n_threads: int | None = None,
         kv_unified: bool = True,
+        flash_attn: bool = True,
     ):
         model._require_open()
         check_int("n_ctx", n_ctx, 16, UINT32_MAX)
@@ -466,9 +478,11 @@ class Context(_Native):
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.kv_unified = bool(kv_unified)
-        # AUTO would pick flash attention by device; fixing it keeps outputs bit-identical
-        # across machines and equal to llama-cpp-python's Llama (which disables it too).
-        params.flash_attn_type = _ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # On or off, never AUTO (which picks by device): the same request gives the same
+        # kernels, hence the same greedy text, on every machine with this build.
+        params.flash_attn_type = (
+            _ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else _ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         params.no_perf = True
         handle = _ll.llama_init_from_model(model._handle, params)
         if not handle:
@@ -483,6 +497,7 @@ class Context(_Native):
         self.n_batch = int(_ll.llama_n_batch(handle))
         self.n_seq_max = int(_ll.llama_n_seq_max(handle))
         self.kv_unified = bool(kv_unified)
+        self.flash_attn = bool(flash_attn)
         # Tokens per sequence: the whole cache when unified, else its share.
         self.n_ctx_seq = int(_ll.llama_n_ctx_seq(handle))
         model._contexts.add(self)

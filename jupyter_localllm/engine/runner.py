@@ -165,8 +165,10 @@ class GenerationContext:
     its own stream of ``n_ctx / n_seq_max`` cells (localLLM's split; the fastest attention on
     CPUs), ``True`` one cache all rows share, and ``None`` (the default) chooses per run: its own
     streams, unless a fixed ``n_ctx`` split ``n_seq_max`` ways is too small for a row that the
-    whole ``n_ctx`` holds — then one shared cache, so that row runs instead of failing. One
-    thread drives it at a time; concurrent callers wait on :attr:`lock`.
+    whole ``n_ctx`` holds — then one shared cache, so that row runs instead of failing.
+    ``flash_attn`` (default on) uses llama.cpp's fused attention; off reproduces
+    llama-cpp-python's ``Llama`` defaults token for token. One thread drives it at a time;
+    concurrent callers wait on :attr:`lock`.
     """
 
     def __init__(
@@ -178,6 +180,7 @@ class GenerationContext:
         n_batch: int = 512,
         n_threads: int | None = None,
         kv_unified: bool | None = None,
+        flash_attn: bool = True,
     ):
         model.require_open()
         if n_ctx is not None:
@@ -191,6 +194,8 @@ class GenerationContext:
             )
         if n_threads is not None:
             check_int("n_threads", n_threads, 1, 1024)
+        if not isinstance(flash_attn, bool):
+            raise InvalidParameterError(f"flash_attn must be True or False, got {flash_attn!r}.")
         self.model = model
         self.n_seq_max = n_seq_max
         self.n_batch = self._requested_n_batch = n_batch  # n_batch: what the context accepts
@@ -200,6 +205,8 @@ class GenerationContext:
         """The layout asked for: True (shared), False (a stream per sequence), None (per run)."""
         self.kv_unified = bool(kv_unified)
         """The layout of the cache in use (of the next one while none is open)."""
+        self.flash_attn = bool(flash_attn)
+        """Whether llama.cpp's flash attention is on."""
         self.lock = threading.RLock()
         self.last_run = RunStats()
         self._ctx: BackendContext | None = None
@@ -231,6 +238,7 @@ class GenerationContext:
             n_batch=self._requested_n_batch,
             n_threads=self.n_threads,
             kv_unified=self.kv_unified,
+            flash_attn=self.flash_attn,
         )
         # llama.cpp caps n_batch at n_ctx; plan steps with the size it really accepts.
         self.n_batch = self._ctx.n_batch

@@ -54,6 +54,7 @@ def context_create(
     *,
     n_batch: int = 512,
     kv_unified: bool | None = None,
+    flash_attn: bool = True,
     verbosity: int | None = None,
 ) -> GenerationContext:
     """A context for generating with ``model``: ``n_seq_max`` rows run in parallel.
@@ -66,8 +67,12 @@ def context_create(
     whole ``n_ctx`` holds, a run uses one shared cache instead, so the row runs rather than
     failing (``kv_unified=None``, the default). ``kv_unified=False`` always splits (localLLM's
     behaviour: such rows fail), ``kv_unified=True`` always shares (the prefix stored once; less
-    memory for long shared prefixes, slower attention with many rows). ``n_threads``
-    defaults to the physical cores.
+    memory for long shared prefixes, slower attention with many rows). ``flash_attn=True``
+    (the default) uses llama.cpp's fused attention: measured 7-27% faster decoding on this
+    project's CPU benchmarks, and in a shared cache it skips other rows' cells;
+    ``flash_attn=False`` is llama-cpp-python's ``Llama`` default and gives its greedy text token
+    for token (flash attention rounds differently, which can flip near-tied tokens).
+    ``n_threads`` defaults to the physical cores.
     """
     if verbosity is not None:
         backend.set_verbosity(verbosity)
@@ -79,6 +84,7 @@ def context_create(
         n_batch=n_batch,
         n_threads=n_threads,
         kv_unified=kv_unified,
+        flash_attn=flash_attn,
     )
 
 
