@@ -14,10 +14,9 @@ Workloads (temperature 0, so every engine decodes greedily):
   gen   48 prompts asking for a paragraph, max_tokens=120
 Engines: (a) llama-cpp-python's high-level ``Llama`` in a loop, (b) our ``generate()`` in a
 loop, (c) ``generate_parallel``, (s) llama-server ``-np 8`` with 8 concurrent HTTP clients
-(continuous batching and its prompt cache on, flash attention on as in our contexts, its
-other settings at their defaults). The ``Llama`` loop runs at llama-cpp-python's defaults
-(flash attention off), as users run it; that alone makes some greedy answers differ from ours
-(near-tied tokens flip), which the agreement column shows.
+(continuous batching and its prompt cache on, flash attention off as in our contexts and
+llama-cpp-python's ``Llama``, its other settings at their defaults). Greedy answers still
+differ where batch shapes round a near-tied token differently; the agreement columns show it.
 
 Every engine runs once per round, in an order rotated between rounds (the VM's speed drifts by
 up to 1.5x within minutes); the table shows medians over rounds.
@@ -120,7 +119,9 @@ def gen_prompts(model, n: int) -> list[str]:
 PP_CHUNKS = (16, 64, 256, 512)
 
 
-def _context(model, n_ctx: int, n_seq: int, kv_unified: bool, n_batch: int = 512) -> Context:
+def _context(
+    model, n_ctx: int, n_seq: int, kv_unified: bool, flash_attn: bool = False, n_batch: int = 512
+) -> Context:
     return Context(
         model,
         n_ctx=n_ctx,
@@ -128,6 +129,7 @@ def _context(model, n_ctx: int, n_seq: int, kv_unified: bool, n_batch: int = 512
         n_batch=n_batch,
         n_threads=ll.hardware_profile()["cores_physical"],
         kv_unified=kv_unified,
+        flash_attn=flash_attn,
     )
 
 
@@ -152,13 +154,15 @@ def measure_pp(model, chunks=PP_CHUNKS) -> dict[int, float]:
     return rates
 
 
-def measure_decode(model, n_ctx: int, n_seq: int, kv_unified: bool, depth: int) -> float:
+def measure_decode(
+    model, n_ctx: int, n_seq: int, kv_unified: bool, depth: int, flash_attn: bool = False
+) -> float:
     """Batched decode (tok/s) on a context configured as the engine's run (``n_ctx``,
-    ``n_seq`` slots, KV layout): one token for each of ``n_seq`` sequences per decode, each
-    sequence ``depth`` tokens deep (about a row's prompt and half its answer)."""
+    ``n_seq`` slots, KV layout, flash attention): one token for each of ``n_seq`` sequences per
+    decode, each sequence ``depth`` tokens deep (about a row's prompt and half its answer)."""
     per_seq = n_ctx if kv_unified else n_ctx // n_seq
     depth = max(8, min(depth, per_seq - 16))
-    ctx = _context(model, n_ctx, n_seq, kv_unified)
+    ctx = _context(model, n_ctx, n_seq, kv_unified, flash_attn)
     batch = Batch(max(512, n_seq), n_seq, model.n_vocab)
     toks = np.random.default_rng(1).integers(100, 20000, size=depth + 16)
     for s in range(n_seq):
@@ -181,6 +185,29 @@ def _depth(prompts, answer_tokens: float, model) -> int:
     """Tokens a sequence holds mid-answer: a row's prompt (median) and half its answer."""
     n_prompt = np.median([len(model.tokenize(p, add_special=True)) for p in prompts])
     return int(n_prompt + answer_tokens / 2)
+
+
+LAYOUT_SLOTS = (1, 8, 16, 48)
+
+
+def layouts(model, depth: int = 100) -> pd.DataFrame:
+    """Batched decode rates (tok/s) for each KV layout with flash attention on and off, at
+    ``LAYOUT_SLOTS`` sequences of ``depth`` tokens (256 cells per sequence): the figures the
+    defaults (per-sequence streams, flash attention on) were chosen from."""
+    rows = {}
+    for n in LAYOUT_SLOTS:
+        rows[n] = {
+            f"{'unified' if unified else 'per-seq'}, FA {'on' if fa else 'off'}": measure_decode(
+                model, 256 * n, n, unified, depth, fa
+            )
+            for unified in (False, True)
+            for fa in (True, False)
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("sequences")
+    print(f"\n== {model.name}: batched decode, tok/s, by KV layout and flash attention (FA)")
+    print(table.to_string(float_format=lambda x: f"{x:.0f}"))
+    table.attrs.update(model=model.name)
+    return table
 
 
 @dataclass(frozen=True)
@@ -360,9 +387,10 @@ def maybe_server(model, engines) -> Iterator[str | None]:
         yield None
         return
     threads = ll.hardware_profile()["cores_physical"]
-    # Flash attention on, as in our contexts (the server's "auto" picks it on CPUs too).
+    # Flash attention off, as in our contexts (the server's "auto" would turn it on): the
+    # same kernels, so the same greedy answers.
     with llama_server.running_server(
-        model.path, server.n_seq_max, n_threads=threads, flash_attn="on"
+        model.path, server.n_seq_max, n_threads=threads, flash_attn="off"
     ) as url:
         yield url
 
@@ -414,11 +442,11 @@ def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
                 n_ctx, slots, unified = config
                 rec["dec"] = measure_decode(model, n_ctx, slots, unified, depth)
                 layout = "unified" if unified else "per-seq"
-                rec["config"] = f"n_ctx={n_ctx}, {slots} slot(s), {layout} KV, FA on"
+                rec["config"] = f"n_ctx={n_ctx}, {slots} slot(s), {layout} KV"
             elif engine.kind == "llama":
                 rec["dec"], rec["config"] = float("nan"), f"n_ctx={engine.n_ctx}, defaults"
             else:
-                rec["dec"], rec["config"] = float("nan"), "server defaults, -fa on"
+                rec["dec"], rec["config"] = float("nan"), "server defaults, -fa off"
             records.append(rec)
     df = pd.DataFrame(records)
     rows = len(prompts)
@@ -472,6 +500,18 @@ def markdown(tables: list[pd.DataFrame]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def layout_markdown(table: pd.DataFrame) -> str:
+    """A :func:`layouts` table as Markdown."""
+    cols = list(table.columns)
+    lines = [
+        f"| {table.attrs['model']}: sequences | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
+    for n, row in table.iterrows():
+        lines.append(f"| {n} | " + " | ".join(f"{row[c]:.0f}" for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100, help="seed workload rows")
@@ -504,16 +544,18 @@ def main(argv=None) -> int:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
     slots = [int(s) for s in args.slots.split(",")]
-    tables = []
+    tables, layout_tables = [], []
     for ref in args.models.split(","):
         layers = args.n_gpu_layers if args.n_gpu_layers == "auto" else int(args.n_gpu_layers)
         model = ll.model_load(ref.strip(), n_gpu_layers=layers)
         print(f"\n#### model {model.name} ({model.path.name})", flush=True)
+        if args.only is None:
+            layout_tables.append(layouts(model))
         for workload in workloads(args.gen_rows, args.rows, slots, args.data):
             if args.only is None or workload.name.startswith(args.only):
                 tables.append(bench(model, workload, args.rounds))
         model.close()
-    table = markdown(tables)
+    table = markdown(tables) + "".join("\n" + layout_markdown(t) for t in layout_tables)
     print("\n" + table)
     if args.markdown is not None:
         args.markdown.write_text(table, encoding="utf-8")

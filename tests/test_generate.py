@@ -64,14 +64,7 @@ def reference(model):
     llama_cpp = pytest.importorskip("llama_cpp")
     import llama_cpp.llama_cpp as low_level
 
-    # Flash attention on, as in our contexts by default: the same kernels round alike.
-    kwargs = {
-        "model_path": str(model.path),
-        "n_ctx": 2048,
-        "verbose": False,
-        "seed": 1234,
-        "flash_attn": True,
-    }
+    kwargs = {"model_path": str(model.path), "n_ctx": 2048, "verbose": False, "seed": 1234}
     if "use_extra_bufts" in inspect.signature(llama_cpp.Llama).parameters:
         llm = llama_cpp.Llama(**kwargs, use_extra_bufts=False)
     else:

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 import jupyter_localllm as ll
-from jupyter_localllm.errors import BatchInterrupted, PromptError
+from jupyter_localllm.errors import BatchInterrupted, InvalidParameterError, PromptError
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -119,6 +119,19 @@ def test_a_row_too_long_for_its_share_runs_in_a_shared_cache(model, prompts):
     assert "per sequence" in kept[5].error
     short = ll.generate_parallel(auto, prompts[:5], max_tokens=4, progress=False, cache=False)
     assert all(r.ok for r in short) and not auto.kv_unified
+
+
+def test_flash_attention_is_an_option(model, prompts):
+    """flash_attn=True runs; with it a prompt-bound run (fewer tokens to generate than prompt
+    tokens to decode) shares one cache, a generation-bound one keeps a stream per row."""
+    fast = ll.context_create(model, n_seq_max=4, flash_attn=True)
+    assert fast.flash_attn and not ll.context_create(model).flash_attn
+    bound = ll.generate_parallel(fast, prompts[:4], max_tokens=1, progress=False, cache=False)
+    assert all(r.ok and r.n_tokens == 1 for r in bound) and fast.kv_unified
+    long = ll.generate_parallel(fast, prompts[:4], max_tokens=48, progress=False, cache=False)
+    assert all(r.ok and r.n_tokens > 0 for r in long) and not fast.kv_unified
+    with pytest.raises(InvalidParameterError, match="flash_attn"):
+        ll.context_create(model, flash_attn="yes")
 
 
 def test_zero_prompts_and_bad_rows(pctx):

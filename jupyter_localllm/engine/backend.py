@@ -164,7 +164,7 @@ class BackendModel(Protocol):
         n_batch: int,
         n_threads: int | None,
         kv_unified: bool,
-        flash_attn: bool = True,
+        flash_attn: bool = False,
     ) -> BackendContext:
         """A context of ``n_ctx`` cells for ``n_seq_max`` sequences (unified or one stream each),
         with or without flash attention."""

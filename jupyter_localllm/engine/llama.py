@@ -284,7 +284,7 @@ class Model(_Native):
         n_batch: int,
         n_threads: int | None,
         kv_unified: bool,
-        flash_attn: bool = True,
+        flash_attn: bool = False,
     ) -> Context:
         """A :class:`Context` on this model (see its parameters)."""
         with self._lock:  # not while the model is being closed
@@ -443,10 +443,12 @@ class Context(_Native):
     several sequences is stored once. With ``kv_unified=False`` (what
     :class:`~jupyter_localllm.engine.runner.GenerationContext` uses by default) each sequence
     has its own stream of ``n_ctx / n_seq_max`` cells (:attr:`n_ctx_seq`) and attention reads
-    only a row's own cells; a prefix is copied into every stream. ``flash_attn`` turns
-    llama.cpp's fused attention on (the default: faster on CPUs and GPUs, and it skips the
-    cells of other rows in a unified cache) or off (llama-cpp-python's ``Llama`` default, whose
-    greedy text it then reproduces token for token).
+    only a row's own cells; a prefix is copied into every stream. ``flash_attn=True`` turns
+    llama.cpp's fused attention on: faster batched decoding, and it skips other rows' cells in
+    a unified cache, but on CPUs its results depend on how a prompt was split into decodes
+    (label log-probabilities moved by up to 0.45 nats when a prompt was decoded in two pieces
+    instead of one), so it is off by default; off, a prompt decoded in pieces gives the same
+    logits as decoded whole.
 
     Not thread-safe: one thread drives a context at a time (the session layer queues).
     """
@@ -460,7 +462,7 @@ class Context(_Native):
         n_batch: int = 512,
         n_threads: int | None = None,
         kv_unified: bool = True,
-        flash_attn: bool = True,
+        flash_attn: bool = False,
     ):
         model._require_open()
         check_int("n_ctx", n_ctx, 16, UINT32_MAX)

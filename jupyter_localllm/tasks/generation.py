@@ -54,7 +54,7 @@ def context_create(
     *,
     n_batch: int = 512,
     kv_unified: bool | None = None,
-    flash_attn: bool = True,
+    flash_attn: bool = False,
     verbosity: int | None = None,
 ) -> GenerationContext:
     """A context for generating with ``model``: ``n_seq_max`` rows run in parallel.
@@ -68,10 +68,11 @@ def context_create(
     failing (``kv_unified=None``, the default). ``kv_unified=False`` always splits (localLLM's
     behaviour: such rows fail), ``kv_unified=True`` always shares (the prefix stored once; less
     memory for long shared prefixes, slower attention with many rows). ``flash_attn=True``
-    (the default) uses llama.cpp's fused attention: measured 7-27% faster decoding on this
-    project's CPU benchmarks, and in a shared cache it skips other rows' cells;
-    ``flash_attn=False`` is llama-cpp-python's ``Llama`` default and gives its greedy text token
-    for token (flash attention rounds differently, which can flip near-tied tokens).
+    uses llama.cpp's fused attention: 7-27% faster batched decoding on this project's CPU
+    benchmarks, and in a shared cache it skips other rows' cells. It is off by default (as in
+    llama-cpp-python's ``Llama``) because on CPUs its results depend on how a prompt is split
+    into decodes: reusing a cached prefix moved label log-probabilities by up to 0.45 nats on
+    the default model, where without it the split changes nothing.
     ``n_threads`` defaults to the physical cores.
     """
     if verbosity is not None:
