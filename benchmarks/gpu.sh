@@ -8,8 +8,8 @@
 #
 # The GPU machine reaches no registry and receives the repository plus at most 64 MiB, so
 # `prepare` gathers what `run` needs into .gpu/ (ignored by git):
-#   .gpu/src/llama_cpp_python-<version>.tar.gz  the installed version's sdist without the
-#                                               vendored llama.cpp's models/ and docs/ (~15 MB)
+#   .gpu/src/llama_cpp_python-<version>.tar.gz  the installed version's sdist without git
+#                                               history, test models, docs, web UI (~10 MB)
 #   .gpu/whl/*.whl                              CPython 3.12 wheels of this project's
 #                                               dependencies that the machine's image lacks
 #   .gpu/model/<file>.gguf.partNN + .sha256     the model in parts of at most 48 MiB
@@ -41,7 +41,9 @@ prepare() {
     "$py" -m pip download --quiet --no-deps --no-binary :all: -d "$tmp" \
         "llama-cpp-python==$version"
     tar -xzf "$tmp"/llama_cpp_python-"$version".tar.gz -C "$tmp"
-    rm -rf "$tmp/llama_cpp_python-$version/vendor/llama.cpp/"{models,docs,media}
+    local src="$tmp/llama_cpp_python-$version"
+    rm -rf "$src/.git" "$src/vendor/llama.cpp/"{.git,models,docs,media,benches,tools/ui}
+    find "$src" \( -name '*.mp4' -o -name '*.webp' -o -name '*.png' \) -delete
     tar -czf "$gpu/src/llama_cpp_python-$version.tar.gz" -C "$tmp" "llama_cpp_python-$version"
     rm -rf "$tmp"
 
@@ -61,7 +63,7 @@ prepare() {
     # 3. The model, in parts the device tool can carry.
     local path name
     path=$("$py" -c "import sys; from jupyter_localllm.models import resolve_model; \
-print(resolve_model(sys.argv[1]).path)" "$ref")
+print(resolve_model(sys.argv[1]))" "$ref")
     name=$(basename "$path")
     split -b "${part_mib}M" -d "$path" "$gpu/model/$name.part"
     (cd "$(dirname "$path")" && sha256sum "$name") > "$gpu/model/$name.sha256"
