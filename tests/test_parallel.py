@@ -87,6 +87,29 @@ def test_row_stream_does_not_depend_on_batch_neighbours(model, prompts):
     assert str(full[0]) == str(alone)
 
 
+def test_rows_moved_to_lower_sequences_keep_their_cache(model, prompts, monkeypatch):
+    """With a stream per sequence, a row whose neighbour below ends moves into the freed
+    sequence (its KV cells copied) and goes on exactly as the rows that stayed."""
+    from jupyter_localllm.engine.runner import KVSession
+
+    moves = []
+    original = KVSession.move
+
+    def spy(self, src, dst):
+        moves.append((src, dst))
+        original(self, src, dst)
+
+    monkeypatch.setattr(KVSession, "move", spy)
+    ctx = ll.context_create(model, n_seq_max=8, kv_unified=False)
+    # the same prompt eight times, greedy; the even rows end after 3 tokens
+    sampling = [{"max_tokens": 3 if i % 2 == 0 else 24, "temperature": 0} for i in range(8)]
+    out = ll.generate_parallel(ctx, [prompts[0]] * 8, sampling=sampling, progress=False)
+    assert moves == [(7, 0), (5, 2)] and not ctx.kv_unified
+    long = {str(r) for r in out[1::2]}
+    assert len(long) == 1 and out[1].n_tokens > 3, [str(r) for r in out]
+    assert all(str(out[1]).startswith(str(r)) for r in out[::2])
+
+
 def test_mixed_lengths_and_one_over_long_prompt(model, prompts):
     ctx = ll.context_create(model, n_ctx=512, n_seq_max=4)
     too_long = prompts[1].replace("Name a primary colour.", "word " * 600)

@@ -55,7 +55,7 @@ def test_admission_fills_free_slots_and_queues_the_rest():
     assert [r.index for r in s.waiting] == [2]
 
 
-def test_decode_tokens_come_first_then_prompt_chunks_and_slot_is_refilled():
+def test_work_in_slot_order_and_freed_slot_is_refilled():
     s = make(n_slots=2)
     s.add_request(req(0, max_tokens=1))
     s.add_request(req(1, max_tokens=3))
@@ -63,10 +63,63 @@ def test_decode_tokens_come_first_then_prompt_chunks_and_slot_is_refilled():
     # step 1: both prompts; row 0 is done after one token (max_tokens=1)
     _, finished, _ = step(s, {0: 5, 1: 6})
     assert [(slot, r.row, r.finish_reason) for slot, r in finished] == [(0, 0, "length")]
-    # step 2: row 1's pending token first, then row 2's prompt in the freed slot 0
+    # step 2: row 2's prompt in the freed slot 0, then row 1's pending token: slot order,
+    # so that llama.cpp takes both sequences in one piece
     plan = s.schedule()
-    assert [(w.slot, len(w.tokens), w.start_pos) for w in plan.work] == [(1, 1, 3), (0, 3, 0)]
-    assert s.slots[0].request.index == 2
+    assert [(w.slot, len(w.tokens), w.start_pos) for w in plan.work] == [(0, 3, 0), (1, 1, 3)]
+    assert s.slots[0].request.index == 2 and plan.moves == []
+
+
+def test_decode_tokens_get_room_before_prompt_chunks():
+    s = make(n_slots=2, n_batch=3)
+    s.add_request(req(0, n_prompt=2, max_tokens=3))
+    s.add_request(req(1, n_prompt=1, max_tokens=1))
+    step(s, {0: 5, 1: 6})  # row 1 ends; row 0 waits with one token to decode
+    s.add_request(req(2, n_prompt=5, max_tokens=1))
+    plan = s.schedule()
+    # slot 0 holds row 0's pending token; row 2 (slot 1) gets the 2 places left
+    assert [(w.slot, len(w.tokens)) for w in plan.work] == [(0, 1), (1, 2)]
+
+
+def test_contiguous_moves_the_last_running_request_into_a_freed_slot():
+    s = make(n_slots=3)
+    s.contiguous = True
+    for i, n in enumerate((1, 4, 4)):
+        s.add_request(req(i, max_tokens=n))
+    step(s, {0: 5, 1: 6, 2: 7})  # row 0 ends in slot 0; nothing waits
+    plan = s.schedule()
+    assert plan.moves == [(2, 0)]
+    assert [s.slots[i] and s.slots[i].request.index for i in range(3)] == [2, 1, None]
+    # the moved row goes on from where it was, in its new slot
+    assert [(w.slot, list(w.tokens), w.start_pos) for w in plan.work] == [(0, [7], 3), (1, [6], 3)]
+    # a waiting request takes a freed slot instead
+    s.update_from_output(plan, {0: 8, 1: 0})  # row 1 ends in slot 1
+    s.add_request(req(3, max_tokens=2))
+    plan = s.schedule()
+    assert plan.moves == [] and s.slots[1].request.index == 3
+
+
+def test_without_contiguous_nothing_moves():
+    s = make(n_slots=3)
+    for i, n in enumerate((1, 4, 4)):
+        s.add_request(req(i, max_tokens=n))
+    step(s, {0: 5, 1: 6, 2: 7})
+    plan = s.schedule()
+    assert plan.moves == [] and s.slots[0] is None and [w.slot for w in plan.work] == [1, 2]
+
+
+def test_a_wave_of_prompts_takes_slots_longest_first():
+    s = make(n_slots=4)
+    for i, n in enumerate((2, 5, 3, 5)):
+        s.add_request(req(i, n_prompt=n))
+    plan = s.schedule()
+    # consecutive sequences with equal remaining lengths: llama.cpp decodes them together
+    assert [(w.slot, s.slots[w.slot].request.index, len(w.tokens)) for w in plan.work] == [
+        (0, 1, 5),
+        (1, 3, 5),
+        (2, 2, 3),
+        (3, 0, 2),
+    ]
 
 
 def test_prompt_chunks_never_exceed_n_batch():

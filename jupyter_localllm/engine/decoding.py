@@ -60,6 +60,7 @@ class GenerationRun:
             slot_capacity=kv.slot_capacity,
             token_bytes=owner.model.token_bytes,
             is_eog=owner.model.is_eog,
+            contiguous=not owner.kv_unified,
         )
         for i in kv.valid:
             p = per_row[i]
@@ -103,6 +104,8 @@ class GenerationRun:
         asked for logits."""
         if not plan.work:  # nothing fits: cannot happen once a slot is free
             raise DecodeError("The scheduler found no work; this is a bug.", -1)
+        for src, dst in plan.moves:
+            self.kv.move(src, dst)
         batch = self.kv.batch
         batch.clear()
         out_index = {}

@@ -141,6 +141,11 @@ class KVSession:
         """Drop the cells of sequence ``seq`` after the prefix (its row is done)."""
         self.ctx.seq_rm(seq, self.prefix_len, -1)
 
+    def move(self, src: int, dst: int) -> None:
+        """Move sequence ``src``'s row into the free sequence ``dst`` (both keep the prefix)."""
+        self.ctx.seq_cp(src, dst, -1, -1)
+        self.ctx.seq_rm(src, self.prefix_len, -1)
+
     def end(self, keep: Sequence[int] | None = None) -> None:
         """Back to the between-runs state: only sequence 0 holds cells, the cached prefix —
         or ``keep`` (a single row's whole prompt, still in sequence 0) when given. Sets the

@@ -69,9 +69,11 @@ class SlotWork:
 
 @dataclass
 class StepPlan:
-    """What the next ``llama_decode`` holds: decode tokens first, then prompt chunks."""
+    """What the next ``llama_decode`` holds, in slot order, and the ``(src, dst)`` slot
+    moves to make in the KV cache before it."""
 
     work: list[SlotWork]
+    moves: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def n_tokens(self) -> int:
@@ -102,7 +104,11 @@ class Scheduler:
     ``kv_capacity`` is the number of KV cells left for suffixes and generated tokens across
     all slots; ``slot_capacity`` (default: all of them) is what one slot may use — smaller
     when every sequence has its own share of the cache. ``token_bytes`` and ``is_eog``
-    describe the vocabulary.
+    describe the vocabulary. With ``contiguous=True`` the running requests are kept in slots
+    ``0..k-1``: when one ends and no request takes its slot, the last one moves into it. A
+    batch over per-sequence streams is decoded in one piece only when its sequence ids are
+    consecutive (llama.cpp splits it at every gap, a pass over the weights per piece; measured
+    0.5 s per step for 25 scattered rows against 0.33 s for 48 consecutive ones).
     """
 
     def __init__(
@@ -115,8 +121,10 @@ class Scheduler:
         token_bytes: Callable[[int], bytes],
         is_eog: Callable[[int], bool],
         slot_capacity: int | None = None,
+        contiguous: bool = False,
     ):
         self.n_slots = n_slots
+        self.contiguous = contiguous
         self.n_batch = n_batch
         self.prefix_len = prefix_len
         self.kv_capacity = kv_capacity
@@ -158,15 +166,21 @@ class Scheduler:
 
     # -- planning --------------------------------------------------------------------------
     def _admit(self) -> None:
-        for i, slot in enumerate(self.slots):
-            if slot is not None or not self.waiting:
-                continue
+        free = [i for i, slot in enumerate(self.slots) if slot is None]
+        admitted: list[tuple[Request, int]] = []
+        while self.waiting and len(admitted) < len(free):
             request = self.waiting[0]
             budget = min(len(request.tokens) + request.params.max_tokens, self.slot_capacity)
             if self._reserved + budget > self.kv_capacity:
                 break  # wait for cells; FIFO keeps the order fair
             self.waiting.popleft()
             self._reserved += budget
+            admitted.append((request, budget))
+        # Longest prompts in the lowest slots: llama.cpp decodes per-sequence streams in pieces
+        # of consecutive sequences taking equal token counts, so a sorted wave of prompts is one
+        # piece per distinct length instead of one per gap.
+        admitted.sort(key=lambda item: -len(item[0].tokens))
+        for i, (request, budget) in zip(free, admitted, strict=False):
             self.slots[i] = _Slot(
                 request=request,
                 n_prefilled=0,
@@ -174,10 +188,25 @@ class Scheduler:
                 text=TextAccumulator(request.params.stop),
             )
 
+    def _compact(self) -> list[tuple[int, int]]:
+        """Move the last running requests into the free slots below them."""
+        moves = []
+        slots = self.slots
+        while None in slots:
+            low = slots.index(None)
+            high = max((i for i, s in enumerate(slots) if s is not None), default=-1)
+            if high < low:
+                break
+            slots[low], slots[high] = slots[high], None
+            moves.append((high, low))
+        return moves
+
     def schedule(self) -> StepPlan:
         """Plan the next step: one token per generating slot, then prompt chunks of the
-        slots still reading their prompt (oldest first), never more than ``n_batch`` tokens."""
+        slots still reading their prompt (oldest first), never more than ``n_batch`` tokens;
+        the work is listed in slot order (llama.cpp takes consecutive sequences together)."""
         self._admit()
+        moves = self._compact() if self.contiguous else []
         work: list[SlotWork] = []
         room = self.n_batch
         for i, slot in enumerate(self.slots):
@@ -201,7 +230,8 @@ class Scheduler:
                 )
             )
             room -= end - start
-        return StepPlan(work)
+        work.sort(key=lambda w: w.slot)
+        return StepPlan(work, moves)
 
     def update_from_output(
         self, plan: StepPlan, sampled: dict[int, int]
