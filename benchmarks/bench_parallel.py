@@ -14,9 +14,11 @@ Workloads (temperature 0, so every engine decodes greedily):
   gen   48 prompts asking for a paragraph, max_tokens=120
 Engines: (a) llama-cpp-python's high-level ``Llama`` in a loop, (b) our ``generate()`` in a
 loop, (c) ``generate_parallel``, (s) llama-server ``-np 8`` with 8 concurrent HTTP clients
-(continuous batching and its prompt cache on, flash attention off as in our contexts and
-llama-cpp-python's ``Llama``, its other settings at their defaults). Greedy answers still
-differ where batch shapes round a near-tied token differently; the agreement columns show it.
+(continuous batching and its prompt cache on, flash attention on as in our contexts and its own
+``auto``, its other settings at their defaults). ``Llama`` runs with flash attention on too
+(its default is off): the same kernels everywhere, so speed ratios compare engines, not
+kernels. Greedy answers still differ where batch shapes round a near-tied token differently;
+the agreement columns show it.
 
 Every engine runs once per round, in an order rotated between rounds (the VM's speed drifts by
 up to 1.5x within minutes); the table shows medians over rounds.
@@ -133,10 +135,10 @@ def _context(
     )
 
 
-def measure_pp(model, chunks=PP_CHUNKS) -> dict[int, float]:
+def measure_pp(model, flash_attn: bool, chunks=PP_CHUNKS) -> dict[int, float]:
     """Prompt processing (tok/s) as a function of the tokens in one decode: one sequence,
     per-sequence KV (the engine's layout), median of 3 decodes per size."""
-    ctx = _context(model, 1024, 1, kv_unified=False)
+    ctx = _context(model, 1024, 1, kv_unified=False, flash_attn=flash_attn)
     batch = Batch(512, 1, model.n_vocab)
     toks = np.random.default_rng(0).integers(100, 20000, size=512)
     rates = {}
@@ -160,7 +162,7 @@ def measure_decode(
     """Batched decode (tok/s) on a context configured as the engine's run (``n_ctx``,
     ``n_seq`` slots, KV layout, flash attention): one token for each of ``n_seq`` sequences per
     decode, each sequence ``depth`` tokens deep (about a row's prompt and half its answer)."""
-    per_seq = n_ctx if kv_unified else n_ctx // n_seq
+    per_seq = n_ctx // n_seq  # a shared cache holds n_seq rows too
     depth = max(8, min(depth, per_seq - 16))
     ctx = _context(model, n_ctx, n_seq, kv_unified, flash_attn)
     batch = Batch(max(512, n_seq), n_seq, model.n_vocab)
@@ -240,7 +242,8 @@ class Run:
     wall: float
     gen_tok: int
     prompt_tok: float = float("nan")  # prompt tokens decoded (after prefix reuse)
-    config: tuple[int, int, bool] | None = None  # (n_ctx, slots, kv_unified) of our runs
+    config: tuple[int, int, bool, bool] | None = None  # our runs' (n_ctx, slots, kv_unified,
+    # flash_attn)
     outside: float = float("nan")  # share of wall outside llama_decode
     tail: float = float("nan")  # seconds in decodes holding fewer rows than slots
     steps: list[tuple[int, float]] = field(default_factory=list)
@@ -277,7 +280,7 @@ def workloads(gen_rows: int, seed_rows: int, slots: list[int], data: Path = DATA
 
 
 def llama_cpp_model(model, n_ctx: int):
-    """llama-cpp-python's ``Llama`` on ``model``, loaded AMX-safe."""
+    """llama-cpp-python's ``Llama`` on ``model``, loaded AMX-safe, flash attention on."""
     import llama_cpp
     import llama_cpp.llama_cpp as low_level
 
@@ -300,6 +303,7 @@ def llama_cpp_model(model, n_ctx: int):
             n_threads=ll.hardware_profile()["cores_physical"],
             # the layers our engine put on the GPU (0 on a CPU build), so both run alike
             n_gpu_layers=getattr(model, "n_gpu_layers", 0),
+            flash_attn=True,  # as our contexts: the same kernels, a like-for-like speed
         )
     finally:
         low_level.llama_model_default_params = defaults
@@ -358,7 +362,7 @@ def run_ours(model, prompts, max_tokens, engine: Engine, seed: int | None = None
     if failed:
         print(f"   {engine.label}: {len(failed)} row(s) failed: {failed[0].error}")
     slots = max(1, ctx.last_run.n_slots)
-    config = (ctx.last_run.n_ctx or ctx.n_ctx, slots, ctx.kv_unified)
+    config = (ctx.last_run.n_ctx or ctx.n_ctx, slots, ctx.kv_unified, ctx.flash_attn)
     ctx.close()
     return Run(
         [str(x) for x in out],
@@ -387,10 +391,9 @@ def maybe_server(model, engines) -> Iterator[str | None]:
         yield None
         return
     threads = ll.hardware_profile()["cores_physical"]
-    # Flash attention off, as in our contexts (the server's "auto" would turn it on): the
-    # same kernels, so the same greedy answers.
+    # Flash attention on, as in our contexts (and as the server's own "auto" picks on CPUs).
     with llama_server.running_server(
-        model.path, server.n_seq_max, n_threads=threads, flash_attn="off"
+        model.path, server.n_seq_max, n_threads=threads, flash_attn="on"
     ) as url:
         yield url
 
@@ -404,7 +407,7 @@ def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
         engines = [e for e in engines if e.kind != "server"]
     records = []
     for r in range(rounds):
-        pp_curve = measure_pp(model)
+        pp_curves = {fa: measure_pp(model, fa) for fa in (True, False)}
         order = engines[r % len(engines) :] + engines[: r % len(engines)]
         runs: dict[str, Run] = {}
         with maybe_server(model, engines) as url:
@@ -420,7 +423,7 @@ def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
         loop = next(e.label for e in engines if e.kind == "loop")
         depth = _depth(prompts, runs[loop].gen_tok / len(prompts), model)
         reference = runs[engines[0].label].texts  # (a), the Llama loop
-        ours = runs[loop].texts  # (b): equals Llama(flash_attn=True) (tests/test_generate.py)
+        ours = runs[loop].texts  # (b), our generate() loop
         for engine in engines:
             run = runs[engine.label]
             rec = dict(
@@ -431,7 +434,7 @@ def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
                 gen_tok=run.gen_tok,
                 outside=run.outside,
                 tail=run.tail,
-                pp=max(pp_curve.values()),
+                pp=max(pp_curves[run.config[3] if run.config else False].values()),
                 agree=float(np.mean([x == y for x, y in zip(run.texts, reference, strict=True)])),
                 agree_b=float(np.mean([x == y for x, y in zip(run.texts, ours, strict=True)])),
             )
@@ -439,14 +442,15 @@ def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
                 rec["prompt_tok"] = runs[loop].prompt_tok
             config = run.config
             if config is not None:
-                n_ctx, slots, unified = config
-                rec["dec"] = measure_decode(model, n_ctx, slots, unified, depth)
+                n_ctx, slots, unified, fa = config
+                rec["dec"] = measure_decode(model, n_ctx, slots, unified, depth, fa)
                 layout = "unified" if unified else "per-seq"
-                rec["config"] = f"n_ctx={n_ctx}, {slots} slot(s), {layout} KV"
+                fa_name = "on" if fa else "off"
+                rec["config"] = f"n_ctx={n_ctx}, {slots} slot(s), {layout} KV, FA {fa_name}"
             elif engine.kind == "llama":
                 rec["dec"], rec["config"] = float("nan"), f"n_ctx={engine.n_ctx}, defaults"
             else:
-                rec["dec"], rec["config"] = float("nan"), "server defaults, -fa off"
+                rec["dec"], rec["config"] = float("nan"), "server defaults, -fa on"
             records.append(rec)
     df = pd.DataFrame(records)
     rows = len(prompts)

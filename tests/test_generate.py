@@ -59,12 +59,15 @@ RAW_PROMPTS = [
 
 @pytest.fixture(scope="module")
 def reference(model):
-    """llama-cpp-python's high-level ``Llama`` on the same file, with weight repacking into
-    extra buffer types off (on AMX CPUs that path aborts on the first multi-token decode)."""
+    """llama-cpp-python's high-level ``Llama`` on the same file, flash attention on as in our
+    contexts, with weight repacking into extra buffer types off (on AMX CPUs that path aborts
+    on the first multi-token decode)."""
     llama_cpp = pytest.importorskip("llama_cpp")
     import llama_cpp.llama_cpp as low_level
 
+    # flash attention on, as in our contexts (Llama's default is off): the same kernels
     kwargs = {"model_path": str(model.path), "n_ctx": 2048, "verbose": False, "seed": 1234}
+    kwargs["flash_attn"] = True
     if "use_extra_bufts" in inspect.signature(llama_cpp.Llama).parameters:
         llm = llama_cpp.Llama(**kwargs, use_extra_bufts=False)
     else:

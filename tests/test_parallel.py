@@ -140,15 +140,20 @@ def test_a_row_too_long_for_its_share_runs_in_a_shared_cache(model, prompts):
     kept = ll.generate_parallel(split, batch, max_tokens=4, progress=False, cache=False)
     assert all(r.ok for r in kept[:5]) and not kept[5].ok
     assert "per sequence" in kept[5].error
-    short = ll.generate_parallel(auto, prompts[:5], max_tokens=4, progress=False, cache=False)
+    # (with more tokens to generate than prompt tokens of their own: not prompt-bound)
+    short = ll.generate_parallel(auto, prompts[:5], max_tokens=24, progress=False, cache=False)
     assert all(r.ok for r in short) and not auto.kv_unified
 
 
-def test_flash_attention_is_an_option(model, prompts):
-    """flash_attn=True runs; with it a prompt-bound run (fewer tokens to generate than prompt
-    tokens to decode) shares one cache, a generation-bound one keeps a stream per row."""
-    fast = ll.context_create(model, n_seq_max=4, flash_attn=True)
-    assert fast.flash_attn and not ll.context_create(model).flash_attn
+def test_flash_attention_on_by_default_and_an_option(model, prompts):
+    """With flash attention (the default) a prompt-bound run (fewer tokens to generate than
+    prompt tokens to decode) shares one cache, a generation-bound one keeps a stream per row;
+    without it both keep their streams."""
+    fast = ll.context_create(model, n_seq_max=4)
+    assert fast.flash_attn and "flash_attn=True" in repr(fast)
+    plain = ll.context_create(model, n_seq_max=4, flash_attn=False)
+    out = ll.generate_parallel(plain, prompts[:4], max_tokens=1, progress=False, cache=False)
+    assert all(r.ok for r in out) and not plain.kv_unified
     bound = ll.generate_parallel(fast, prompts[:4], max_tokens=1, progress=False, cache=False)
     assert all(r.ok and r.n_tokens == 1 for r in bound) and fast.kv_unified
     long = ll.generate_parallel(fast, prompts[:4], max_tokens=48, progress=False, cache=False)

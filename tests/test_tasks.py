@@ -16,7 +16,9 @@ from jupyter_localllm.errors import GrammarError, InvalidParameterError
 
 @pytest.fixture(scope="module")
 def cctx(model):
-    c = ll.context_create(model, n_seq_max=4)
+    # Without flash attention a prompt gives the same logits however it is split into
+    # decodes, so scores can be checked against a token-by-token reference to 0.05 nats.
+    c = ll.context_create(model, n_seq_max=4, flash_attn=False)
     yield c
     c.close()
 

@@ -174,8 +174,8 @@ class GenerationContext:
     the run is prompt-bound (more prompt tokens to decode than tokens to generate: llama.cpp
     cuts a batch over separate streams into equal-length pieces, a shared cache decodes it
     whole) — then one shared cache.
-    ``flash_attn=True`` uses llama.cpp's fused attention (faster; off by default because on
-    CPUs its results depend on how prompts are split into decodes, see
+    ``flash_attn`` (default on) uses llama.cpp's fused attention (faster; on CPUs its results
+    depend a little on how prompts are split into decodes, see
     :func:`~jupyter_localllm.context_create`). One thread drives it at a time;
     concurrent callers wait on :attr:`lock`.
     """
@@ -189,7 +189,7 @@ class GenerationContext:
         n_batch: int = 512,
         n_threads: int | None = None,
         kv_unified: bool | None = None,
-        flash_attn: bool = False,
+        flash_attn: bool = True,
     ):
         model.require_open()
         if n_ctx is not None:
@@ -274,7 +274,8 @@ class GenerationContext:
         layout = "auto" if self.kv_layout is None else self.kv_layout
         return (
             f"<GenerationContext model={self.model.name!r} n_ctx={n_ctx} "
-            f"n_seq_max={self.n_seq_max} n_batch={self.n_batch} kv_unified={layout}>"
+            f"n_seq_max={self.n_seq_max} n_batch={self.n_batch} kv_unified={layout} "
+            f"flash_attn={self.flash_attn}>"
         )
 
     def _ensure_context(

@@ -54,7 +54,7 @@ def context_create(
     *,
     n_batch: int = 512,
     kv_unified: bool | None = None,
-    flash_attn: bool = False,
+    flash_attn: bool = True,
     verbosity: int | None = None,
 ) -> GenerationContext:
     """A context for generating with ``model``: ``n_seq_max`` rows run in parallel.
@@ -67,12 +67,15 @@ def context_create(
     whole ``n_ctx`` holds, a run uses one shared cache instead, so the row runs rather than
     failing (``kv_unified=None``, the default). ``kv_unified=False`` always splits (localLLM's
     behaviour: such rows fail), ``kv_unified=True`` always shares (the prefix stored once; less
-    memory for long shared prefixes, slower attention with many rows). ``flash_attn=True``
-    uses llama.cpp's fused attention: 7-27% faster batched decoding on this project's CPU
-    benchmarks, and in a shared cache it skips other rows' cells. It is off by default (as in
-    llama-cpp-python's ``Llama``) because on CPUs its results depend on how a prompt is split
-    into decodes: reusing a cached prefix moved label log-probabilities by up to 0.45 nats on
-    the default model, where without it the split changes nothing.
+    memory for long shared prefixes, slower attention with many rows). ``flash_attn`` (on by
+    default, as llama-server's ``-fa auto`` on CPUs) uses llama.cpp's fused attention: 7-27%
+    faster batched decoding on this project's CPU benchmarks, and in a shared cache it skips
+    other rows' cells, so a prompt-bound run uses one. Its CPU kernel accumulates short
+    decodes in 16-bit floats, so a log-probability depends a little on how the prompt was
+    split into decodes (a cached prefix or not: 0.2 nats on average for the default 135M
+    model's labels) — as large as the 16-bit KV cache's own error against a 32-bit one (0.23),
+    which every setting has. ``flash_attn=False`` is llama-cpp-python's ``Llama`` default,
+    whose results do not depend on the split.
     ``n_threads`` defaults to the physical cores.
     """
     if verbosity is not None:
