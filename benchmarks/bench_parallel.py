@@ -25,12 +25,13 @@ up to 1.5x within minutes); the table shows medians over rounds.
 
 "ideal" is the time this machine needs for the tokens an engine of ours decoded, at rates
 measured in the same round: decoded prompt tokens at the best prompt-processing rate (over
-16-512 tokens per decode) plus the generation decodes (generated tokens less one per row: a
-row's first token comes from its prompt's decode, its last is never decoded) at the batched
-decode rate measured on a context configured as that run's (n_ctx, slots, KV layout, rows as
-deep as mid-answer). "tail s" is the time spent in decodes holding fewer rows than the run's
-slots (the run's start and end, when rows finish at different lengths): wall above ideal that
-no scheduler removes, since a row's tokens are decoded one after another.
+16-512 tokens per decode) plus the generated tokens it decoded (counted in its decode log: a
+row's first token comes from its prompt's decode, its last is decoded only when the model
+must then say it is done) at the batched decode rate measured on a context configured as that
+run's (n_ctx, slots, KV layout, flash attention, rows as deep as mid-answer). "tail s" is the
+time spent in decodes holding fewer rows than the run's slots (the run's start and end, when
+rows finish at different lengths): wall above ideal that no scheduler removes, since a row's
+tokens are decoded one after another.
 """
 
 from __future__ import annotations
@@ -242,6 +243,7 @@ class Run:
     wall: float
     gen_tok: int
     prompt_tok: float = float("nan")  # prompt tokens decoded (after prefix reuse)
+    gen_decoded: float = float("nan")  # generated tokens decoded (our runs: from the log)
     config: tuple[int, int, bool, bool] | None = None  # our runs' (n_ctx, slots, kv_unified,
     # flash_attn)
     outside: float = float("nan")  # share of wall outside llama_decode
@@ -369,6 +371,7 @@ def run_ours(model, prompts, max_tokens, engine: Engine, seed: int | None = None
         wall,
         sum(x.n_tokens for x in out),
         prompt_tok=decoded,
+        gen_decoded=sum(n for n, _ in steps) - decoded,
         config=config,
         outside=1 - sum(dt for _, dt in steps) / wall,
         tail=sum(dt for n, dt in steps if n < slots),
@@ -432,6 +435,7 @@ def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
                 wall=run.wall,
                 prompt_tok=run.prompt_tok,
                 gen_tok=run.gen_tok,
+                gen_decoded=run.gen_decoded,
                 outside=run.outside,
                 tail=run.tail,
                 pp=max(pp_curves[run.config[3] if run.config else False].values()),
@@ -454,7 +458,7 @@ def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
             records.append(rec)
     df = pd.DataFrame(records)
     rows = len(prompts)
-    df["ideal"] = df.prompt_tok / df.pp + (df.gen_tok - rows).clip(lower=0) / df.dec
+    df["ideal"] = df.prompt_tok / df.pp + df.gen_decoded / df.dec
     df["wall/ideal"] = df.wall / df.ideal
     table = df.groupby("engine", sort=False).agg(
         config=("config", "first"),
