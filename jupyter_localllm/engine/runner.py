@@ -170,10 +170,9 @@ class GenerationContext:
     its own stream of ``n_ctx / n_seq_max`` cells (localLLM's split; the fastest attention on
     CPUs), ``True`` one cache all rows share, and ``None`` (the default) chooses per run: its own
     streams, unless a fixed ``n_ctx`` split ``n_seq_max`` ways is too small for a row that the
-    whole ``n_ctx`` holds (so that row runs instead of failing) or, with flash attention on,
-    the run is prompt-bound (more prompt tokens to decode than tokens to generate: llama.cpp
-    cuts a batch over separate streams into equal-length pieces, a shared cache decodes it
-    whole) — then one shared cache.
+    whole ``n_ctx`` holds (so that row runs instead of failing) — then one shared cache. (In a
+    shared cache with flash attention a row's numerics depend on how many tokens its
+    neighbours put in the same decode; in its own stream they do not.)
     ``flash_attn`` (default on) uses llama.cpp's fused attention (faster; on CPUs its results
     depend a little on how prompts are split into decodes, see
     :func:`~jupyter_localllm.context_create`). One thread drives it at a time;
@@ -278,15 +277,13 @@ class GenerationContext:
             f"flash_attn={self.flash_attn}>"
         )
 
-    def _ensure_context(
-        self, prefix_len: int, per_slot: int, n_slots: int, prompt_bound: bool
-    ) -> BackendContext:
+    def _ensure_context(self, prefix_len: int, per_slot: int, n_slots: int) -> BackendContext:
         if self.fixed_n_ctx is not None:
-            unified = self._fixed_layout(prefix_len + per_slot, n_slots, prompt_bound)
+            unified = self._fixed_layout(prefix_len + per_slot, n_slots)
             if self._ctx is None or unified != self.kv_unified:
                 self._open(self.fixed_n_ctx, unified)
             return self._ctx
-        if self.kv_layout or (self.kv_layout is None and prompt_bound and n_slots > 1):
+        if self.kv_layout:
             # one cache shared by all rows, the prefix stored once
             need = max(512, _round_up(prefix_len + n_slots * per_slot, _CTX_ROUND))
             if self._ctx is None or not self.kv_unified or self._ctx.n_ctx < need:
@@ -298,14 +295,14 @@ class GenerationContext:
             self._open(max(512, _round_up(need_seq * self.n_seq_max, _CTX_ROUND)), False)
         return self._ctx
 
-    def _fixed_layout(self, need: int, n_slots: int, prompt_bound: bool) -> bool:
+    def _fixed_layout(self, need: int, n_slots: int) -> bool:
         """The layout for a run on the fixed ``n_ctx`` whose rows need ``need`` cells each:
-        the one asked for, or (auto) a shared cache when a row does not fit its share or the
-        run is prompt-bound, else a stream per sequence."""
+        the one asked for, or (auto) a shared cache when a row does not fit its share, else a
+        stream per sequence."""
         if self.kv_layout is not None:
             return self.kv_layout
         share = self.fixed_n_ctx // self.n_seq_max
-        return n_slots > 1 and need <= self.fixed_n_ctx and (share < need or prompt_bound)
+        return n_slots > 1 and share < need <= self.fixed_n_ctx
 
     def _seq_cells(self) -> int:
         """KV cells one sequence may use."""
@@ -360,12 +357,7 @@ class GenerationContext:
         own = {i: len(prompts[i]) - prefix_len for i in valid}
         cells = {i: cells_per_row(i, own[i]) for i in valid}
         per_slot = max(cells.values(), default=1)
-        # Prompt-bound: more prompt tokens to decode than tokens to generate. llama.cpp cuts a
-        # batch over per-sequence streams into equal-length pieces (a weight pass each); one
-        # shared cache decodes it whole, which pays off once flash attention skips the cells of
-        # other rows (measured: 1.1x on the 0.5B model; without flash attention it is slower).
-        prompt_bound = self.flash_attn and sum(own.values()) > sum(cells[i] - own[i] for i in valid)
-        ctx = self._ensure_context(prefix_len, per_slot, n_slots, prompt_bound)
+        ctx = self._ensure_context(prefix_len, per_slot, n_slots)
         seq_cells = self._seq_cells()
         if prefix_len >= seq_cells:
             prefix_len = 0  # cannot share it; every row will report its length

@@ -70,12 +70,13 @@ def context_create(
     memory for long shared prefixes, slower attention with many rows). ``flash_attn`` (on by
     default, as llama-server's ``-fa auto`` on CPUs) uses llama.cpp's fused attention: 7-27%
     faster batched decoding on this project's CPU benchmarks, and in a shared cache it skips
-    other rows' cells, so a prompt-bound run uses one. Its CPU kernel accumulates short
-    decodes in 16-bit floats, so a log-probability depends a little on how the prompt was
-    split into decodes (a cached prefix or not: 0.2 nats on average for the default 135M
-    model's labels) — as large as the 16-bit KV cache's own error against a 32-bit one (0.23),
-    which every setting has. ``flash_attn=False`` is llama-cpp-python's ``Llama`` default,
-    whose results do not depend on the split.
+    other rows' cells. Its CPU kernel accumulates short decodes in 16-bit floats, so a
+    log-probability depends a little on how the prompt was split into decodes (a cached
+    prefix or not: 0.2 nats on average for the default 135M model's labels) — as large as the
+    16-bit KV cache's own error against a 32-bit one (0.23), which every setting has; with a
+    stream per row that split depends on the row alone, in a shared cache on its neighbours
+    too. ``flash_attn=False`` is llama-cpp-python's ``Llama`` default, whose results do not
+    depend on the split.
     ``n_threads`` defaults to the physical cores.
     """
     if verbosity is not None:
