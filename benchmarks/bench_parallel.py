@@ -186,12 +186,16 @@ def measure_decode_curve(
     ctx = _context(model, n_ctx, n_seq, kv_unified, flash_attn)
     batch = Batch(max(512, n_seq), n_seq, model.n_vocab)
     toks = np.random.default_rng(1).integers(100, 20000, size=depth + steps)
-    for start in range(0, depth, 512):
-        batch.clear()
-        batch.add(toks[start : min(depth, start + 512)], start, 0, want_last_logits=False)
-        ctx.decode(batch)
-    for s in range(1, n_seq):
-        ctx.seq_cp(0, s)  # rows of equal depth; a copy, not a decode
+    for s in range(1 if not kv_unified else n_seq):
+        for start in range(0, depth, 512):
+            batch.clear()
+            batch.add(toks[start : min(depth, start + 512)], start, s, want_last_logits=False)
+            ctx.decode(batch)
+    if not kv_unified:
+        # streams are separate: a whole-stream copy gives each row its own cells, no decode;
+        # in a shared cache a copy would share the cells, so each row decodes its own
+        for s in range(1, n_seq):
+            ctx.seq_cp(0, s)
     rates = {}
     for k in widths or [n_seq]:
         t0 = time.perf_counter()
@@ -313,7 +317,7 @@ class Run:
     steps: list[tuple[int, float]] = field(default_factory=list)
     decodes: list[int] = field(default_factory=list)  # generated tokens decoded, per row
     pp: float = float("nan")  # best prompt rate, measured just before and after the run
-    curve: dict[int, float] = field(default_factory=dict)  # decode rate by batch width, after
+    curve: dict[int, float] = field(default_factory=dict)  # decode rate by width, likewise
 
 
 def workloads(gen_rows: int, seed_rows: int, slots: list[int], data: Path = DATA) -> list[Workload]:
@@ -409,13 +413,26 @@ def decode_log() -> Iterator[list[tuple[int, float]]]:
         engine_llama.Context.decode = original
 
 
-def run_ours(model, prompts, max_tokens, engine: Engine, seed: int | None = None) -> Run:
+def _rates(model, prompts, max_tokens, config) -> tuple[float, dict[int, float]]:
+    """The best prompt rate and the decode curve for a run's ``config`` (n_ctx, slots, KV
+    layout, flash attention), rows as deep as a prompt and half of ``max_tokens``."""
+    n_ctx, slots, unified, fa = config
+    depth = _depth(prompts, max_tokens / 2, model)
+    pp = max(measure_pp(model, fa).values())
+    return pp, measure_decode_curve(model, n_ctx, slots, unified, depth, fa, _widths(slots))
+
+
+def run_ours(model, prompts, max_tokens, engine: Engine, seed: int | None = None, hint=None) -> Run:
     """Our engine: a generate() loop or generate_parallel, as ``engine`` says. The rates its
-    ideal needs are measured right around it (the VM's speed drifts within minutes): prompt
-    processing before and after, decode rates by batch width after, on its configuration."""
+    ideal needs are measured on its configuration right before and right after it, and
+    averaged: the VM's speed drifts by a third within a minute. A parallel run picks its
+    configuration from the work, so ``hint`` (the configuration of its previous round) says
+    what to measure before it; without one only the rates after count."""
     ctx = ll.context_create(model, n_seq_max=engine.n_seq_max, n_ctx=engine.n_ctx)
+    if engine.kind == "loop" and ctx.n_ctx is not None:
+        hint = (ctx.n_ctx, 1, ctx.kv_unified, ctx.flash_attn)
+    before = _rates(model, prompts, max_tokens, hint) if hint else None
     options = dict(max_tokens=max_tokens, seed=seed)
-    pp_before = measure_pp(model, ctx.flash_attn)
     decoded = 0
     with decode_log() as steps:
         t0 = time.perf_counter()
@@ -432,24 +449,26 @@ def run_ours(model, prompts, max_tokens, engine: Engine, seed: int | None = None
     if failed:
         print(f"   {engine.label}: {len(failed)} row(s) failed: {failed[0].error}")
     slots = max(1, ctx.last_run.n_slots)
-    n_ctx, unified, fa = ctx.last_run.n_ctx or ctx.n_ctx, ctx.kv_unified, ctx.flash_attn
+    config = (ctx.last_run.n_ctx or ctx.n_ctx, slots, ctx.kv_unified, ctx.flash_attn)
     ctx.close()
-    pp_after = measure_pp(model, fa)
-    gen_tok = sum(x.n_tokens for x in out)
-    depth = _depth(prompts, gen_tok / len(prompts), model)
+    after = _rates(model, prompts, max_tokens, config)
+    pp, curve = after
+    if before is not None and hint == config:
+        pp = (before[0] + pp) / 2
+        curve = {k: (before[1][k] + curve[k]) / 2 for k in curve}
     return Run(
         [str(x) for x in out],
         wall,
-        gen_tok,
+        sum(x.n_tokens for x in out),
         prompt_tok=decoded,
         gen_decoded=sum(n for n, _ in steps) - decoded,
-        config=(n_ctx, slots, unified, fa),
+        config=config,
         outside=1 - sum(dt for _, dt in steps) / wall,
         tail=sum(dt for n, dt in steps if n < slots),
         steps=steps,
         decodes=decodes_per_row(out),
-        pp=max((pp_before[n] + pp_after[n]) / 2 for n in pp_before),
-        curve=measure_decode_curve(model, n_ctx, slots, unified, depth, fa, _widths(slots)),
+        pp=pp,
+        curve=curve,
     )
 
 
@@ -524,6 +543,7 @@ def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
         print(f"   (no {llama_server.SERVER}: `make bench-server` builds it; server rows skipped)")
         engines = [e for e in engines if e.kind != "server"]
     records = []
+    configs: dict[str, tuple] = {}  # our runs' configurations, from their previous round
     for r in range(rounds):
         order = engines[r % len(engines) :] + engines[: r % len(engines)]
         runs: dict[str, Run] = {}
@@ -534,7 +554,9 @@ def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
                 elif engine.kind == "server":
                     run = run_server(model, prompts, workload.max_tokens, engine.n_seq_max, url)
                 else:
-                    run = run_ours(model, prompts, workload.max_tokens, engine, workload.seed)
+                    hint = configs.get(engine.label)
+                    run = run_ours(model, prompts, workload.max_tokens, engine, workload.seed, hint)
+                    configs[engine.label] = run.config
                 runs[engine.label] = run
                 print(f"   round {r + 1}: {engine.label}: {run.wall:.1f} s", flush=True)
         for engine in engines:
