@@ -1,0 +1,195 @@
+"""What this machine does per decode, and the ideal time of a run from it.
+
+Rates are measured on a context configured as the run being judged (n_ctx, slots, KV layout,
+flash attention): prompt processing by tokens per decode, batched decode by batch width. The
+ideal steps a run's rows through its slots at those rates (see ``bench_parallel``'s
+docstring). ``layouts`` is the table the KV layout and flash attention defaults came from.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+import jupyter_localllm as ll
+from jupyter_localllm.engine.llama import Batch, Context
+
+
+def _context(
+    model, n_ctx: int, n_seq: int, kv_unified: bool, flash_attn: bool = False, n_batch: int = 512
+) -> Context:
+    return Context(
+        model,
+        n_ctx=n_ctx,
+        n_seq_max=n_seq,
+        n_batch=n_batch,
+        n_threads=ll.hardware_profile()["cores_physical"],
+        kv_unified=kv_unified,
+        flash_attn=flash_attn,
+    )
+
+
+PP_SIZES = (256, 512)  # tokens per decode: rates rise to a plateau from ~256 on this CPU
+PP_TOTAL = 512  # tokens decoded per measurement (chunk after chunk, as a long prompt)
+
+
+def measure_pp(model, flash_attn: bool, sizes=PP_SIZES) -> dict[int, float]:
+    """Prompt processing (tok/s) as a function of the tokens in one decode: ``PP_TOTAL``
+    tokens of one sequence decoded in chunks of each size (per-sequence KV, the engine's
+    layout), sizes interleaved. Each figure times ~2 s of work: a single short decode is at
+    the mercy of the VM's drift, and the best of several such noisy figures flatters the
+    ideal."""
+    ctx = _context(model, 1024, 1, kv_unified=False, flash_attn=flash_attn)
+    batch = Batch(512, 1, model.n_vocab)
+    toks = np.random.default_rng(0).integers(100, 20000, size=PP_TOTAL)
+    rates = {}
+    for n in sizes:
+        ctx.memory_clear()
+        t0 = time.perf_counter()
+        for start in range(0, PP_TOTAL, n):
+            batch.clear()
+            batch.add(toks[start : start + n], start, 0, want_last_logits=True)
+            ctx.decode(batch)
+        rates[n] = PP_TOTAL / (time.perf_counter() - t0)
+    ctx.close()
+    return rates
+
+
+def _widths(slots: int) -> list[int]:
+    """Batch widths a decode curve is measured at: powers of two below ``slots``, and it."""
+    return sorted({k for k in (1, 2, 4, 8, 16, 32) if k < slots} | {slots})
+
+
+def measure_decode_curve(
+    model,
+    n_ctx: int,
+    n_seq: int,
+    kv_unified: bool,
+    depth: int,
+    flash_attn: bool = False,
+    widths: list[int] | None = None,
+    steps: int = 8,
+) -> dict[int, float]:
+    """Batched decode (tok/s) by batch width on a context configured as the engine's run
+    (``n_ctx``, ``n_seq`` slots, KV layout, flash attention): one token for each of the first
+    ``k`` sequences per decode (consecutive ids, as the scheduler keeps them), each sequence
+    ``depth`` tokens deep (about a row's prompt and half its answer)."""
+    per_seq = n_ctx // n_seq  # a shared cache holds n_seq rows too
+    depth = max(8, min(depth, per_seq - steps - 8))
+    ctx = _context(model, n_ctx, n_seq, kv_unified, flash_attn)
+    batch = Batch(max(512, n_seq), n_seq, model.n_vocab)
+    toks = np.random.default_rng(1).integers(100, 20000, size=depth + steps)
+    for s in range(1 if not kv_unified else n_seq):
+        for start in range(0, depth, 512):
+            batch.clear()
+            batch.add(toks[start : min(depth, start + 512)], start, s, want_last_logits=False)
+            ctx.decode(batch)
+    if not kv_unified:
+        # streams are separate: a whole-stream copy gives each row its own cells, no decode;
+        # in a shared cache a copy would share the cells, so each row decodes its own
+        for s in range(1, n_seq):
+            ctx.seq_cp(0, s)
+    rates = {}
+    for k in widths or [n_seq]:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            batch.clear()
+            for s in range(k):
+                batch.add([int(toks[depth + i])], depth + i, s, want_last_logits=True)
+            ctx.decode(batch)
+        rates[k] = k * steps / (time.perf_counter() - t0)
+        for s in range(k):
+            ctx.seq_rm(s, depth, -1)
+    ctx.close()
+    return rates
+
+
+def measure_decode(
+    model, n_ctx: int, n_seq: int, kv_unified: bool, depth: int, flash_attn: bool = False
+) -> float:
+    """Batched decode (tok/s) with all ``n_seq`` sequences in every decode (see
+    :func:`measure_decode_curve`)."""
+    return measure_decode_curve(model, n_ctx, n_seq, kv_unified, depth, flash_attn, steps=12)[n_seq]
+
+
+def rate_at(curve: dict[int, float], k: int) -> float:
+    """``curve``'s rate at batch width ``k``, interpolated linearly in log2(width)."""
+    widths = sorted(curve)
+    x = np.log2([max(1, min(k, widths[-1]))])
+    return float(np.interp(x, np.log2(widths), [curve[w] for w in widths])[0])
+
+
+def decodes_per_row(results) -> list[int]:
+    """Generated tokens each row had to decode: its first token comes from its prompt's
+    decode; each later token, and the end-of-generation verdict, from decoding the one
+    before (a row cut at ``max_tokens`` never decodes its last token)."""
+    return [x.n_tokens - (0 if x.finish_reason == "eog" else 1) for x in results if x.ok]
+
+
+def schedule_time(decodes: list[int], slots: int, curve: dict[int, float]) -> float:
+    """Seconds the generated tokens need when every step decodes every running row at the
+    rate measured for that batch width, rows taking a free slot the step after one ends, in
+    input order. A row's tokens come one after another, so near the end of a run steps hold
+    fewer rows than slots: no scheduler without speculation decodes them faster."""
+    waiting = [d for d in decodes if d > 0]
+    running: list[int] = []
+    seconds = 0.0
+    while waiting or running:
+        while waiting and len(running) < slots:
+            running.append(waiting.pop(0))
+        k = len(running)
+        seconds += k / rate_at(curve, k)
+        running = [d - 1 for d in running if d > 1]
+    return seconds
+
+
+def row_depth(prompts, answer_tokens: float, model) -> int:
+    """Tokens a sequence holds mid-answer: a row's prompt (median) and half its answer."""
+    n_prompt = np.median([len(model.tokenize(p, add_special=True)) for p in prompts])
+    return int(n_prompt + answer_tokens / 2)
+
+
+LAYOUT_SLOTS = (1, 8, 16, 48)
+
+
+def layouts(model, depth: int = 100) -> pd.DataFrame:
+    """Batched decode rates (tok/s) for each KV layout with flash attention on and off, at
+    ``LAYOUT_SLOTS`` sequences of ``depth`` tokens (256 cells per sequence): the figures the
+    defaults (per-sequence streams, flash attention on) were chosen from."""
+    rows = {}
+    for n in LAYOUT_SLOTS:
+        rows[n] = {
+            f"{'unified' if unified else 'per-seq'}, FA {'on' if fa else 'off'}": measure_decode(
+                model, 256 * n, n, unified, depth, fa
+            )
+            for unified in (False, True)
+            for fa in (True, False)
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("sequences")
+    print(f"\n== {model.name}: batched decode, tok/s, by KV layout and flash attention (FA)")
+    print(table.to_string(float_format=lambda x: f"{x:.0f}"))
+    table.attrs.update(model=model.name)
+    return table
+
+
+def rates_for(model, prompts, max_tokens, config) -> tuple[float, dict[int, float]]:
+    """The best prompt rate and the decode curve for a run's ``config`` (n_ctx, slots, KV
+    layout, flash attention), rows as deep as a prompt and half of ``max_tokens``."""
+    n_ctx, slots, unified, fa = config
+    depth = row_depth(prompts, max_tokens / 2, model)
+    pp = max(measure_pp(model, fa).values())
+    return pp, measure_decode_curve(model, n_ctx, slots, unified, depth, fa, _widths(slots))
+
+
+def layout_markdown(table: pd.DataFrame) -> str:
+    """A :func:`layouts` table as Markdown."""
+    cols = list(table.columns)
+    lines = [
+        f"| {table.attrs['model']}: sequences | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
+    for n, row in table.iterrows():
+        lines.append(f"| {n} | " + " | ".join(f"{row[c]:.0f}" for c in cols) + " |")
+    return "\n".join(lines) + "\n"
