@@ -110,7 +110,6 @@ def test_rows_moved_to_lower_sequences_keep_their_cache(model, prompts, monkeypa
     assert all(str(out[1]).startswith(str(r)) for r in out[::2])
 
 
-
 def test_decodes_only_the_generated_tokens_it_must(model, prompts, monkeypatch):
     """A row's first token comes from its prompt's decode, each later token and the
     end-of-generation verdict from decoding the one before; a row cut at max_tokens never
@@ -134,6 +133,8 @@ def test_decodes_only_the_generated_tokens_it_must(model, prompts, monkeypatch):
     assert reasons == {"eog", "length"}, [(str(r), r.finish_reason) for r in out]
     must = sum(r.n_tokens - (r.finish_reason != "eog") for r in out)
     assert sum(decoded) - run.decoded_prompt_tokens == must
+
+
 def test_mixed_lengths_and_one_over_long_prompt(model, prompts):
     ctx = ll.context_create(model, n_ctx=512, n_seq_max=4)
     too_long = prompts[1].replace("Name a primary colour.", "word " * 600)
