@@ -38,9 +38,8 @@ PP_TOTAL = 512  # tokens decoded per measurement (chunk after chunk, as a long p
 def measure_pp(model, flash_attn: bool, sizes=PP_SIZES) -> dict[int, float]:
     """Prompt processing (tok/s) as a function of the tokens in one decode: ``PP_TOTAL``
     tokens of one sequence decoded in chunks of each size (per-sequence KV, the engine's
-    layout), sizes interleaved. Each figure times ~2 s of work: a single short decode is at
-    the mercy of the VM's drift, and the best of several such noisy figures flatters the
-    ideal."""
+    layout). Each figure times ~2 s of work: a single short decode is at the mercy of the
+    VM's drift, and the best of several such noisy figures overstates the rate."""
     ctx = _context(model, 1024, 1, kv_unified=False, flash_attn=flash_attn)
     batch = Batch(512, 1, model.n_vocab)
     toks = np.random.default_rng(0).integers(100, 20000, size=PP_TOTAL)
