@@ -30,7 +30,9 @@ prompt-processing rate (256 or 512 tokens per decode, measured before and after 
 its generated tokens stepped through its slots: each row decodes its tokens one after another
 (counted per row: its first token comes from its prompt's decode, its last is decoded only when
 the model must then say it is done), a freed slot takes the next row, and every step costs what
-a decode of that many rows measured (by batch width, rows as deep as mid-answer). Near a run's
+a decode of that many rows measured (by batch width, at the rows' mean depth: measured with
+rows at the start and at the end of an answer, since attention reads every cell a row holds,
+and interpolated). Near a run's
 end fewer rows than slots remain: no scheduler without speculative decoding fills those steps,
 so the ideal counts them at their own width. "wall/ideal, full batches" is the stricter figure
 that pretends every generated token ran in a full batch; "tail s" is the time the run spent in
@@ -158,9 +160,10 @@ class Run:
     outside: float = float("nan")  # share of wall outside llama_decode
     tail: float = float("nan")  # seconds in decodes holding fewer rows than slots
     steps: list[tuple[int, float]] = field(default_factory=list)
-    decodes: list[int] = field(default_factory=list)  # generated tokens decoded, per row
+    decodes: list[tuple[int, int]] = field(default_factory=list)  # per row: prompt, decodes
     pp: float = float("nan")  # best prompt rate, measured just before and after the run
-    curve: dict[int, float] = field(default_factory=dict)  # decode rate by width, likewise
+    curves: dict[int, dict[int, float]] = field(default_factory=dict)  # by depth: rate by
+    # batch width, likewise
 
 
 def workloads(gen_rows: int, seed_rows: int, slots: list[int], data: Path = DATA) -> list[Workload]:
@@ -286,10 +289,12 @@ def run_ours(model, prompts, max_tokens, engine: Engine, seed: int | None = None
     config = (ctx.last_run.n_ctx or ctx.n_ctx, slots, ctx.kv_unified, ctx.flash_attn)
     ctx.close()
     after = rates_for(model, prompts, max_tokens, config)
-    pp, curve = after
+    pp, curves = after
     if before is not None and hint == config:
         pp = (before[0] + pp) / 2
-        curve = {k: (before[1][k] + curve[k]) / 2 for k in curve}
+        curves = {
+            d: {k: (before[1][d][k] + curve[k]) / 2 for k in curve} for d, curve in curves.items()
+        }
     return Run(
         [str(x) for x in out],
         wall,
@@ -302,7 +307,7 @@ def run_ours(model, prompts, max_tokens, engine: Engine, seed: int | None = None
         steps=steps,
         decodes=decodes_per_row(out),
         pp=pp,
-        curve=curve,
+        curves=curves,
     )
 
 
@@ -352,11 +357,12 @@ def _record(engine: Engine, r: int, runs: dict[str, Run], engines: list[Engine])
     config = run.config
     if config is not None:
         n_ctx, slots, unified, fa = config
-        rec["dec"] = run.curve[slots]
-        rec["gen_ideal"] = schedule_time(run.decodes, slots, run.curve)
-        if sum(run.decodes) != run.gen_decoded:
+        rec["dec"] = float(np.mean([curve[slots] for curve in run.curves.values()]))
+        rec["gen_ideal"] = schedule_time(run.decodes, slots, run.curves)
+        decodes = sum(d for _, d in run.decodes)
+        if decodes != run.gen_decoded:
             print(
-                f"   {engine.label}: rows say {sum(run.decodes)} generated tokens "
+                f"   {engine.label}: rows say {decodes} generated tokens "
                 f"were decoded, the decode log {run.gen_decoded:.0f}"
             )
         layout = "unified" if unified else "per-seq"

@@ -120,27 +120,43 @@ def rate_at(curve: dict[int, float], k: int) -> float:
     return float(np.interp(x, np.log2(widths), [curve[w] for w in widths])[0])
 
 
-def decodes_per_row(results) -> list[int]:
-    """Generated tokens each row had to decode: its first token comes from its prompt's
-    decode; each later token, and the end-of-generation verdict, from decoding the one
-    before (a row cut at ``max_tokens`` never decodes its last token)."""
-    return [x.n_tokens - (0 if x.finish_reason == "eog" else 1) for x in results if x.ok]
+def rate_at_depth(curves: dict[int, dict[int, float]], k: int, depth: float) -> float:
+    """The decode rate at batch width ``k`` for rows ``depth`` tokens deep, interpolated
+    linearly between the depths ``curves`` were measured at (clamped at their ends)."""
+    depths = sorted(curves)
+    return float(np.interp(depth, depths, [rate_at(curves[d], k) for d in depths]))
 
 
-def schedule_time(decodes: list[int], slots: int, curve: dict[int, float]) -> float:
-    """Seconds the generated tokens need when every step decodes every running row at the
-    rate measured for that batch width, rows taking a free slot the step after one ends, in
-    input order. A row's tokens come one after another, so near the end of a run steps hold
-    fewer rows than slots: no scheduler without speculation decodes them faster."""
-    waiting = [d for d in decodes if d > 0]
-    running: list[int] = []
+def decodes_per_row(results) -> list[tuple[int, int]]:
+    """Each row's prompt length and the generated tokens it had to decode: its first token
+    comes from its prompt's decode; each later token, and the end-of-generation verdict, from
+    decoding the one before (a row cut at ``max_tokens`` never decodes its last token)."""
+    return [
+        (x.n_prompt_tokens, x.n_tokens - (0 if x.finish_reason == "eog" else 1))
+        for x in results
+        if x.ok
+    ]
+
+
+def schedule_time(
+    rows: list[tuple[int, int]], slots: int, curves: dict[int, dict[int, float]]
+) -> float:
+    """Seconds the generated tokens of ``rows`` ((prompt length, decodes) each) need when
+    every step decodes every running row at the rate measured for that batch width and the
+    rows' mean depth (attention reads every cell a row holds, so deep rows cost more), rows
+    taking a free slot the step after one ends, in input order. A row's tokens come one after
+    another, so near the end of a run steps hold fewer rows than slots: no scheduler without
+    speculation decodes them faster."""
+    waiting = [[depth, d] for depth, d in rows if d > 0]
+    running: list[list[int]] = []
     seconds = 0.0
     while waiting or running:
         while waiting and len(running) < slots:
             running.append(waiting.pop(0))
         k = len(running)
-        seconds += k / rate_at(curve, k)
-        running = [d - 1 for d in running if d > 1]
+        depth = sum(row[0] for row in running) / k
+        seconds += k / rate_at_depth(curves, k, depth)
+        running = [[depth + 1, d - 1] for depth, d in running if d > 1]
     return seconds
 
 
@@ -173,13 +189,19 @@ def layouts(model, depth: int = 100) -> pd.DataFrame:
     return table
 
 
-def rates_for(model, prompts, max_tokens, config) -> tuple[float, dict[int, float]]:
-    """The best prompt rate and the decode curve for a run's ``config`` (n_ctx, slots, KV
-    layout, flash attention), rows as deep as a prompt and half of ``max_tokens``."""
+def rates_for(model, prompts, max_tokens, config) -> tuple[float, dict[int, dict[int, float]]]:
+    """The best prompt rate and the decode curves for a run's ``config`` (n_ctx, slots, KV
+    layout, flash attention), keyed by depth: rows as deep as a prompt at the start of its
+    answer and at ``max_tokens``."""
     n_ctx, slots, unified, fa = config
-    depth = row_depth(prompts, max_tokens / 2, model)
     pp = max(measure_pp(model, fa).values())
-    return pp, measure_decode_curve(model, n_ctx, slots, unified, depth, fa, _widths(slots))
+    curves = {}
+    for answer in (1, max_tokens):
+        depth = row_depth(prompts, 2 * answer, model)  # row_depth counts half the answer
+        curves[depth] = measure_decode_curve(
+            model, n_ctx, slots, unified, depth, fa, _widths(slots)
+        )
+    return pp, curves
 
 
 def layout_markdown(table: pd.DataFrame) -> str:
