@@ -1,7 +1,7 @@
 """Parallel generation benchmark: our engine, llama-cpp-python and llama-server, side by side.
 
     .venv/bin/python benchmarks/bench_parallel.py [--models default,qwen2.5-coder-0.5b]
-        [--rounds 2] [--only seed|gen] [--markdown FILE]
+        [--rounds 2] [--seed-rounds 4] [--only seed|gen] [--markdown FILE]
 
 ``make bench`` runs it on both benchmark models after ``make bench-model`` (the 0.5B model)
 and ``make bench-server`` (``.bench/llama-server``); without the server binary the server rows
@@ -25,18 +25,20 @@ up to 1.5x within minutes); the table shows medians over rounds.
 
 "ideal" is the time this machine needs for the tokens an engine of ours decoded, at rates
 measured on that run's own configuration (n_ctx, slots, KV layout, flash attention) right
-around it, since the VM's speed drifts within minutes: its decoded prompt tokens at the best
-prompt-processing rate (256 or 512 tokens per decode, measured before and after the run), plus
-its generated tokens stepped through its slots: each row decodes its tokens one after another
-(counted per row: its first token comes from its prompt's decode, its last is decoded only when
-the model must then say it is done), a freed slot takes the next row, and every step costs what
-a decode of that many rows measured (by batch width, at the rows' mean depth: measured with
-rows at the start and at the end of an answer, since attention reads every cell a row holds,
-and interpolated). Near a run's
-end fewer rows than slots remain: no scheduler without speculative decoding fills those steps,
-so the ideal counts them at their own width. "wall/ideal, full batches" is the stricter figure
-that pretends every generated token ran in a full batch; "tail s" is the time the run spent in
-decodes holding fewer rows than its slots.
+around it, since the VM's speed drifts within minutes. Prompt tokens: with several slots at
+the best prompt-processing rate (256 or 512 tokens per decode); with one slot (a loop) each
+row's prompt at the rate measured for a decode of its size, since one sequence cannot decode
+it in bigger pieces. Generated tokens are stepped through the slots: each row decodes its
+tokens one after another (counted per row: its first token comes from its prompt's decode, its
+last is decoded only when the model must then say it is done), a freed slot takes the next
+row, and every step costs what a decode of that many rows measured (by batch width, at the
+rows' mean depth: measured with rows at the start and at the end of an answer, since attention
+reads every cell a row holds, and interpolated). Near a run's end fewer rows than slots remain:
+no scheduler without speculative decoding fills those steps, so the ideal counts them at their
+own width. "wall/ideal, full batches" is the stricter figure that pretends every generated
+token ran in a full batch; "tail s" is the time the run spent in decodes holding fewer rows
+than its slots. "× (b) at the limit" is the speed-up over our generate() loop that the
+measured rates allow: the loop's ideal over this configuration's, in the same round.
 """
 
 from __future__ import annotations
@@ -57,7 +59,14 @@ from jupyter_localllm.engine import llama as engine_llama
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import server as llama_server  # benchmarks/server.py
-from rates import decodes_per_row, layout_markdown, layouts, rates_for, schedule_time
+from rates import (
+    decodes_per_row,
+    layout_markdown,
+    layouts,
+    prompt_time,
+    rates_for,
+    schedule_time,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news_sample.csv"
 TOPICS = [
@@ -154,6 +163,7 @@ class Run:
     wall: float
     gen_tok: int
     prompt_tok: float = float("nan")  # prompt tokens decoded (after prefix reuse)
+    prompt_decodes: list[int] = field(default_factory=list)  # loops: each row's, else the sum
     gen_decoded: float = float("nan")  # generated tokens decoded (our runs: from the log)
     config: tuple[int, int, bool, bool] | None = None  # our runs' (n_ctx, slots, kv_unified,
     # flash_attn)
@@ -161,7 +171,8 @@ class Run:
     tail: float = float("nan")  # seconds in decodes holding fewer rows than slots
     steps: list[tuple[int, float]] = field(default_factory=list)
     decodes: list[tuple[int, int]] = field(default_factory=list)  # per row: prompt, decodes
-    pp: float = float("nan")  # best prompt rate, measured just before and after the run
+    pp: dict[int, float] = field(default_factory=dict)  # prompt rate by tokens per decode,
+    # measured just before and after the run
     curves: dict[int, dict[int, float]] = field(default_factory=dict)  # by depth: rate by
     # batch width, likewise
 
@@ -197,20 +208,21 @@ def workloads(gen_rows: int, seed_rows: int, slots: list[int], data: Path = DATA
 
 
 def llama_cpp_model(model, n_ctx: int):
-    """llama-cpp-python's ``Llama`` on ``model``, loaded AMX-safe, flash attention on."""
+    """llama-cpp-python's ``Llama`` on ``model``, with weight repacking as our engine loaded
+    it (off on AMX CPUs, where it crashes), flash attention on."""
     import llama_cpp
     import llama_cpp.llama_cpp as low_level
 
     # Llama() has no use_extra_bufts argument (it swallows unknown keywords); on AMX CPUs the
-    # repacked buffers crash, so hand its constructor default params with the field cleared.
+    # repacked buffers crash, so hand its constructor default params with our engine's choice.
     defaults = low_level.llama_model_default_params
 
-    def params_without_extra_bufts():
+    def params_like_ours():
         params = defaults()
-        params.use_extra_bufts = False
+        params.use_extra_bufts = model.use_extra_bufts
         return params
 
-    low_level.llama_model_default_params = params_without_extra_bufts
+    low_level.llama_model_default_params = params_like_ours
     try:
         return llama_cpp.Llama(
             model_path=str(model.path),
@@ -270,17 +282,17 @@ def run_ours(model, prompts, max_tokens, engine: Engine, seed: int | None = None
         hint = (ctx.n_ctx, 1, ctx.kv_unified, ctx.flash_attn)
     before = rates_for(model, prompts, max_tokens, hint) if hint else None
     options = dict(max_tokens=max_tokens, seed=seed)
-    decoded = 0
+    decoded: list[int] = []
     with decode_log() as steps:
         t0 = time.perf_counter()
         if engine.kind == "loop":
             out = []
             for p in prompts:
                 out.append(ll.generate(ctx, p, **options))
-                decoded += ctx.last_run.decoded_prompt_tokens
+                decoded.append(ctx.last_run.decoded_prompt_tokens)
         else:
             out = ll.generate_parallel(ctx, prompts, progress=False, cache=False, **options)
-            decoded = ctx.last_run.decoded_prompt_tokens
+            decoded = [ctx.last_run.decoded_prompt_tokens]
         wall = time.perf_counter() - t0
     failed = [x for x in out if not x.ok]
     if failed:
@@ -291,7 +303,7 @@ def run_ours(model, prompts, max_tokens, engine: Engine, seed: int | None = None
     after = rates_for(model, prompts, max_tokens, config)
     pp, curves = after
     if before is not None and hint == config:
-        pp = (before[0] + pp) / 2
+        pp = {n: (before[0][n] + rate) / 2 for n, rate in pp.items()}
         curves = {
             d: {k: (before[1][d][k] + curve[k]) / 2 for k in curve} for d, curve in curves.items()
         }
@@ -299,8 +311,9 @@ def run_ours(model, prompts, max_tokens, engine: Engine, seed: int | None = None
         [str(x) for x in out],
         wall,
         sum(x.n_tokens for x in out),
-        prompt_tok=decoded,
-        gen_decoded=sum(n for n, _ in steps) - decoded,
+        prompt_tok=sum(decoded),
+        prompt_decodes=decoded,
+        gen_decoded=sum(n for n, _ in steps) - sum(decoded),
         config=config,
         outside=1 - sum(dt for _, dt in steps) / wall,
         tail=sum(dt for n, dt in steps if n < slots),
@@ -326,9 +339,14 @@ def maybe_server(model, engines) -> Iterator[str | None]:
         yield None
         return
     threads = ll.hardware_profile()["cores_physical"]
-    # Flash attention on, as in our contexts (and as the server's own "auto" picks on CPUs).
+    # Flash attention on, as in our contexts (and as the server's own "auto" picks on CPUs);
+    # weights repacked where our engine repacks them.
     with llama_server.running_server(
-        model.path, server.n_seq_max, n_threads=threads, flash_attn="on"
+        model.path,
+        server.n_seq_max,
+        n_threads=threads,
+        flash_attn="on",
+        repack=model.use_extra_bufts,  # as our engine loaded the weights
     ) as url:
         yield url
 
@@ -348,7 +366,7 @@ def _record(engine: Engine, r: int, runs: dict[str, Run], engines: list[Engine])
         gen_decoded=run.gen_decoded,
         outside=run.outside,
         tail=run.tail,
-        pp=run.pp,
+        pp=max(run.pp.values(), default=float("nan")),
         agree=float(np.mean([x == y for x, y in zip(run.texts, reference, strict=True)])),
         agree_b=float(np.mean([x == y for x, y in zip(run.texts, ours, strict=True)])),
     )
@@ -358,6 +376,7 @@ def _record(engine: Engine, r: int, runs: dict[str, Run], engines: list[Engine])
     if config is not None:
         n_ctx, slots, unified, fa = config
         rec["dec"] = float(np.mean([curve[slots] for curve in run.curves.values()]))
+        rec["prompt_ideal"] = prompt_time(run.prompt_decodes, slots, run.pp)
         rec["gen_ideal"] = schedule_time(run.decodes, slots, run.curves)
         decodes = sum(d for _, d in run.decodes)
         if decodes != run.gen_decoded:
@@ -403,10 +422,15 @@ def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
             records.append(_record(engine, r, runs, engines))
     df = pd.DataFrame(records)
     rows = len(prompts)
-    df["ideal"] = df.prompt_tok / df.pp + df.gen_ideal
+    df["ideal"] = df.prompt_ideal + df.gen_ideal
     df["wall/ideal"] = df.wall / df.ideal
     # the ideal if every generated token ran in a full batch (rows all the same length)
-    df["wall/full"] = df.wall / (df.prompt_tok / df.pp + df.gen_decoded / df.dec)
+    df["wall/full"] = df.wall / (df.prompt_ideal + df.gen_decoded / df.dec)
+    # the speed-up over our generate() loop that the measured rates allow: its ideal over this
+    # configuration's, in the same round
+    loop = next(e.label for e in engines if e.kind == "loop")
+    loop_ideal = df[df.engine == loop].set_index("round").ideal
+    df["limit"] = df["round"].map(loop_ideal) / df.ideal
     table = df.groupby("engine", sort=False).agg(
         config=("config", "first"),
         wall=("wall", "median"),
@@ -417,6 +441,7 @@ def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
         wall_ideal_lo=("wall/ideal", "min"),
         wall_ideal_hi=("wall/ideal", "max"),
         wall_full=("wall/full", "median"),
+        x_loop_limit=("limit", "median"),
         tail=("tail", "median"),
         outside=("outside", "median"),
         agree=("agree", "median"),
@@ -439,9 +464,9 @@ def markdown(tables: list[pd.DataFrame]) -> str:
     """The README's benchmark table from :func:`bench` tables."""
     lines = [
         "| model | workload | engine | wall s | × (a) Llama loop | × (b) generate loop "
-        "| × (s) llama-server | wall/ideal (rounds) | wall/ideal, full batches | tail s "
-        "| same text as (a) | same text as (b) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| × (b) at the limit | × (s) llama-server | wall/ideal (rounds) "
+        "| wall/ideal, full batches | tail s | same text as (a) | same text as (b) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ratio(row, col):
@@ -458,7 +483,8 @@ def markdown(tables: list[pd.DataFrame]) -> str:
             lines.append(
                 f"| {table.attrs['model'] if first else ''} "
                 f"| {table.attrs['workload'] if first else ''} | {label} | {row.wall:.1f} "
-                f"| {ratio(row, 'x_llama')} | {ratio(row, 'x_loop')} | {ratio(row, 'x_server')} "
+                f"| {ratio(row, 'x_llama')} | {ratio(row, 'x_loop')} "
+                f"| {ratio(row, 'x_loop_limit')} | {ratio(row, 'x_server')} "
                 f"| {ratio(row, 'wall_ideal')}{spread(row)} | {ratio(row, 'wall_full')} "
                 f"| {ratio(row, 'tail')} | {row.agree:.0%} "
                 f"| {row.agree_b:.0%} |"
@@ -472,7 +498,13 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=100, help="seed workload rows")
     ap.add_argument("--gen-rows", type=int, default=48)
     ap.add_argument("--slots", default="8,16,48", help="n_seq_max values on the gen workload")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the gen workload")
+    ap.add_argument(
+        "--seed-rounds",
+        type=int,
+        default=4,
+        help="rounds of the seed workload (short runs whose ratios sit near 1, so more of them)",
+    )
     ap.add_argument("--only", choices=["seed", "gen"], default=None)
     ap.add_argument(
         "--models",
@@ -508,7 +540,8 @@ def main(argv=None) -> int:
             layout_tables.append(layouts(model))
         for workload in workloads(args.gen_rows, args.rows, slots, args.data):
             if args.only is None or workload.name.startswith(args.only):
-                tables.append(bench(model, workload, args.rounds))
+                rounds = args.seed_rounds if workload.name.startswith("seed") else args.rounds
+                tables.append(bench(model, workload, rounds))
         model.close()
     table = markdown(tables) + "".join("\n" + layout_markdown(t) for t in layout_tables)
     print("\n" + table)

@@ -32,28 +32,100 @@ def _context(
 
 
 PP_SIZES = (256, 512)  # tokens per decode: rates rise to a plateau from ~256 on this CPU
-PP_TOTAL = 512  # tokens decoded per measurement (chunk after chunk, as a long prompt)
+PP_SIZES_ONE_ROW = (16, 32, 64, 128, 256, 512)  # a loop decodes one row's prompt per call
+PP_TOTAL = 512  # tokens decoded per measurement
 
 
-def measure_pp(model, flash_attn: bool, sizes=PP_SIZES) -> dict[int, float]:
+def prompt_shape(model, prompts) -> tuple[list[int], list[list[int]]]:
+    """The prompts' shared prefix (tokens all of them start with) and each row's own tokens
+    after it: what a run decodes once, and what it decodes for every row."""
+    rows = [model.tokenize(p, add_special=True) for p in prompts]
+    n = min(len(r) for r in rows)
+    shared = next((i for i in range(n) if any(r[i] != rows[0][i] for r in rows)), n)
+    shared = min(shared, n - 1)  # every row decodes at least one token of its own
+    return list(rows[0][:shared]), [list(r[shared:]) for r in rows]
+
+
+def measure_pp(model, flash_attn: bool, sizes=PP_SIZES, prompts=None) -> dict[int, float]:
     """Prompt processing (tok/s) as a function of the tokens in one decode: ``PP_TOTAL``
-    tokens of one sequence decoded in chunks of each size (per-sequence KV, the engine's
-    layout). Each figure times ~2 s of work: a single short decode is at the mercy of the
-    VM's drift, and the best of several such noisy figures overstates the rate."""
+    tokens decoded ``size`` at a time on per-sequence KV (the engine's layout), each decode
+    a row's prompt as a run decodes it: right after the shared prefix of ``prompts``, with the
+    rows' own tokens (random tokens and no prefix without ``prompts``). Each figure times ~2 s of
+    decoding: a single short decode is at the mercy of the VM's drift, and the best of several
+    such noisy figures overstates the rate."""
+    if prompts is None:
+        prefix, rows = [], np.random.default_rng(0).integers(100, 20000, size=PP_TOTAL)
+    else:
+        prefix, own = prompt_shape(model, prompts)
+        prefix, rows = prefix[: 1024 - PP_TOTAL], np.concatenate(own)
+    toks = np.resize(rows, PP_TOTAL)  # repeated if the prompts hold fewer
     ctx = _context(model, 1024, 1, kv_unified=False, flash_attn=flash_attn)
     batch = Batch(512, 1, model.n_vocab)
-    toks = np.random.default_rng(0).integers(100, 20000, size=PP_TOTAL)
+    if prefix:
+        batch.add(prefix, 0, 0, want_last_logits=False)
+        ctx.decode(batch)
     rates = {}
     for n in sizes:
-        ctx.memory_clear()
-        t0 = time.perf_counter()
+        elapsed = 0.0
         for start in range(0, PP_TOTAL, n):
+            ctx.seq_rm(0, len(prefix), -1)
             batch.clear()
-            batch.add(toks[start : start + n], start, 0, want_last_logits=True)
+            batch.add(toks[start : start + n], len(prefix), 0, want_last_logits=True)
+            t0 = time.perf_counter()
             ctx.decode(batch)
-        rates[n] = PP_TOTAL / (time.perf_counter() - t0)
+            elapsed += time.perf_counter() - t0
+        rates[n] = PP_TOTAL / elapsed
     ctx.close()
     return rates
+
+
+def measure_wave_pp(model, config, prompts, total: int = 2 * PP_TOTAL) -> float:
+    """Prompt processing (tok/s) in full waves on a context configured as the run
+    (``config``: n_ctx, slots, KV layout, flash attention): the shared prefix of ``prompts``
+    decoded once and given to every slot, then decodes each holding as many rows' own tokens
+    as there are slots (up to 512 tokens), every row after the prefix in its own sequence, as
+    a parallel run decodes prompts at best; ``total`` tokens in all."""
+    n_ctx, slots, unified, fa = config
+    prefix, rows = prompt_shape(model, prompts)
+    ctx = _context(model, n_ctx, slots, unified, fa)
+    batch = Batch(512, slots, model.n_vocab)
+    if prefix:
+        for start in range(0, len(prefix), 512):
+            batch.clear()
+            batch.add(prefix[start : start + 512], start, 0, want_last_logits=False)
+            ctx.decode(batch)
+        for s in range(1, slots):
+            ctx.seq_cp(0, s)
+    room = ctx.n_ctx // (1 if unified else slots) - len(prefix)  # a row's cells after it
+    elapsed, done, i = 0.0, 0, 0
+    while done < total:
+        batch.clear()
+        used = []
+        for s in range(slots):
+            row = rows[i % len(rows)][: min(room, 512)]
+            if used and batch.n_tokens + len(row) > 512:
+                break
+            batch.add(row, len(prefix), s, want_last_logits=True)
+            used.append(s)
+            i += 1
+        t0 = time.perf_counter()
+        ctx.decode(batch)
+        elapsed += time.perf_counter() - t0
+        done += batch.n_tokens
+        for s in used:
+            ctx.seq_rm(s, len(prefix), -1)
+    ctx.close()
+    return done / elapsed
+
+
+def prompt_time(decoded: list[int], slots: int, pp: dict[int, float]) -> float:
+    """Seconds the prompt tokens a run decoded need at the rates ``pp`` (tok/s by tokens per
+    decode). With one slot each row's prompt is a decode of its own, priced at the rate for its
+    size: no engine of one sequence decodes it in bigger pieces. With more slots an engine can
+    decode many rows' prompts together, so every token is priced at the best rate measured."""
+    if slots == 1:
+        return sum(n / rate_at(pp, n) for n in decoded if n > 0)
+    return sum(decoded) / max(pp.values())
 
 
 def _widths(slots: int) -> list[int]:
@@ -114,7 +186,8 @@ def measure_decode(
 
 
 def rate_at(curve: dict[int, float], k: int) -> float:
-    """``curve``'s rate at batch width ``k``, interpolated linearly in log2(width)."""
+    """``curve``'s rate at ``k`` (a batch width, or tokens per decode), interpolated linearly
+    in log2(k) and clamped at the ends of what was measured."""
     widths = sorted(curve)
     x = np.log2([max(1, min(k, widths[-1]))])
     return float(np.interp(x, np.log2(widths), [curve[w] for w in widths])[0])
@@ -189,12 +262,18 @@ def layouts(model, depth: int = 100) -> pd.DataFrame:
     return table
 
 
-def rates_for(model, prompts, max_tokens, config) -> tuple[float, dict[int, dict[int, float]]]:
-    """The best prompt rate and the decode curves for a run's ``config`` (n_ctx, slots, KV
-    layout, flash attention), keyed by depth: rows as deep as a prompt at the start of its
-    answer and at ``max_tokens``."""
+def rates_for(
+    model, prompts, max_tokens, config
+) -> tuple[dict[int, float], dict[int, dict[int, float]]]:
+    """The prompt rates by tokens per decode (with more than one slot also in full waves of
+    rows, keyed 0) and the decode curves for a run's ``config``
+    (n_ctx, slots, KV layout, flash attention), the curves keyed by depth: rows as deep as a
+    prompt at the start of its answer and at ``max_tokens``."""
     n_ctx, slots, unified, fa = config
-    pp = max(measure_pp(model, fa).values())
+    if slots == 1:
+        pp = measure_pp(model, fa, PP_SIZES_ONE_ROW, prompts)
+    else:  # a long prompt's pieces, and full waves of rows (keyed 0)
+        pp = measure_pp(model, fa, PP_SIZES, prompts) | {0: measure_wave_pp(model, config, prompts)}
     curves = {}
     for answer in (1, max_tokens):
         depth = row_depth(prompts, 2 * answer, model)  # row_depth counts half the answer

@@ -6,9 +6,10 @@ The binary is ``.bench/llama-server``, built by ``make bench-server`` from the l
 installed llama-cpp-python vendors (so both engines run the same llama.cpp). Run as a script it is
 a smoke check: one greedy ``/completion`` request, its answer and timings printed.
 
-Weight repacking (llama.cpp's "extra buffer types") is off by default, as in our engine's
-contexts (``use_extra_bufts = False``): the AMX one crashes where a VM does not enable AMX, and
-the figures compare like with like. ``repack=True`` turns it on (the server build has no AMX).
+Weight repacking (llama.cpp's "extra buffer types") is off unless ``repack=True``: the AMX
+one crashes where a VM does not enable AMX. ``bench_parallel`` passes the choice our engine made
+when it loaded the model (``model_load`` repacks except on AMX CPUs), so both compare like with
+like.
 """
 
 from __future__ import annotations
