@@ -14,7 +14,9 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +32,8 @@ os.environ["LOCALLLM_RESULT_CACHE"] = "0"
 os.environ.setdefault("LOCALLLM_CACHE_DIR", tempfile.mkdtemp(prefix="localllm-tests-"))
 
 import jupyter_localllm as ll
+from jupyter_localllm.errors import LocalLLMError
+from jupyter_localllm.models import default_model_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT.parent / "shared" / "data"
@@ -47,6 +51,14 @@ def model():
 def ctx(model):
     """A one-sequence context on :func:`model` (auto-sized n_ctx)."""
     c = ll.context_create(model, n_seq_max=1)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def ctx2(model):
+    """A 2-slot context per test module (its rows share no state across modules)."""
+    c = ll.context_create(model, n_seq_max=2)
     yield c
     c.close()
 
@@ -145,3 +157,42 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     monkeypatch.setenv("LOCALLLM_CACHE_DIR", str(folder))
     return folder
+
+
+def cases(table: list[tuple]) -> list[tuple]:
+    """The data of a table whose rows start with the case's name."""
+    return [row[1:] for row in table]
+
+
+def names(table: list[tuple]) -> list[str]:
+    """The case names of a table."""
+    return [row[0] for row in table]
+
+
+def refused(call: Callable[..., Any], error: type[Exception], phrase: str) -> Exception:
+    """Call ``call``; check it raised ``error`` (a project error) matching ``phrase``."""
+    with pytest.raises(error, match=phrase) as info:
+        call()
+    assert isinstance(info.value, LocalLLMError), type(info.value)
+    return info.value
+
+
+def model_bytes() -> bytes:
+    """The default model file's bytes."""
+    return default_model_path().read_bytes()
+
+
+def make_model_file(tmp_path: Path, spec: Any) -> Path:
+    """``tmp_path/m.gguf`` made from ``spec``: None a folder, bytes those bytes, a float that
+    share of the default model, an int its first bytes."""
+    path = tmp_path / "m.gguf"
+    if spec is None:
+        path.mkdir()
+    elif isinstance(spec, bytes):
+        path.write_bytes(spec)
+    elif isinstance(spec, float):
+        data = model_bytes()
+        path.write_bytes(data[: int(len(data) * spec)])
+    elif isinstance(spec, int):
+        path.write_bytes(model_bytes()[:spec])
+    return path

@@ -2,31 +2,35 @@
 project error that says what to do, or by an error row in its place, never by a crash, a raw
 library error or a lost finished row.
 
-Groups: API arguments, labels and examples, prompts and schemas, model files, model references,
-unicode, concurrency, interrupts, result-cache faults, explore, evaluation, magics and
-accessors. Cases that reach native code with unusual input run in a subprocess
+Groups: API arguments, labels and examples, prompts and schemas, unicode, concurrency,
+interrupts, explore, evaluation, magics and accessors (model files and model references:
+test_faults_loading.py; result-cache faults: test_faults_cache.py). Cases that reach native code with unusual input run in a subprocess
 (``run_python``) and must exit with code 0. Each case is one line of data where possible.
 """
 
 # ruff: noqa: E501 (the tables keep one case per line)
 from __future__ import annotations
 
-import json
 import math
-import pickle
 import re
-import sqlite3
 import threading
-import time
-import urllib.error
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import diskcache
 import pandas as pd
 import pytest
-from conftest import SENTIMENT, TEXTS, chat, run_python
+from conftest import (
+    SENTIMENT,
+    TEXTS,
+    cases,
+    chat,
+    make_model_file,
+    model_bytes,
+    names,
+    refused,
+    run_python,
+)
 from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
@@ -35,47 +39,16 @@ import jupyter_localllm as ll
 import jupyter_localllm.notebook.accessor  # registers df.llm
 from jupyter_localllm.errors import (
     BatchInterrupted,
-    DownloadError,
     GrammarError,
     InvalidModelFileError,
     InvalidParameterError,
-    LocalLLMError,
     ModelNotFoundError,
 )
-from jupyter_localllm.models import default_model_path
-from jupyter_localllm.models import download as _download
-from jupyter_localllm.session.cache import ResultCacheWarning
 from jupyter_localllm.session.manager import get_manager
 
 Call = Callable[..., Any]
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 INF, NAN = math.inf, math.nan
-
-
-@pytest.fixture(scope="module")
-def ctx2(model):
-    """A 2-slot context for this module."""
-    c = ll.context_create(model, n_seq_max=2)
-    yield c
-    c.close()
-
-
-def cases(table: list[tuple]) -> list[tuple]:
-    """The data of a table whose rows start with the case's name."""
-    return [row[1:] for row in table]
-
-
-def names(table: list[tuple]) -> list[str]:
-    """The case names of a table."""
-    return [row[0] for row in table]
-
-
-def refused(call: Call, error: type[Exception], phrase: str) -> Exception:
-    """Call ``call``; check it raised ``error`` (a project error) matching ``phrase``."""
-    with pytest.raises(error, match=phrase) as info:
-        call()
-    assert isinstance(info.value, LocalLLMError), type(info.value)
-    return info.value
 
 
 def stop_after(done: int) -> Callable[[ll.Progress], None]:
@@ -209,92 +182,6 @@ def test_a_row_too_long_for_a_fixed_context_is_an_error_row(model):
     assert not out[0].ok and out[1].ok
 
 
-# -- model files (checked in Python before llama.cpp reads them) -----------------------------
-def _model_bytes() -> bytes:
-    return default_model_path().read_bytes()
-
-
-MODEL_FILES = [
-    ("directory", None, InvalidModelFileError, "is a folder, not a GGUF file"),
-    ("missing", "-", ModelNotFoundError, "No model file at"),
-    ("empty", b"", InvalidModelFileError, r"is empty \(0 bytes\); re-download it"),
-    ("magic-only", b"GGUF", InvalidModelFileError, "is truncated"),
-    ("header-only", 24, InvalidModelFileError, "is truncated"),
-    ("garbage-after-magic", b"GGUF" + b"\xff" * 200, InvalidModelFileError, "is corrupt or from a newer GGUF version"),
-    ("truncated", 0.5, InvalidModelFileError, r"is truncated: its tensors need .* re-download it"),
-    ("metadata-only", 2_000_000, InvalidModelFileError, r"is truncated: its tensors need"),
-    ("not-gguf", b"<!DOCTYPE html><html>", InvalidModelFileError, "is not a GGUF file"),
-    ("gguf-v1", b"GGUF\x01\x00\x00\x00" + b"\x00" * 40, InvalidModelFileError, "uses GGUF version 1"),
-]  # fmt: skip
-
-
-def _make_model_file(tmp_path: Path, spec: Any) -> Path:
-    path = tmp_path / "m.gguf"
-    if spec is None:
-        path.mkdir()
-    elif isinstance(spec, bytes):
-        path.write_bytes(spec)
-    elif isinstance(spec, float):
-        data = _model_bytes()
-        path.write_bytes(data[: int(len(data) * spec)])
-    elif isinstance(spec, int):
-        path.write_bytes(_model_bytes()[:spec])
-    return path
-
-
-@pytest.mark.parametrize(("spec", "error", "phrase"), cases(MODEL_FILES), ids=names(MODEL_FILES))
-def test_model_files(tmp_path, spec, error, phrase):
-    path = _make_model_file(tmp_path, spec)
-    refused(lambda: ll.model_load(path), error, phrase)
-
-
-# -- model references -------------------------------------------------------------------------
-@pytest.fixture
-def no_hub(monkeypatch):
-    """The Hugging Face Hub behind a host name that does not resolve (as offline)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")
-    for name in ("http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.setattr(_download, "RETRY_BACKOFF_S", 60.0)  # a retry would time the test out
-
-
-REFERENCES = [
-    ("hf-offline", "hf://owner/repo/m.gguf", DownloadError, r"Cannot reach the Hugging Face Hub \(cannot look up hub.invalid"),
-    ("hf-malformed", "hf://owner/m.gguf", InvalidParameterError, r"write it as 'hf://owner/repo/file\.gguf'"),
-    ("ollama-unknown", "ollama:nosuchmodel", ModelNotFoundError, r"Ollama model 'nosuchmodel:latest' is not in"),
-    ("ollama-malformed", "ollama:a/b/c/d", InvalidParameterError, "Cannot read Ollama reference"),
-    ("url-unknown-host", "https://no-such-host.invalid/m.gguf", DownloadError, "Cannot look up the host"),
-    ("url-bad-scheme", "ftp://example.org/m.gguf", InvalidParameterError, "only https://, http:// and hf://"),
-    ("url-malformed", "http://[::1/m.gguf", InvalidParameterError, "Cannot read the URL"),
-    ("url-no-file", "https://example.org/", InvalidParameterError, "names no file"),
-    ("empty", "  ", InvalidParameterError, "The model reference is empty"),
-    ("not-a-string", 5, InvalidParameterError, "must be a string or a path, got int"),
-    ("unknown-name", "no-such-model-name", ModelNotFoundError, "Found no cached model matching"),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(("ref", "error", "phrase"), cases(REFERENCES), ids=names(REFERENCES))
-def test_model_references(no_hub, cache, monkeypatch, tmp_path, ref, error, phrase):
-    (tmp_path / "ollama" / "manifests").mkdir(parents=True)
-    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama"))
-    t0 = time.monotonic()
-    refused(lambda: ll.model_load(ref, show_progress=False), error, phrase)
-    assert time.monotonic() - t0 < 10  # at once: no retries of a host that is not there
-
-
-def test_url_without_a_route_fails_at_once(no_hub, cache, monkeypatch):
-    def unreachable(*args, **kwargs):  # the remote part: a network with no route to the host
-        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
-
-    monkeypatch.setattr(_download.urllib.request, "urlopen", unreachable)
-    t0 = time.monotonic()
-    refused(lambda: ll.model_load("https://example.org/m.gguf"), DownloadError, "Cannot reach")
-    assert time.monotonic() - t0 < 5
-
-
 # -- unicode ----------------------------------------------------------------------------------
 UNICODE = [
     ("emoji", "Say 🙂👍🏽 back.", None),
@@ -417,114 +304,11 @@ def test_explore_interrupted_keeps_finished_rows(model):
     assert len(finished) == 2 and all(str(r) in SENTIMENT for r in finished.values())
 
 
-# -- result-cache faults: warn once, carry on, keep every row ---------------------------------
-PROMPTS = ["Name a bird.", "Name a tree.", "Name a fish."]
-
-
-def _run_cached(ctx: Any) -> ll.Results:
-    return ll.generate_parallel(ctx, PROMPTS, max_tokens=4, progress=False, cache=True)
-
-
-def _one_cache_warning(record: list) -> str:
-    found = [w for w in record if issubclass(w.category, ResultCacheWarning)]
-    assert len(found) == 1, [str(w.message) for w in found]
-    return str(found[0].message)
-
-
-def _corrupt_db(results: Path) -> None:
-    results.mkdir()
-    (results / "cache.db").write_bytes(b"this is not a database" * 100)
-
-
-def _results_is_a_file(results: Path) -> None:
-    results.write_text("not a folder")
-
-
-def _cache_set_fails_after(n: int, message: str) -> Callable[[pytest.MonkeyPatch], None]:
-    def patch(monkeypatch: pytest.MonkeyPatch) -> None:
-        real, calls = diskcache.Cache.set, []
-
-        def set_(self, *args, **kwargs):
-            calls.append(1)
-            if len(calls) > n:
-                raise sqlite3.OperationalError(message)
-            return real(self, *args, **kwargs)
-
-        monkeypatch.setattr(diskcache.Cache, "set", set_)
-
-    return patch
-
-
-CACHE_FAULTS = [
-    ("corrupt-database", _corrupt_db, None, "DatabaseError"),
-    ("folder-is-a-file", _results_is_a_file, None, "unable to open database file"),
-    ("read-only-database", None, _cache_set_fails_after(0, "attempt to write a readonly database"), "readonly"),
-    ("disk-fills-mid-run", None, _cache_set_fails_after(1, "database or disk is full"), "disk is full"),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("on_disk", "patch", "phrase"), cases(CACHE_FAULTS), ids=names(CACHE_FAULTS)
-)
-def test_cache_faults_warn_once_and_keep_every_row(
-    ctx2, cache, monkeypatch, on_disk, patch, phrase
-):
-    want = list(ll.generate_parallel(ctx2, PROMPTS, max_tokens=4, progress=False, cache=False))
-    if on_disk is not None:
-        on_disk(cache / "results")
-    if patch is not None:
-        patch(monkeypatch)
-    with pytest.warns(ResultCacheWarning) as record:
-        got = _run_cached(ctx2)
-    assert phrase in _one_cache_warning(record)
-    assert list(got) == want and all(r.ok for r in got)
-
-
-def test_cache_stores_json_and_rebuilds_results(ctx2, cache):
-    first = _run_cached(ctx2)
-    ran = ctx2.last_run
-    second = _run_cached(ctx2)
-    assert ctx2.last_run is ran  # every row came from the cache
-    assert list(second) == list(first)
-    for a, b in zip(first, second, strict=True):
-        assert (a.finish_reason, a.n_tokens, a.n_prompt_tokens) == (
-            b.finish_reason,
-            b.n_tokens,
-            b.n_prompt_tokens,
-        )
-    with diskcache.Cache(str(cache / "results")) as raw:
-        values = [raw[k] for k in raw]
-    assert len(values) == 3 and all(isinstance(json.loads(v)["text"], str) for v in values)
-
-
-class _Planted:
-    marker: Path
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
-@pytest.mark.parametrize("payload", ["pickle", "not-json"])
-def test_cache_never_unpickles_and_skips_foreign_values(ctx2, cache, tmp_path, payload):
-    first = _run_cached(ctx2)
-    planted = _Planted()
-    planted.marker = tmp_path / "pwned"
-    with diskcache.Cache(str(cache / "results")) as raw:  # the default disk pickles objects
-        for key in list(raw):
-            raw[key] = planted if payload == "pickle" else "{not json"
-    with pytest.warns(ResultCacheWarning) as record:
-        again = _run_cached(ctx2)
-    _one_cache_warning(record)
-    assert not planted.marker.exists()
-    assert list(again) == list(first)
-    assert pickle.dumps(planted)  # (the payload itself is a working pickle)
-
-
 # -- explore ----------------------------------------------------------------------------------
 def _bad_architecture_copy(tmp_path: Path) -> Path:
     """The default model with its architecture renamed: a whole, valid GGUF file that
     llama.cpp refuses to load."""
-    data = bytearray(_model_bytes())
+    data = bytearray(model_bytes())
     at = data.index(b"general.architecture") + len(b"general.architecture") + 12
     assert data[at : at + 5] == b"llama"
     data[at : at + 5] = b"llamx"
@@ -559,7 +343,7 @@ def test_explore_checks_everything_before_running(change, error, phrase):
 
 
 def test_explore_checks_every_model_file_before_the_first_runs(tmp_path):
-    bad = _make_model_file(tmp_path, 0.5)
+    bad = make_model_file(tmp_path, 0.5)
     seen: list[Any] = []
     sink = tmp_path / "out.csv"
     models = {"smol": "default", "bad": str(bad)}
