@@ -41,6 +41,14 @@ __all__ = ["GenerationContext", "KVSession", "RunStats"]
 _CTX_ROUND = 256  # auto-sized contexts grow in steps of this many cells
 # The most an auto-sized context asks for (the backend then says whether memory allows it).
 _MAX_AUTO_CTX = UINT32_MAX // _CTX_ROUND * _CTX_ROUND
+# A run is prompt-bound when its rows' own prompt tokens are at least this many times the
+# tokens they may decode after them (max_tokens, or a label's tokens). Measured on the seed
+# workload and two others at 16 rows per step (README, "KV layout"): on per-row streams
+# llama.cpp cuts a wave of prompts of different lengths into ubatches of equal tokens per row,
+# a cascade of small decodes (13% slower on a 0.5B model with 5-token answers); a shared cache
+# decodes the wave whole, but its generation steps are 5-15% slower, which wins once the rows
+# decode more than about a quarter of their prompt's tokens.
+_PROMPT_BOUND = 4
 
 
 @dataclass
@@ -168,11 +176,14 @@ class GenerationContext:
     from each call's work (longest prompt + max_tokens per slot, plus the shared prefix) and
     grows it when a later call needs more. KV layout: ``kv_unified=False`` gives each sequence
     its own stream of ``n_ctx / n_seq_max`` cells (localLLM's split; the fastest attention on
-    CPUs), ``True`` one cache all rows share, and ``None`` (the default) chooses per run: its own
-    streams, unless a fixed ``n_ctx`` split ``n_seq_max`` ways is too small for a row that the
-    whole ``n_ctx`` holds (so that row runs instead of failing) — then one shared cache. (In a
-    shared cache with flash attention a row's numerics depend on how many tokens its
-    neighbours put in the same decode; in its own stream they do not.)
+    CPUs), ``True`` one cache all rows share, and ``None`` (the default) chooses per run: one
+    shared cache when the run is prompt-bound (several rows, whose own prompt tokens are at
+    least four times the tokens they may decode after them: llama.cpp decodes a wave of
+    prompts of different lengths whole there, on per-row streams in a cascade of small pieces)
+    or when a fixed ``n_ctx`` split ``n_seq_max`` ways is too small for a row that the whole
+    ``n_ctx`` holds (so that row runs instead of failing); else a stream per row. (In a shared
+    cache with flash attention a row's numerics depend on how many tokens its neighbours put
+    in the same decode; in its own stream far less.)
     ``flash_attn`` (default on) uses llama.cpp's fused attention (faster; on CPUs its results
     depend a little on how prompts are split into decodes, see
     :func:`~jupyter_localllm.context_create`). One thread drives it at a time;
@@ -277,13 +288,16 @@ class GenerationContext:
             f"flash_attn={self.flash_attn}>"
         )
 
-    def _ensure_context(self, prefix_len: int, per_slot: int, n_slots: int) -> BackendContext:
+    def _ensure_context(
+        self, prefix_len: int, per_slot: int, n_slots: int, prompt_bound: bool
+    ) -> BackendContext:
         if self.fixed_n_ctx is not None:
-            unified = self._fixed_layout(prefix_len + per_slot, n_slots)
+            unified = self._fixed_layout(prefix_len + per_slot, n_slots, prompt_bound)
             if self._ctx is None or unified != self.kv_unified:
                 self._open(self.fixed_n_ctx, unified)
             return self._ctx
-        if self.kv_layout:
+        shared = self.kv_layout if self.kv_layout is not None else n_slots > 1 and prompt_bound
+        if shared:
             # one cache shared by all rows, the prefix stored once
             need = max(512, _round_up(prefix_len + n_slots * per_slot, _CTX_ROUND))
             if self._ctx is None or not self.kv_unified or self._ctx.n_ctx < need:
@@ -295,14 +309,15 @@ class GenerationContext:
             self._open(max(512, _round_up(need_seq * self.n_seq_max, _CTX_ROUND)), False)
         return self._ctx
 
-    def _fixed_layout(self, need: int, n_slots: int) -> bool:
+    def _fixed_layout(self, need: int, n_slots: int, prompt_bound: bool) -> bool:
         """The layout for a run on the fixed ``n_ctx`` whose rows need ``need`` cells each:
-        the one asked for, or (auto) a shared cache when a row does not fit its share, else a
-        stream per sequence."""
+        the one asked for, or (auto) a shared cache when a row does not fit its share or the
+        run is prompt-bound, else a stream per sequence."""
         if self.kv_layout is not None:
             return self.kv_layout
         share = self.fixed_n_ctx // self.n_seq_max
-        return n_slots > 1 and share < need <= self.fixed_n_ctx
+        fits_whole = need <= self.fixed_n_ctx
+        return n_slots > 1 and fits_whole and (share < need or prompt_bound)
 
     def _seq_cells(self) -> int:
         """KV cells one sequence may use."""
@@ -357,7 +372,9 @@ class GenerationContext:
         own = {i: len(prompts[i]) - prefix_len for i in valid}
         cells = {i: cells_per_row(i, own[i]) for i in valid}
         per_slot = max(cells.values(), default=1)
-        ctx = self._ensure_context(prefix_len, per_slot, n_slots)
+        after = sum(cells[i] - own[i] for i in valid)  # tokens the rows may decode after
+        prompt_bound = after * _PROMPT_BOUND <= sum(own.values())
+        ctx = self._ensure_context(prefix_len, per_slot, n_slots, prompt_bound)
         seq_cells = self._seq_cells()
         if prefix_len >= seq_cells:
             prefix_len = 0  # cannot share it; every row will report its length
