@@ -127,8 +127,7 @@ def test_series_accessor(ctx8):
     s = pd.Series(["Paris", None, "Rome"], index=[5, 6, 7], name="city")
     out = s.llm.generate("Which country is {city} in? One word.", model=ctx8, max_tokens=6)
     assert out.index.equals(s.index) and out[6].startswith("Error: column 'city' is empty")
-    # (the 135M model's words here change with the state earlier runs left in the cache)
-    assert out[5].ok and out[7].ok and out[5] != out[7]
+    assert "fr" in out[5].lower()  # France, French
     same = s.llm.generate("Which country is {text} in? One word.", model=ctx8, max_tokens=6)
     assert [same[5], same[7]] == [out[5], out[7]]
     labels = s.llm.classify(["yes", "no"], model=ctx8)

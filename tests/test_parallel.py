@@ -170,6 +170,54 @@ def test_a_row_too_long_for_its_share_runs_in_a_shared_cache(model, prompts):
     assert all(r.ok for r in short) and not auto.kv_unified
 
 
+def test_a_prompt_bound_run_shares_one_cache_and_a_generation_heavy_one_does_not(model, prompts):
+    """By default a run whose rows' own prompt tokens are at least four times what they may
+    decode after them uses one shared cache (a wave of uneven prompts decodes whole there);
+    longer answers, one slot, or kv_unified=False keep a stream per row."""
+    auto = ll.context_create(model, n_seq_max=4)
+    short = ll.generate_parallel(auto, prompts, max_tokens=2, progress=False, cache=False)
+    assert auto.kv_unified and all(r.ok for r in short)
+    shared = ll.context_create(model, n_seq_max=4, kv_unified=True)
+    same = ll.generate_parallel(shared, prompts, max_tokens=2, progress=False, cache=False)
+    assert [str(r) for r in short] == [str(r) for r in same]
+    long = ll.generate_parallel(auto, prompts, max_tokens=24, progress=False, cache=False)
+    assert not auto.kv_unified and all(r.ok for r in long)
+    labels = ll.classify(auto, prompts, ["yes", "no"], progress=False)
+    assert auto.kv_unified and len(labels) == len(prompts)  # label scoring: prompt-bound too
+    split = ll.context_create(model, n_seq_max=4, kv_unified=False)
+    ll.generate_parallel(split, prompts, max_tokens=2, progress=False, cache=False)
+    one = ll.context_create(model, n_seq_max=1)
+    ll.generate_parallel(one, prompts, max_tokens=2, progress=False, cache=False)
+    assert not split.kv_unified and not one.kv_unified
+    fixed = ll.context_create(model, n_ctx=2048, n_seq_max=4)  # every row fits its share
+    ll.generate_parallel(fixed, prompts, max_tokens=2, progress=False, cache=False)
+    assert fixed.kv_unified
+
+
+def test_a_run_of_several_rows_reuses_only_its_own_cached_prefix(model, prompts):
+    """A cached prefix that is not exactly the run's own (part of a longer one, or a part of
+    this one) was decoded in other pieces: the run decodes its prefix afresh and answers as a
+    fresh context does; the same prefix again is reused."""
+    longer = [
+        p.replace("Answer in a few words.", "Answer in a few words, plainly.") for p in prompts
+    ]
+    ctx = ll.context_create(model, n_seq_max=4, kv_unified=False)
+    fresh = ll.generate_parallel(
+        ll.context_create(model, n_seq_max=4, kv_unified=False),
+        prompts,
+        max_tokens=10,
+        progress=False,
+        cache=False,
+    )
+    ll.generate_parallel(ctx, longer, max_tokens=2, progress=False, cache=False)
+    after = ll.generate_parallel(ctx, prompts, max_tokens=10, progress=False, cache=False)
+    run = ctx.last_run
+    assert run.prefix_tokens > 5 and run.prefix_tokens_decoded == run.prefix_tokens
+    assert after == fresh
+    ll.generate_parallel(ctx, prompts, max_tokens=10, progress=False, cache=False)
+    assert ctx.last_run.prefix_tokens_decoded == 0
+
+
 def test_flash_attention_on_by_default_and_a_row_does_not_depend_on_its_neighbours(model, prompts):
     """Flash attention is on by default; with a stream per row a row's answer is the same
     whether its neighbours are all eight rows or a part of them (in a shared cache it is not:

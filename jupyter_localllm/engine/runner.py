@@ -121,9 +121,15 @@ class KVSession:
 
     def load_prefix(self) -> None:
         """Make sequences ``0..n_slots-1`` hold exactly :attr:`prefix`, decoding only what the
-        cached prefix in sequence 0 lacks."""
+        cached prefix in sequence 0 lacks. A run of several rows uses the cached prefix only
+        when it is exactly this run's: cells decoded in other pieces (part of a longer prefix,
+        or under a shorter one) hold slightly different values, so reusing them would make the
+        rows' answers depend on earlier runs (a single row shares what it can, as
+        llama-server's prompt cache does)."""
         owner, ctx, batch, prefix = self.owner, self.ctx, self.batch, self.prefix
         keep = common_prefix_length([owner._prefix, prefix])
+        if len(self.valid) > 1 and owner._prefix != prefix:
+            keep = 0
         if keep < len(owner._prefix):
             ctx.seq_rm(0, keep, -1)
         owner._prefix = list(prefix[:keep])
