@@ -43,10 +43,10 @@ _CTX_ROUND = 256  # auto-sized contexts grow in steps of this many cells
 _MAX_AUTO_CTX = UINT32_MAX // _CTX_ROUND * _CTX_ROUND
 # A run is prompt-bound when its rows' own prompt tokens are at least this many times the
 # tokens they may decode after them (max_tokens, or a label's tokens). Measured on the seed
-# workload and two others at 16 rows per step (README, "KV layout"): on per-row streams
+# workload and two others at 16 rows per step (README, "What it does"): on per-row streams
 # llama.cpp cuts a wave of prompts of different lengths into ubatches of equal tokens per row,
 # a cascade of small decodes (13% slower on a 0.5B model with 5-token answers); a shared cache
-# decodes the wave whole, but its generation steps are 5-15% slower, which wins once the rows
+# decodes the wave whole, but its generation steps are 4-12% slower, which wins once the rows
 # decode more than about a quarter of their prompt's tokens.
 _PROMPT_BOUND = 4
 

@@ -69,7 +69,7 @@ def context_create(
     rows' own prompt tokens are at least four times the tokens they may decode after them
     (short answers, label scoring). llama.cpp decodes a wave of prompts of different lengths
     whole in a shared cache, and on per-row streams in a cascade of small pieces (the 0.5B
-    benchmark model's seed workload: 13% faster shared; generation steps are 5-15% slower
+    benchmark model's seed workload: 13% faster shared; generation steps are 4-12% slower
     there). ``kv_unified=False`` always splits (localLLM's behaviour: rows too long for their
     share fail), ``kv_unified=True`` always shares (the prefix stored once; less memory for
     long shared prefixes, slower attention with many rows). ``flash_attn`` (on by
