@@ -164,7 +164,7 @@ class Stderr:
         return self.text
 
 
-def test_interrupt_writes_the_finished_rows_and_a_rerun_computes_the_rest(tmp_path):
+def test_interrupt_writes_the_finished_rows_and_a_rerun_computes_the_rest(tmp_path, ctrl_c):
     texts = [f"Count from {i} to {i + 50}, one number per line." for i in range(12)]
     source = news(tmp_path / "numbers.csv", texts)
     out = tmp_path / "numbers_out.csv"

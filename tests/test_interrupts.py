@@ -476,7 +476,7 @@ def test_accessor_extract_background_cancel(ctx2):
 
 
 # -- %llm_batch -----------------------------------------------------------------------------
-def test_llm_batch_real_ctrl_c_keeps_finished_rows(ip):
+def test_llm_batch_real_ctrl_c_keeps_finished_rows(ip, ctrl_c):
     shell, alias = ip
     df = dragons(16)
     shell.user_ns["dragons_fg"] = df
