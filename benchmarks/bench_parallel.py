@@ -1,7 +1,7 @@
 """Parallel generation benchmark: our engine, llama-cpp-python and llama-server, side by side.
 
     .venv/bin/python benchmarks/bench_parallel.py [--models default,qwen2.5-coder-0.5b]
-        [--rounds 2] [--seed-rounds 4] [--only seed|gen] [--markdown FILE]
+        [--rounds 3] [--seed-rounds 4] [--only seed|gen] [--markdown FILE]
 
 ``make bench`` runs it on both benchmark models after ``make bench-model`` (the 0.5B model)
 and ``make bench-server`` (``.bench/llama-server``); without the server binary the server rows
@@ -498,7 +498,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=100, help="seed workload rows")
     ap.add_argument("--gen-rows", type=int, default=48)
     ap.add_argument("--slots", default="8,16,48", help="n_seq_max values on the gen workload")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of the gen workload")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the gen workload")
     ap.add_argument(
         "--seed-rounds",
         type=int,
