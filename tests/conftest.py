@@ -155,10 +155,11 @@ def place(src: Path, dst: Path) -> Path:
 def ctrl_c():
     """Ctrl-C reaches this process and the processes it starts, for a test that sends one.
 
-    A shell starts a background job (``make test &``, ``nohup``) with SIGINT ignored, and a
-    program inherits that: Python then installs no handler, ``_thread.interrupt_main()`` does
-    nothing and a child ignores SIGINT too. Python's own handler, for the test's duration, gives
-    both what a terminal gives them (a child's handled signal is reset to default at exec).
+    A shell without job control (a script, ``(make test &)``) starts a background job with
+    SIGINT ignored, and a program inherits that: Python then installs no handler,
+    ``_thread.interrupt_main()`` does nothing and a child ignores SIGINT too. Python's own
+    handler, for the test's duration, gives both what a terminal gives them (a child's handled
+    signal is reset to default at exec).
     """
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
