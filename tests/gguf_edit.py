@@ -15,7 +15,19 @@ from pathlib import Path
 from typing import Any
 
 # GGUF value type ids (gguf.h) and their struct codes; 8 is a string, 9 an array.
-SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+SCALARS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
 STRING, ARRAY = 8, 9
 UINT32, INT32, UINT64, FLOAT32 = 4, 5, 10, 6
 
