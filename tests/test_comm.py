@@ -150,6 +150,47 @@ def test_the_channel_merges_changes_and_always_sends_the_last_state():
     assert len(comm.sent) == count
 
 
+HOSTILE_MESSAGES = [
+    None,
+    "a string",
+    [1, 2],
+    {"content": None},
+    {"content": []},
+    {"content": {"data": None}},
+    {"content": {"data": "load"}},
+    {"content": {"data": {"type": "state"}}},  # a state sent back, not an action
+    {"content": {"data": {"action": None}}},
+    {"content": {"data": {"action": ["load"]}}},
+    {"content": {"data": {"action": {"nested": "x" * 10_000}}}},
+    {"content": {"data": {"action": "x" * 1_000_000}}},
+    {"content": {"data": {"action": "cancel", "job": None}}},
+    {"content": {"data": {"action": "cancel", "job": {"id": 1}}}},
+    {"content": {"data": {"action": "cancel", "job": 10**5000}}},
+    {"content": {"data": {"action": "load"}}},
+    {"content": {"data": {"action": "load", "ref": ""}}},
+    {"content": {"data": {"action": "load", "ref": "x" * 1_000_000}}},
+    {"content": {"data": {"action": "load", "ref": "default", "alias": 5}}},
+    {"content": {"data": {"action": "unload", "alias": ["a"]}}},
+]
+
+
+@pytest.mark.parametrize("msg", HOSTILE_MESSAGES, ids=range(len(HOSTILE_MESSAGES)))
+def test_any_message_gets_one_short_error_reply_and_nothing_raises(msg):
+    """What the comm hands the channel, however broken: one ``error`` reply, a short message,
+    no exception into the kernel (the comm would log it as a traceback)."""
+    comm = RecordingComm()
+    channel = Channel(comm, sent=activity.snapshot())
+    try:
+        channel._on_msg(msg)  # the comm's on_msg callback
+    finally:
+        channel.close()
+    replies = [data for _, data in comm.sent]
+    assert len(replies) == 1, replies
+    reply = replies[0]
+    assert reply["type"] == "error" and reply["action"] in (None, "cancel", "load", "unload")
+    assert 10 < len(reply["message"]) < 300, reply
+
+
 def _run_in(state: dict, run_id: str) -> dict:
     return next((j for j in state["jobs"] if j["id"] == run_id), {"status": None})
 
@@ -436,6 +477,11 @@ def test_load_and_unload_over_the_comm(kernel):
         ({"action": "cancel"}, "cancel", "'job'"),
         ({"action": "load", "ref": 3}, "load", "'ref'"),
         ({"action": "unload", "alias": "nobody"}, "unload", "No model is loaded as 'nobody'"),
+        (None, None, "must be a JSON object with an 'action'; got None"),
+        (["load", "default"], None, "must be a JSON object"),
+        ({"action": "cancel", "job": True}, "cancel", "'job' as a non-empty str or int"),
+        ({"action": "load", "ref": "x" * 100_000}, "load", "at most 4,096"),
+        ({"action": "x" * 100_000}, None, "(100,002 characters)"),
     ],
 )
 def test_bad_messages_answer_an_error_and_the_kernel_still_answers(kernel, data, action, words):
@@ -444,6 +490,20 @@ def test_bad_messages_answer_an_error_and_the_kernel_still_answers(kernel, data,
     reply = kernel.wait(lambda d: d.get("type") in ("done", "error"), start)
     assert reply["type"] == "error" and reply["action"] == action
     assert words in reply["message"], reply
+    assert len(reply["message"]) < 300  # names the bad value, never echoes all of it
+    assert kernel.execute("print(6 * 7)").strip() == "42"
+
+
+def test_a_comm_message_without_data_answers_an_error(kernel):
+    start = len(kernel.messages)
+    msg = kernel.kc.session.msg("comm_msg", {"comm_id": kernel.comm_id})  # no data at all
+    kernel.kc.shell_channel.send(msg)
+    reply = kernel.wait(lambda d: d.get("type") in ("done", "error"), start)
+    assert reply == {
+        "type": "error",
+        "action": None,
+        "message": "A jupyter_localllm message must be a JSON object with an 'action'; got None.",
+    }
     assert kernel.execute("print(6 * 7)").strip() == "42"
 
 

@@ -32,6 +32,10 @@ __all__ = [
 ]
 
 
+# Labels, model names and titles come from the user's data: they are drawn as written
+# (parse_math=False), so a "$" in a label is no mathtext to parse, or to fail on.
+
+
 def _new_figure(width: float, height: float) -> Figure:
     import matplotlib.pyplot as plt
 
@@ -55,6 +59,7 @@ def _x_labels(ax: Any, positions: Any, labels: Sequence[Any], tilt: bool) -> Non
         rotation=35 if tilt else 0,
         ha="right" if tilt else "center",
         rotation_mode="anchor",
+        parse_math=False,
     )
 
 
@@ -103,12 +108,13 @@ def confusion_matrix_figure(
         rotation=35,
         ha="right",
         rotation_mode="anchor",
+        parse_math=False,
     )
-    ax.set_yticks(range(n_rows), [str(r) for r in matrix.index])
-    ax.set_xlabel(matrix.columns.name or "predicted")
-    ax.set_ylabel(matrix.index.name or "gold")
+    ax.set_yticks(range(n_rows), [str(r) for r in matrix.index], parse_math=False)
+    ax.set_xlabel(str(matrix.columns.name or "predicted"), parse_math=False)
+    ax.set_ylabel(str(matrix.index.name or "gold"), parse_math=False)
     if title:
-        ax.set_title(title)
+        ax.set_title(str(title), parse_math=False)
     return fig
 
 
@@ -163,7 +169,7 @@ def per_class_figure(matrix: pd.DataFrame, *, title: str | None = None) -> Figur
     fig.legend(loc="outside upper right", ncols=2, fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     if title:
-        ax.set_title(title, loc="left")
+        ax.set_title(str(title), loc="left", parse_math=False)
     return fig
 
 
@@ -206,7 +212,7 @@ def model_comparison_figure(
     fig.legend(loc="outside upper right", ncols=k, fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     if title:
-        ax.set_title(title, loc="left")
+        ax.set_title(str(title), loc="left", parse_math=False)
     return fig
 
 

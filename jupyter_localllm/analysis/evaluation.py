@@ -244,17 +244,25 @@ class ValidationReport:
 
         from .charts import figure_html
 
+        # Model names and labels come from the user's data: pandas escapes every header, index
+        # and cell (escape=True), names written here go through html.escape.
         figs = self.figures()
-        parts = ["<h4>Accuracy against gold</h4>", self.metrics.to_html(float_format="%.3f")]
+        parts = [
+            "<h4>Accuracy against gold</h4>",
+            self.metrics.to_html(float_format="%.3f", escape=True),
+        ]
         if "comparison" in figs:
             parts.append(figure_html(figs["comparison"]))
         row = "<div style='display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start'>{}</div>"
         for name, m in self.confusion["vs_gold"].items():
             keys = (f"confusion: {name}", f"per class: {name}")
-            cells = [m.to_html(), *(figure_html(figs[k]) for k in keys if k in figs)]
+            cells = [m.to_html(escape=True), *(figure_html(figs[k]) for k in keys if k in figs)]
             parts += [f"<h4>Confusion: {escape(str(name))}</h4>", row.format("".join(cells))]
         if isinstance(self.reliability, pd.DataFrame):
-            parts += ["<h4>Cohen's kappa</h4>", self.reliability.to_html(float_format="%.3f")]
+            parts += [
+                "<h4>Cohen's kappa</h4>",
+                self.reliability.to_html(float_format="%.3f", escape=True),
+            ]
         elif self.reliability is not None:
             parts.append(f"<h4>Krippendorff's alpha: {self.reliability.alpha:.3f}</h4>")
         return "\n".join(parts)

@@ -26,6 +26,10 @@ TARGET = "jupyter_localllm"
 """Target name of the comm."""
 MIN_INTERVAL_S = 0.25
 """Least time between two state messages on one comm (at most 4 a second)."""
+MAX_FIELD_CHARS = 4096
+"""Longest text field an action accepts (a path, a ref, an alias, a job id): the front-end
+sends short names, and a longer one would only cost time in the model lookup."""
+_MAX_REPLY_CHARS = 2000  # an error reply names what was wrong, never echoes a whole input
 
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -151,18 +155,29 @@ class Channel:
                 _channels.remove(self)
 
     # -- the front-end's actions ----------------------------------------------------------------
-    def _on_msg(self, msg: dict[str, Any]) -> None:
-        data = msg.get("content", {}).get("data") if isinstance(msg, dict) else None
+    def _on_msg(self, msg: Any) -> None:
+        """A message from the front-end: whatever it holds (a ``null`` content or data, a
+        list, an unknown action, ill-typed or huge fields), the kernel answers with an
+        ``error`` reply and never raises."""
+        content = msg.get("content") if isinstance(msg, dict) else None
+        data = content.get("data") if isinstance(content, dict) else None
         action = data.get("action") if isinstance(data, dict) else None
+        action = action if isinstance(action, str) and len(action) <= 64 else None
         try:
-            handler = self._handlers().get(action) if isinstance(action, str) else None
+            if not isinstance(data, dict):
+                raise InvalidParameterError(
+                    "A jupyter_localllm message must be a JSON object with an 'action'; got "
+                    f"{_short(data)}."
+                )
+            handler = self._handlers().get(action) if action is not None else None
             if handler is None:
                 raise InvalidParameterError(
-                    f"Unknown action {action!r}; use one of {', '.join(self._handlers())}."
+                    f"Unknown action {_short(data.get('action'))}; use one of "
+                    f"{', '.join(self._handlers())}."
                 )
             handler(data)
         except Exception as exc:  # never raise in the kernel: answer instead
-            self._error(action if isinstance(action, str) else None, exc)
+            self._error(action, exc)
 
     def _handlers(self) -> dict[str, Callable[[dict[str, Any]], None]]:
         return {
@@ -219,6 +234,8 @@ class Channel:
 
     def _error(self, action: str | None, exc: BaseException) -> None:
         message = str(exc) or type(exc).__name__
+        if len(message) > _MAX_REPLY_CHARS:
+            message = message[: _MAX_REPLY_CHARS - 1] + "…"
         self._send({"type": "error", "action": action, "message": message})
 
     def _send(self, data: dict[str, Any]) -> None:
@@ -230,16 +247,34 @@ class Channel:
             _log.debug("could not send a reply", exc_info=True)
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a reply names a bad value, never echoes a
+    megabyte of it."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4300-digit limit for str()
+        return f"an {type(value).__name__} too long to show"
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text):,} characters)"
+
+
 def _field(data: dict[str, Any], name: str, types: tuple[type, ...], required: bool = True) -> Any:
-    """``data[name]``, checked against ``types``."""
+    """``data[name]``, checked against ``types`` (a bool is no int; text at most
+    :data:`MAX_FIELD_CHARS` long)."""
     if name not in data and not required:
         return None
     value = data.get(name)
-    if name not in data or not isinstance(value, types) or value == "":
+    action = _short(data.get("action"))
+    if name not in data or not isinstance(value, types) or isinstance(value, bool) or value == "":
         kinds = " or ".join("null" if t is type(None) else t.__name__ for t in types)
         raise InvalidParameterError(
-            f"The {data.get('action')!r} action needs {name!r} as a non-empty {kinds}; "
-            f"got {value!r}."
+            f"The {action} action needs {name!r} as a non-empty {kinds}; got {_short(value)}."
+        )
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise InvalidParameterError(f"The {action} action's {name!r} is out of range.")
+    if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+        raise InvalidParameterError(
+            f"The {action} action's {name!r} is {len(value):,} characters long; it takes at "
+            f"most {MAX_FIELD_CHARS:,}."
         )
     return value
 

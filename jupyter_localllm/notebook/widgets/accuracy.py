@@ -4,7 +4,6 @@ precision/recall (PNG images drawn with :mod:`jupyter_localllm.analysis.charts`)
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any
 
 import ipywidgets as w
@@ -12,6 +11,7 @@ import ipywidgets as w
 from ...analysis.charts import figure_to_png
 from ...analysis.evaluation import ValidationReport
 from ...errors import InvalidParameterError
+from ..escaping import html_text
 
 __all__ = ["AccuracyPanel"]
 
@@ -41,7 +41,10 @@ class AccuracyPanel(w.VBox):
     def __init__(self, source: Any):
         self.report = _report_of(source)
         self.figures = self.report.figures()
-        self.metrics = w.HTML(self.report.metrics.to_html(index=False, float_format="%.3f"))
+        # Model names come from the user: pandas escapes every header and cell (escape=True).
+        self.metrics = w.HTML(
+            self.report.metrics.to_html(index=False, float_format="%.3f", escape=True)
+        )
         self.comparison = (
             _image(self.figures["comparison"]) if "comparison" in self.figures else None
         )
@@ -70,9 +73,9 @@ class AccuracyPanel(w.VBox):
         rel = self.report.reliability
         if hasattr(rel, "to_html"):
             return "<b>Cohen's kappa between models</b>" + rel.to_html(
-                index=False, float_format="%.3f"
+                index=False, float_format="%.3f", escape=True
             )
-        return f"<b>Krippendorff's alpha between models: {escape(f'{rel.alpha:.3f}')}</b>"
+        return f"<b>Krippendorff's alpha between models: {html_text(f'{rel.alpha:.3f}')}</b>"
 
     def __repr__(self) -> str:
         return "Accuracy against gold:\n" + self.report.metrics.to_string(index=False)

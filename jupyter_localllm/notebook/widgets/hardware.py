@@ -7,10 +7,10 @@ import atexit
 import threading
 import weakref
 from collections import deque
-from html import escape
 
 import ipywidgets as w
 
+from ..escaping import html_text
 from .usage import Usage, UsageSampler
 
 __all__ = ["HardwarePanel", "sparkline_svg"]
@@ -47,7 +47,8 @@ def sparkline_svg(
             )
         latest = f"{values[-1]:.0f}%" if values else "–"
         parts.append(
-            f"<text x='{x_legend}' y='{height + 11}' fill='{colour}'>{escape(name)} {latest}</text>"
+            f"<text x='{x_legend}' y='{height + 11}' fill='{colour}'>"
+            f"{html_text(name)} {latest}</text>"
         )
         x_legend += 80
     parts.append("</svg>")
@@ -146,7 +147,7 @@ class HardwarePanel(w.VBox):
         )
         self.cores.value = _cores_html(u.cpu_per_core)
         self.gpus.value = "<br>".join(
-            f"<span style='font-family:monospace'>GPU {g.index} {escape(g.name)}: "
+            f"<span style='font-family:monospace'>GPU {g.index} {html_text(g.name)}: "
             f"{g.utilization:.0f}% · VRAM {_gb(g.vram_used)}/{_gb(g.vram_total)} GB</span>"
             for g in u.gpus
         )

@@ -6,7 +6,6 @@ it and calls it. Errors appear as a red line in the panel instead of a traceback
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any
 
 import ipywidgets as w
@@ -14,6 +13,7 @@ import pandas as pd
 
 from ... import models
 from ...session.manager import ModelManager, get_manager
+from ..escaping import html_table, html_text
 
 __all__ = ["ModelPanel", "discoverable_models"]
 
@@ -46,18 +46,8 @@ def _table_html(table: pd.DataFrame) -> str:
         frame["alias"] = [
             f"{a}\u00a0★" if d else a for a, d in zip(table["alias"], table["default"], strict=True)
         ]
-    # Left-aligned, padded cells: pandas' default right-aligned headers run into each other.
-    styled = (
-        frame.style.hide(axis="index")
-        .format(precision=1)
-        .set_table_styles(
-            [
-                {"selector": "th, td", "props": "text-align:left; padding:2px 12px 2px 0;"},
-                {"selector": "th", "props": "border-bottom:1px solid #ccc;"},
-            ]
-        )
-    )
-    return styled.to_html()
+    # Aliases and names come from the user and from model files: every cell is escaped.
+    return html_table(frame, precision=1)
 
 
 class ModelPanel(w.VBox):
@@ -139,7 +129,7 @@ class ModelPanel(w.VBox):
             self.manager.context(alias)
         except Exception as exc:  # shown in the panel: a widget callback has no cell to fail
             return self._error(exc)
-        self.message.value = f"<span style='color:#2e7d32'>Loaded {escape(alias)}.</span>"
+        self.message.value = f"<span style='color:#2e7d32'>Loaded {html_text(alias)}.</span>"
         self.refresh()
         return model
 
@@ -154,12 +144,12 @@ class ModelPanel(w.VBox):
         except Exception as exc:
             self._error(exc)
             return
-        self.message.value = f"Unloaded {escape(alias)}."
+        self.message.value = f"Unloaded {html_text(alias)}."
         self.refresh()
 
     def _error(self, exc: BaseException | str) -> None:
         text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-        self.message.value = f"<span style='color:#c62828'>{escape(text)}</span>"
+        self.message.value = f"<span style='color:#c62828'>{html_text(text)}</span>"
 
     def __repr__(self) -> str:
         table = self.manager.table()

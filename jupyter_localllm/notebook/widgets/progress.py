@@ -12,12 +12,12 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from html import escape
 from typing import Any
 
 import ipywidgets as w
 
 from ...types import Progress
+from ..escaping import html_text
 
 __all__ = ["ProgressPanel", "format_seconds", "recent_panels", "unwatch_panels", "watch_panels"]
 
@@ -67,7 +67,7 @@ class ProgressPanel(w.VBox):
         self._drawn_at = float("-inf")
         self._lock = threading.Lock()
         self._on_cancel = on_cancel
-        self.label = w.HTML(f"<b>{escape(desc)}</b>", layout=w.Layout(min_width="7em"))
+        self.label = w.HTML(f"<b>{html_text(desc)}</b>", layout=w.Layout(min_width="7em"))
         self.bar = w.IntProgress(
             value=0, min=0, max=max(1, self.total), bar_style="info", layout=w.Layout(flex="1")
         )
@@ -149,7 +149,7 @@ class ProgressPanel(w.VBox):
         return " · ".join(parts)
 
     def _stats_html(self) -> str:
-        text = escape(self.summary())
+        text = html_text(self.summary())
         if self.event is not None and self.event.errors:
             text = text.replace(
                 f"{self.event.errors} errors",
