@@ -186,6 +186,67 @@ def test_interpolation_once_with_escapes(loaded, capsys):
     )
 
 
+# Names whose binding would break later cells: builtins, dunders, IPython's own names and
+# history, keywords and non-identifiers; modules imported in the notebook are added below.
+BAD_OUT = [
+    "__builtins__",
+    "__name__",
+    "__doc__",
+    "print",
+    "len",
+    "type",
+    "display",
+    "In",
+    "Out",
+    "_",
+    "__",
+    "___",
+    "_i",
+    "_ii",
+    "_iii",
+    "_oh",
+    "_dh",
+    "_ih",
+    "_7",
+    "_i12",
+    "get_ipython",
+    "exit",
+    "quit",
+    "class",
+    "None",
+    "2x",
+    "a-b",
+    "x.y",
+    "pd",
+    "np",
+]
+
+
+def test_out_refuses_names_that_would_break_the_notebook(loaded, capsys):
+    import numpy
+
+    ip = loaded
+    ip.user_ns.update(pd=pd, np=numpy)
+    calls = []
+    manager = get_manager()
+    saved = manager.context
+    manager.context = lambda *a, **k: calls.append(a) or saved(*a, **k)
+    try:
+        for name in BAD_OUT:
+            before = ip.user_ns.get(name, "absent")
+            line = usage_error(ip, f"%%llm --no-stream --out {name}\nHi", capsys)
+            assert f"--out {name}" in line or repr(name) in line, line
+            assert ip.user_ns.get(name, "absent") is before, name
+    finally:
+        manager.context = saved
+    assert not calls  # refused before any model work
+    assert "would shadow Python's builtin print" in usage_error(ip, "%%llm --out print\nHi", capsys)
+    assert "module pandas" in usage_error(ip, "%%llm --out pd\nHi", capsys)
+    assert ok(ip, "len([1, 2]) + int(pd.Series([1]).sum())") == 3  # every later cell works
+    ok(ip, "%%llm --no-stream --max-tokens 2 --out match\nHi")  # a soft keyword is a fine name
+    assert isinstance(ip.user_ns["match"], str)
+
+
 def test_unknown_alias_and_bad_format(loaded, capsys):
     line = usage_error(loaded, "%%llm -m ghost\nHi", capsys)
     assert "'ghost'" in line and "smol" in line
@@ -289,6 +350,13 @@ def test_batch_failures(loaded, frame, capsys):
     line = usage_error(loaded, '%llm_batch reviews.text --out x --template "{body}"', capsys)
     assert "Column 'body' not found" in line
     assert "unknown" not in frame.columns
+
+
+def test_batch_out_into_a_column_of_numbers_is_one_line(loaded, frame, capsys):
+    frame["stars"] = [5, 1, 3, 2, 4]
+    line = usage_error(loaded, "%llm_batch reviews.text --out stars --max-tokens 2", capsys)
+    assert "Column 'stars' holds int64 values" in line
+    assert list(frame["stars"]) == [5, 1, 3, 2, 4]
 
 
 def test_model_option_picks_the_alias(loaded):

@@ -24,6 +24,7 @@ import pandas as pd
 
 from ..errors import InvalidParameterError
 from .config import get_settings
+from .out_column import OutColumn
 from .templates import check_fields, formatted_fields, render
 
 if TYPE_CHECKING:
@@ -118,20 +119,36 @@ class _Accessor:
         """The frame ``out=`` writes into (None for a Series)."""
         return None
 
-    def _writing(self, plan: Plan[Any], out: str | None, pick: Callable[[Any], Any]) -> Plan:
-        """``plan`` also writing ``pick(row value)`` into column ``out`` as each row
-        finishes; existing values stay until their row's result exists."""
+    def _writer(self, out: Any, values: Sequence[Any] | None = None) -> OutColumn | None:
+        """The writer of column ``out`` (checked, and made if absent, before the run)."""
+        if out is None:
+            return None
         target = self._target()
-        if out is None or target is None:
+        if target is None:
+            raise InvalidParameterError(
+                f"out={out!r} writes into a DataFrame column and a Series has none; assign "
+                "the result instead, or use df.llm with out=."
+            )
+        return OutColumn(target, out, values)
+
+    def _writing(
+        self, plan: Plan[Any], out: Any, pick: Callable, values: Sequence[Any] | None = None
+    ) -> Plan:
+        """``plan`` also writing ``pick(row value)`` into column ``out`` as each row finishes
+        (other rows keep their values until their result exists; see :class:`OutColumn`);
+        at the end, rows that could not be written are listed in the result's
+        ``attrs["llm"]["unwritten"]``."""
+        writer = self._writer(out, values)
+        if writer is None:
             return plan
-        if out not in target.columns:
-            target[out] = pd.Series(pd.NA, index=target.index, dtype=object)
-        col = target.columns.get_loc(out)
 
-        def write(row: int, value: Any) -> None:
-            target.iat[row, col] = pick(value)
+        def noted(value: Any) -> Any:
+            unwritten = writer.finish()
+            if unwritten:
+                value.attrs["llm"]["unwritten"] = unwritten
+            return value
 
-        return plan.also_on_result(write)
+        return plan.also_on_result(lambda row, value: writer.write(row, pick(value))).then(noted)
 
     def _record(self, info: dict[str, Any]) -> None:
         frame = self._target()
@@ -174,7 +191,7 @@ class _Accessor:
         from ..tasks.generation import generation_request
         from ..tasks.prompts import render_rows, resolve_format
 
-        frame, t0, texts, errors, ctx = self._prepare(template, model, n_seq_max)
+        index, t0, texts, errors, ctx = self._prepare(template, model, n_seq_max)
         fmt = resolve_format(ctx.model, format)
         prompts, _ = render_rows(ctx.model, fmt, texts, None, system_prompt)
         request = generation_request(
@@ -187,7 +204,7 @@ class _Accessor:
         )
 
         def finish(results: list[Result]) -> pd.Series:
-            series = pd.Series(list(results), index=frame.index, name=out or "llm", dtype=object)
+            series = pd.Series(list(results), index=index, name=_name(out, "llm"), dtype=object)
             info = _run_info("generate", ctx, template, series, time.perf_counter() - t0)
             info["hashes"] = results.hashes
             series.attrs["llm"] = info
@@ -198,10 +215,12 @@ class _Accessor:
         return _run(plan, background, progress, cluster)
 
     def _prepare(self, template: str, model: Any, n_seq_max: int | None) -> tuple:
-        """The frame, the start time, each row's text and the rows' errors, and the context."""
+        """The frame's index now, the start time, each row's text and the rows' errors, and
+        the context. The index is kept: results are labelled as the rows were at the start,
+        whatever happens to the frame while a background run works."""
         frame, t0 = self._frame(), time.perf_counter()
         texts, errors = _row_texts(frame, template)
-        return frame, t0, texts, errors, resolve_context(model, n_seq_max=n_seq_max)
+        return frame.index, t0, texts, errors, resolve_context(model, n_seq_max=n_seq_max)
 
     def classify(
         self,
@@ -229,15 +248,13 @@ class _Accessor:
         """
         from ..tasks.classification import classify_plan
 
-        frame, t0, texts, errors, ctx = self._prepare(template, model, n_seq_max)
+        index, t0, texts, errors, ctx = self._prepare(template, model, n_seq_max)
         plan = classify_plan(ctx, texts, labels, errors=errors, **options)
 
         def finish(scored: pd.DataFrame) -> pd.Series | pd.DataFrame:
-            scored.index = frame.index
+            scored.index = index
             label = scored["label"].astype(object).where(scored["label"].notna(), pd.NA)
-            label.name = out or "label"
-            if out is not None and self._target() is not None:
-                self._target()[out] = label
+            label.name = _name(out, "label")
             info = _run_info("classify", ctx, template, scored["error"], time.perf_counter() - t0)
             info["labels"] = [str(x) for x in labels]
             info["hashes"] = scored.attrs.get("hashes", {})
@@ -246,7 +263,8 @@ class _Accessor:
             result.attrs["llm"] = info
             return result
 
-        plan = self._writing(plan.then(finish), out, lambda rec: _or_na(rec["label"]))
+        pick = lambda rec: _or_na(rec["label"])  # noqa: E731
+        plan = self._writing(plan.then(finish), out, pick, [str(x) for x in labels])
         return _run(plan, background, progress, cluster)
 
     def extract(
@@ -269,14 +287,14 @@ class _Accessor:
         a Dask cluster (see :meth:`generate`)."""
         from ..tasks.extraction import extraction_plan, json_schema
 
-        frame, t0, texts, errors, ctx = self._prepare(template, model, n_seq_max)
+        index, t0, texts, errors, ctx = self._prepare(template, model, n_seq_max)
         plan = extraction_plan(ctx, texts, schema, errors=errors, **options)
         props = list(json_schema(schema).get("properties", {}))
 
         def finish(values: list[Any]) -> pd.DataFrame:
             records = [v if isinstance(v, dict) else {} for v in values]
             table = pd.DataFrame.from_records(records, columns=props or None)
-            table.index = frame.index
+            table.index = index
             table["error"] = [None if isinstance(v, dict) else v.error for v in values]
             info = _run_info("extract", ctx, template, table["error"], time.perf_counter() - t0)
             self._record(info)
@@ -288,6 +306,10 @@ class _Accessor:
 
 def _or_na(value: Any) -> Any:
     return pd.NA if value is None else value
+
+
+def _name(out: Any, default: str) -> Any:
+    return default if out is None else out
 
 
 def _run_info(

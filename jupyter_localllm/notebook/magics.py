@@ -8,12 +8,15 @@ missing variable) are one :class:`~IPython.core.error.UsageError` line, never a 
 
 from __future__ import annotations
 
+import builtins
+import keyword
 import re
 import shlex
 import string
 import time
+import types
 from argparse import ArgumentTypeError
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -22,11 +25,19 @@ from IPython.core.magic_arguments import MagicArgumentParser
 
 from ..errors import BatchInterrupted, LocalLLMError, column_not_found
 from .config import get_settings
+from .escaping import markdown_code, safe_markdown
 from .templates import render, template_fields
 
 __all__ = ["LLMMagics", "LLMResponse"]
 
 _FORMATS = ("markdown", "text", "json", "code")
+# IPython's own names in the user namespace (besides those in shell.user_ns_hidden): the
+# history (In, Out, _, __, ___, _i, _ii, _iii, _oh, _dh, _ih, _N, _iN) and its helpers.
+_IPYTHON_NAMES = frozenset(
+    {"In", "Out", "get_ipython", "exit", "quit", "display", "_", "__", "___", "_i", "_ii"}
+    | {"_iii", "_oh", "_dh", "_ih"}
+)
+_HISTORY_NAME = re.compile(r"_i?\d+")
 _STREAM_INTERVAL = 0.1  # seconds between display updates while streaming (≤ 10/s)
 
 
@@ -55,9 +66,9 @@ class LLMResponse:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict, dict]:
         bundle: dict[str, Any] = {"text/plain": self.text}
         if self.fmt == "markdown":
-            bundle["text/markdown"] = self.text
+            bundle["text/markdown"] = safe_markdown(self.text)  # no raw HTML from a model
         elif self.fmt == "code":
-            bundle["text/markdown"] = f"```python\n{self.text}\n```"
+            bundle["text/markdown"] = markdown_code(self.text, "python")
         elif self.fmt == "json" and self.data is not None:
             bundle["application/json"] = self.data
         meta = {
@@ -297,6 +308,8 @@ class LLMMagics(Magics):
         from ..tasks.prompts import render_prompt, resolve_format
 
         args = _cell_parser().parse_args(_split(line))
+        if args.out is not None:  # checked before the model runs, so no answer is lost
+            _check_variable_name(args.out, self.shell.user_ns, self.shell.user_ns_hidden, "--out")
         text = cell if args.no_interpolate else self._interpolate(cell)
         if not text.strip():
             raise UsageError("The cell is empty; write the message to send below %%llm.")
@@ -357,11 +370,8 @@ class LLMMagics(Magics):
         )
 
     def _store(self, name: str | None, value: Any) -> None:
-        if name is None:
-            return
-        if not name.isidentifier():
-            raise UsageError(f"--out needs a variable name, got {name!r}.")
-        self.shell.user_ns[name] = value
+        if name is not None:  # checked by _cell before the model ran
+            self.shell.user_ns[name] = value
 
     def _interpolate(self, cell: str) -> str:
         """``{name}`` from the user's namespace, once; ``{{``/``}}`` are literal braces."""
@@ -454,6 +464,28 @@ class LLMMagics(Magics):
         return frame, name, column
 
 
+def _check_variable_name(
+    name: str, user_ns: Mapping[str, Any], hidden: Mapping[str, Any], option: str
+) -> None:
+    """Raise a one-line :class:`UsageError` unless a magic may bind ``name`` in the user's
+    namespace: it must be an identifier and no keyword, and binding it must not shadow a
+    builtin, a dunder, one of IPython's own names (``In``, ``Out``, ``_``, ``_i3``, ...) or a
+    module the notebook imported (``pd``): each of those would break later cells."""
+    why = None
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise UsageError(f"{option} needs a variable name, got {name!r}.")
+    if name.startswith("__") and name.endswith("__"):
+        why = "is a special (dunder) name of Python"
+    elif name in _IPYTHON_NAMES or name in hidden or _HISTORY_NAME.fullmatch(name):
+        why = "is one of IPython's own names (its history and helpers)"
+    elif hasattr(builtins, name):
+        why = f"would shadow Python's builtin {name}"
+    elif isinstance(user_ns.get(name), types.ModuleType):
+        why = f"would replace the module {user_ns[name].__name__} imported in the notebook"
+    if why is not None:
+        raise UsageError(f"{option} {name} {why}; choose another variable name.")
+
+
 class _StreamDisplay:
     """Shows the answer while it is generated: one display, updated at most 10 times a
     second, cleared at the end (the final answer is the magic's return value)."""
@@ -467,7 +499,7 @@ class _StreamDisplay:
 
     def _bundle(self) -> dict[str, str]:
         if self.fmt == "markdown":
-            return {"text/plain": self.text, "text/markdown": self.text}
+            return {"text/plain": self.text, "text/markdown": safe_markdown(self.text)}
         return {"text/plain": self.text}
 
     def __call__(self, piece: str) -> None:
