@@ -24,6 +24,7 @@ __all__ = [
     "LocalLLMError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "PlaceholderError",
     "PromptError",
     "column_not_found",
 ]
@@ -67,6 +68,11 @@ class DownloadError(LocalLLMError, RuntimeError):
 
 class PromptError(LocalLLMError, ValueError):
     """A prompt cannot be run: empty, or longer than the context allows."""
+
+
+class PlaceholderError(PromptError, InvalidParameterError):
+    """A ``{name}`` placeholder of a prompt template cannot be read or filled (an unknown
+    conversion, a format spec that fails or asks for a huge width)."""
 
 
 class GrammarError(LocalLLMError, ValueError):

@@ -99,7 +99,7 @@ def test_generate_csv_writes_answers_and_errors_and_a_rerun_computes_nothing(tmp
     answered = table.iloc[:7]
     assert answered["llm_output"].notna().all() and answered["llm_output_error"].isna().all()
     assert pd.isna(table.at[7, "llm_output"])
-    assert "empty" in table.at[7, "llm_output_error"]
+    assert "blank" in table.at[7, "llm_output_error"]  # CSV cells are text: an empty one
 
     again = cli(tmp_path, *args, "--max-tokens", "8")
     assert again.returncode == 0, again.stderr
@@ -244,6 +244,19 @@ BAD_INPUTS = {
     "unknown model": (["news.csv", "-o", "o.csv", "-m", "no-such-model"], "no-such-model"),
     "one label": (["news.csv", "-o", "o.csv", "--labels", "Sports"], "two distinct labels"),
     "missing --out": (["news.csv"], "--out"),
+    # a placeholder that cannot be read or filled: one line, before the model loads
+    "unknown conversion": (["news.csv", "-o", "o.csv", "-t", "{text!x}"], "conversion !x"),
+    "number spec on text": (["news.csv", "-o", "o.csv", "-t", "{text:d}"], "cannot format"),
+    "huge width": (["news.csv", "-o", "o.csv", "-t", "{text:>999999999999}"], "the most is"),
+    "huge precision": (["news.csv", "-o", "o.csv", "-t", "{text:.99999999}"], "the most is"),
+    "nested spec": (["news.csv", "-o", "o.csv", "-t", "{text:{id}}"], "format spec"),
+    "positional": (["news.csv", "-o", "o.csv", "-t", "{0}"], "Column '0'"),
+    "empty placeholder": (["news.csv", "-o", "o.csv", "-t", "{} {text}"], "empty"),
+    "attribute": (["news.csv", "-o", "o.csv", "-t", "{text.upper}"], "no .attribute"),
+    "index": (["news.csv", "-o", "o.csv", "-t", "{text[0]}"], "[index]"),
+    "unbalanced": (["news.csv", "-o", "o.csv", "-t", "{text"], "braces"),
+    "lone closing": (["news.csv", "-o", "o.csv", "-t", "text}"], "braces"),
+    "unknown encoding": (["news.csv", "-o", "o.csv", "--encoding", "nope"], "'nope'"),
 }
 
 
@@ -255,6 +268,7 @@ def test_bad_input_prints_one_line_and_exits_2(inputs, case):
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert words in lines[0]
+    assert "Traceback" not in done.stderr
     assert not (inputs / "o.csv").exists() and not (inputs / "o.xlsx").exists()
 
 
@@ -269,3 +283,116 @@ def test_the_console_script_and_python_m_know_every_command(tmp_path):
         assert shown.returncode == 0, shown.stderr
         for name in ("run", "demo", "hardware", "models"):
             assert re.search(rf"^\s+{name}\s", shown.stdout, re.MULTILINE), shown.stdout
+
+
+# --- what made OUTPUT: a re-run resumes only the same recipe --------------------------------
+
+
+def two_rows(tmp_path: Path) -> Path:
+    return news(tmp_path / "two.csv", ["France", "Japan"])
+
+
+def test_a_changed_template_or_model_computes_every_row_again(tmp_path):
+    from gguf_edit import write_copy
+
+    from jupyter_localllm.models import default_model_path
+
+    source, out = two_rows(tmp_path), tmp_path / "out.csv"
+    first = ("-o", out, "--max-tokens", "4", "--template", "Name the country of {text}.")
+    assert counts(cli(tmp_path, source, *first).stdout) == (2, 0)
+    assert counts(cli(tmp_path, source, *first).stdout) == (0, 2)
+
+    other = cli(tmp_path, source, *first[:-1], "Translate to German: {text}")
+    assert other.returncode == 0, other.stderr
+    assert "was made with another --template/--column: computing every row" in other.stderr
+    assert counts(other.stdout) == (2, 0)
+    recorded = json.loads((tmp_path / "out.csv.localllm.json").read_text())
+    assert recorded["template"] == "Translate to German: {text}"
+
+    second = ("-o", out, "--max-tokens", "4", "--template", "Translate to German: {text}")
+    same_bytes = tmp_path / "same.gguf"  # another path, the same file: still the same model
+    same_bytes.write_bytes(default_model_path().read_bytes())
+    assert counts(cli(tmp_path, source, *second, "-m", same_bytes).stdout) == (0, 2)
+    edited = write_copy(default_model_path(), tmp_path / "edited.gguf", {"general.name": "x"})
+    changed = cli(tmp_path, source, *second, "-m", edited)
+    assert changed.returncode == 0, changed.stderr
+    assert "another --model (another model file)" in changed.stderr
+    assert counts(changed.stdout) == (2, 0)
+
+    (tmp_path / "out.csv.localllm.json").unlink()  # no record: nothing can be trusted
+    unknown = cli(tmp_path, source, *second, "-m", edited)
+    assert "has no record of how it was made" in unknown.stderr
+    assert counts(unknown.stdout) == (2, 0)
+
+
+def test_labels_that_read_as_missing_values_are_finished_rows(tmp_path):
+    source = two_rows(tmp_path)
+    for out in ("out.csv", "out.jsonl", "out.parquet"):
+        args = (source, "-o", out, "--labels", "NA,None,null")
+        first = cli(tmp_path, *args)
+        assert first.returncode == 0 and counts(first.stdout) == (2, 0), first.stderr
+        again = cli(tmp_path, *args)
+        assert counts(again.stdout) == (0, 2), out
+
+
+def _mount_small_disk(folder: Path) -> bool:
+    """A 64 KiB tmpfs on ``folder`` (root only); ``False`` where it cannot be mounted."""
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)]
+    return subprocess.run(mount, capture_output=True).returncode == 0
+
+
+def _small_files() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))  # Python ignores SIGXFSZ
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_previous_output(tmp_path):
+    disk = tmp_path / "disk"
+    mounted = _mount_small_disk(disk)
+    try:
+        frame = pd.DataFrame({"text": ["France", "Japan"], "notes": ["a", "b"]})
+        frame.to_csv(tmp_path / "in.csv", index=False)
+        out = disk / "out.csv"
+        args = (tmp_path / "in.csv", "-o", out, "--max-tokens", "2")
+        assert cli(tmp_path, *args).returncode == 0
+        before = out.read_bytes()
+        frame["notes"] = ["x" * 60_000, "y" * 60_000]  # not in the prompt: rows are taken
+        frame.to_csv(tmp_path / "in.csv", index=False)
+        done = subprocess.run(
+            command(*args),
+            capture_output=True,
+            text=True,
+            env=cli_env(tmp_path),
+            preexec_fn=None if mounted else _small_files,
+        )
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 1, done.stderr
+        assert len(lines) == 1 and lines[0].startswith("error: cannot write "), done.stderr
+        assert str(out) in lines[0] and "the previous out.csv is unchanged" in lines[0]
+        assert out.read_bytes() == before
+        assert sorted(p.name for p in disk.iterdir()) == ["out.csv", "out.csv.localllm.json"]
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_error_lines_advise_only_options_the_command_has(tmp_path):
+    from jupyter_localllm.cli import cli_advice
+    from jupyter_localllm.cli.run import run
+    from jupyter_localllm.errors import InsufficientMemoryError, ModelLoadError
+    from jupyter_localllm.models import check_memory, default_model_path
+
+    with pytest.raises(InsufficientMemoryError) as raised:
+        check_memory(default_model_path(), available=1)
+    context = ModelLoadError(
+        "llama.cpp could not create a context with n_ctx=8192, n_seq_max=8; try a smaller "
+        "n_ctx (memory) or n_seq_max."
+    )
+    options = {name for param in run.params for name in param.opts}
+    for error in (raised.value, context):
+        line = cli_advice(error)
+        assert "check_memory" not in line and "smaller n_ctx" not in line, line
+        named = set(re.findall(r"(?<![\w-])--?[a-z][\w-]*", line))
+        assert named and named <= options, (line, named - options)

@@ -11,12 +11,14 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from ..notebook.templates import check_fields, render, template_fields
+from .output import check_writable, write_output
+from .recipe import changes, make_recipe, read_recipe, recipe_path, write_recipe
+from .signals import StopSignals
 from .spec import BadInput, RunSpec, load_schema, parse_labels, template_of
-from .tables import check_format, check_writable, read_table, write_table
+from .tables import Table, check_encoding, check_format, read_table
 
 __all__ = ["execute", "run"]
-
-INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGINT)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +34,12 @@ INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGIN
 @click.option("--seed", type=int, help="Random seed (each row derives its own).")
 @click.option("--cluster", metavar="ADDRESS", help="Run on this Dask scheduler.")
 @click.option("--column-out", metavar="NAME", help="Name of the output column (see above).")
+@click.option(
+    "--encoding",
+    default="utf-8",
+    show_default=True,
+    help="INPUT's text encoding (CSV, JSON Lines) when it has no byte-order mark.",
+)
 def run(input_path: str, out_path: str, **options: str | int | None) -> int:
     """Run a prompt over every row of INPUT and write OUTPUT: INPUT's columns and new ones.
 
@@ -46,11 +54,17 @@ def run(input_path: str, out_path: str, **options: str | int | None) -> int:
                           NAME_property with --column-out), generated as JSON under it
       and NAME_error (llm_output_error, label_error, extract_error): why a row failed.
 
-    Ctrl-C writes the rows finished so far to OUTPUT and exits with 130. Running the same
-    command again resumes: only the rows that OUTPUT lacks (no value and no error, or an
-    input that changed) are computed. Delete OUTPUT to compute every row again (after
-    changing the prompt, the model or the options). --max-tokens and --seed apply to
-    generate and extract. Bad input exits with 2.
+    INPUT's own columns are written back unchanged: CSV cells are text (NA, 01234 and true
+    stay as written), JSON Lines values and Parquet types are kept. Text files are read as
+    --encoding unless a byte-order mark names theirs; OUTPUT text files are UTF-8.
+
+    Ctrl-C, SIGTERM and SIGHUP write the rows finished so far to OUTPUT and exit with 130,
+    143 and 129. Running the same command again resumes: only the rows that OUTPUT lacks
+    (no value and no error, or an input that changed) are computed. OUTPUT.localllm.json
+    records what made OUTPUT (task, template, labels or schema, --max-tokens, --seed, the
+    model file's SHA-256): when one of them changed, every row is computed again.
+    --max-tokens and --seed apply to generate and extract. Bad input exits with 2, a
+    failure while running with 1.
     """
     spec = RunSpec(
         input=Path(input_path),
@@ -64,6 +78,7 @@ def run(input_path: str, out_path: str, **options: str | int | None) -> int:
         seed=options["seed"],
         cluster=options["cluster"],
         column_out=options["column_out"],
+        encoding=check_encoding(str(options["encoding"])),
     )
     return execute(spec)
 
@@ -72,36 +87,50 @@ def execute(spec: RunSpec) -> int:
     """Run ``spec``: compute the rows OUTPUT lacks, write OUTPUT, say what was done."""
     from .runners import Interrupted, check_cluster, compute
 
-    frame = _checked_input(spec)
-    check_cluster(spec)
-    added = _previous(spec, frame)
-    todo = frame.index[added.isna().all(axis=1)]
-    taken = len(frame) - len(todo)
-    try:
-        with _progress_bar(len(todo), spec.task) as report:
-            computed = compute(spec, frame.loc[todo], report) if len(todo) else None
-        interrupted = False
-    except Interrupted as stop:
-        computed, interrupted = stop.table, True
-    if computed is not None:
-        added.loc[computed.index, spec.columns] = computed[spec.columns]
-    write_table(pd.concat([frame, added], axis=1), spec.out)
-    n_computed = 0 if computed is None else len(computed)
-    _report(spec, added, n_computed, taken, interrupted)
-    return INTERRUPTED if interrupted else 0
+    with StopSignals() as stop:
+        table = _checked_input(spec)
+        check_cluster(spec)
+        recipe = make_recipe(spec)
+        frame = table.frame
+        added = _previous(spec, frame, recipe)
+        todo = frame.index[added.isna().all(axis=1)]
+        taken = len(frame) - len(todo)
+        try:
+            with _progress_bar(len(todo), spec.task) as report:
+                computed = compute(spec, frame.loc[todo], report, stop) if len(todo) else None
+            interrupted = False
+        except Interrupted as ended:
+            computed, interrupted = ended.table, True
+        stop.hold()  # from here on a signal waits: OUTPUT is written whole
+        if computed is not None:
+            added.loc[computed.index, spec.columns] = computed[spec.columns]
+        _write(spec, table, added, recipe)
+        n_computed = 0 if computed is None else len(computed)
+        _report(spec, added, n_computed, taken, interrupted)
+        return stop.exit_code if interrupted else 0
 
 
-def _checked_input(spec: RunSpec) -> pd.DataFrame:
+def _write(spec: RunSpec, table: Table, added: pd.DataFrame, recipe: dict) -> None:
+    """OUTPUT, then its recipe; an old recipe that no longer holds goes first, so a kill
+    between the two leaves OUTPUT without a record (recomputed), never with a wrong one."""
+    if read_recipe(spec.out) != recipe:
+        recipe_path(spec.out).unlink(missing_ok=True)
+    write_output(table, added, spec.out)
+    write_recipe(spec.out, recipe)
+
+
+def _checked_input(spec: RunSpec) -> Table:
     """INPUT, after checking the paths, the template's columns and the new columns' names."""
-    from ..notebook.templates import check_fields
-
     check_format(spec.out, "OUTPUT")
     if spec.out.resolve() == spec.input.resolve():
         raise BadInput("OUTPUT must be another file than INPUT (a re-run reads both)")
-    frame = read_table(spec.input, "INPUT")
+    table = read_table(spec.input, "INPUT", spec.encoding)
     check_writable(spec.out)
+    frame = table.frame
     try:
         check_fields(spec.template, list(frame.columns))
+        if len(frame):  # a placeholder that cannot format INPUT's cells, before the model loads
+            render(spec.template, lambda name: frame.at[0, name])
     except ValueError as exc:
         raise BadInput(f"INPUT {spec.input}: {exc}") from None
     clash = [name for name in spec.columns if name in frame.columns]
@@ -110,19 +139,18 @@ def _checked_input(spec: RunSpec) -> pd.DataFrame:
             f"INPUT {spec.input} already has a column {clash[0]!r}; name the new columns "
             "with --column-out"
         )
-    return frame
+    return table
 
 
-def _previous(spec: RunSpec, frame: pd.DataFrame) -> pd.DataFrame:
-    """The new columns, holding OUTPUT's values from an earlier run where its row is
-    finished and its input is the same (empty everywhere when there is no OUTPUT)."""
-    from ..notebook.templates import template_fields
-
+def _previous(spec: RunSpec, frame: pd.DataFrame, recipe: dict) -> pd.DataFrame:
+    """The new columns, holding OUTPUT's values from an earlier run of the same recipe where
+    its row is finished and its input is the same (empty everywhere when there is no OUTPUT
+    or it was made otherwise)."""
     empty = [None] * len(frame)
     added = pd.DataFrame(dict.fromkeys(spec.columns, empty), index=frame.index, dtype=object)
     if not spec.out.exists():
         return added
-    before = read_table(spec.out, "OUTPUT")
+    before = read_table(spec.out, "OUTPUT").frame
     fields = template_fields(spec.template)
     missing = [name for name in [*spec.columns, *fields] if name not in before.columns]
     if missing:
@@ -130,20 +158,30 @@ def _previous(spec: RunSpec, frame: pd.DataFrame) -> pd.DataFrame:
             f"OUTPUT {spec.out} exists but has no column {missing[0]!r}, so it is not an "
             "earlier output of this command; delete it or choose another --out"
         )
+    changed = changes(read_recipe(spec.out), recipe)
+    if changed:
+        why = (
+            f"has no record of how it was made ({recipe_path(spec.out).name})"
+            if changed == ["no record"]
+            else f"was made with another {' and '.join(changed)}"
+        )
+        print(f"OUTPUT {spec.out} {why}: computing every row again.", file=sys.stderr)
+        return added
     n = min(len(before), len(frame))
     same = pd.Series(True, index=frame.index[:n])
     for name in fields:
         pairs = zip(_texts(before[name].iloc[:n]), _texts(frame[name].iloc[:n]), strict=True)
         same &= pd.Series([a == b for a, b in pairs], index=same.index)
     kept = before[spec.columns].iloc[:n].astype(object)
-    kept = kept.where(kept.notna(), None).set_axis(frame.index[:n])
+    # An empty cell (CSV writes a missing value so) is an unfinished one.
+    kept = kept.where(kept.notna() & (kept != ""), None).set_axis(frame.index[:n])
     added.loc[same[same].index] = kept[same.to_numpy()]
     return added
 
 
 def _texts(values: pd.Series) -> list[str | None]:
     """``values`` as text to compare an input between runs (``None`` where missing)."""
-    return [None if pd.api.types.is_scalar(v) and pd.isna(v) else str(v) for v in values]
+    return [None if pd.api.types.is_scalar(v) and pd.isna(v) else repr(v) for v in values]
 
 
 @contextlib.contextmanager

@@ -12,13 +12,15 @@ import pandas as pd
 
 from ..errors import BatchInterrupted
 from ..types import Progress, Result
+from .signals import StopSignals
 from .spec import BadInput, RunSpec
 
 __all__ = ["Interrupted", "check_cluster", "compute"]
 
 
 class Interrupted(Exception):
-    """Ctrl-C stopped the run; ``table`` holds the rows finished before it."""
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP) ended the run; ``table`` holds the rows
+    finished before it."""
 
     def __init__(self, table: pd.DataFrame):
         super().__init__(f"interrupted after {len(table)} rows")
@@ -39,13 +41,16 @@ def check_cluster(spec: RunSpec) -> None:
         )
 
 
-def compute(spec: RunSpec, work: pd.DataFrame, progress: Callable[[Progress], Any]) -> pd.DataFrame:
-    """The added columns for every row of ``work`` (indexed like it); Ctrl-C raises
-    :class:`Interrupted` with the rows finished before it."""
+def compute(
+    spec: RunSpec, work: pd.DataFrame, progress: Callable[[Progress], Any], stop: StopSignals
+) -> pd.DataFrame:
+    """The added columns for every row of ``work`` (indexed like it); a stop signal raises
+    :class:`Interrupted` with the rows finished before it. Signals are held (recorded, not
+    raised) from the moment the batch ends."""
     from ..notebook import accessor  # noqa: F401  (registers df.llm)
 
     try:
-        return _TASKS[spec.task](spec, work, _options(spec, progress))
+        return _TASKS[spec.task](spec, work, _options(spec, progress), stop)
     except BatchInterrupted as exc:
         raise Interrupted(finished_rows(spec, exc.results, work.index)) from None
     except KeyboardInterrupt:  # before the batch started (loading the model)
@@ -64,19 +69,29 @@ def _options(spec: RunSpec, progress: Callable[[Progress], Any]) -> dict[str, An
     return options
 
 
-def _generate(spec: RunSpec, work: pd.DataFrame, options: dict[str, Any]) -> pd.DataFrame:
-    answers = work.llm.generate(spec.template, **options, **spec.sampling)
+def _batch(stop: StopSignals, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``method(*args, **kwargs)`` (an accessor call), with the stop signals held as soon as
+    it returns or raises, so what it finished is converted and written whole."""
+    try:
+        return method(*args, **kwargs)
+    finally:
+        stop.hold()
+
+
+def _generate(spec: RunSpec, work: pd.DataFrame, options: dict, stop: StopSignals) -> pd.DataFrame:
+    answers = _batch(stop, work.llm.generate, spec.template, **options, **spec.sampling)
     return finished_rows(spec, list(answers), work.index)
 
 
-def _classify(spec: RunSpec, work: pd.DataFrame, options: dict[str, Any]) -> pd.DataFrame:
-    scored = work.llm.classify(spec.template, list(spec.labels or ()), probs=True, **options)
+def _classify(spec: RunSpec, work: pd.DataFrame, options: dict, stop: StopSignals) -> pd.DataFrame:
+    labels = list(spec.labels or ())
+    scored = _batch(stop, work.llm.classify, spec.template, labels, probs=True, **options)
     table = pd.DataFrame({spec.base: scored["label"], spec.error_column: scored["error"]})
     return _as_cells(table)
 
 
-def _extract(spec: RunSpec, work: pd.DataFrame, options: dict[str, Any]) -> pd.DataFrame:
-    table = work.llm.extract(spec.template, spec.schema, **options, **spec.sampling)
+def _extract(spec: RunSpec, work: pd.DataFrame, options: dict, stop: StopSignals) -> pd.DataFrame:
+    table = _batch(stop, work.llm.extract, spec.template, spec.schema, **options, **spec.sampling)
     names = dict(zip(spec.properties, spec.output_columns, strict=True))
     return _as_cells(table.rename(columns={**names, "error": spec.error_column}))
 

@@ -1,5 +1,6 @@
 """What ``jupyter-localllm run`` was asked to do: the options, checked, as one
-:class:`RunSpec`; and :class:`BadInput`, the error the user fixes by changing the command."""
+:class:`RunSpec`; :class:`BadInput`, the error the user fixes by changing the command, and
+:class:`RunFailed`, a failure while running (a full disk)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 __all__ = [
     "DEFAULT_COLUMNS",
     "BadInput",
+    "RunFailed",
     "RunSpec",
     "load_schema",
     "parse_labels",
@@ -24,6 +26,10 @@ DEFAULT_COLUMNS = {"generate": "llm_output", "classify": "label", "extract": "ex
 
 class BadInput(Exception):
     """Input the user can fix (a file, a column, an option): one line on stderr, exit 2."""
+
+
+class RunFailed(Exception):
+    """A failure while running (OUTPUT cannot be written): one line on stderr, exit 1."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,8 @@ class RunSpec:
     cluster: str | None = None
     """A Dask scheduler address, passed on as ``cluster=``."""
     column_out: str | None = None
+    encoding: str = "utf-8"
+    """INPUT's text encoding (CSV, JSON Lines) when it has no byte-order mark."""
 
     @property
     def task(self) -> str:

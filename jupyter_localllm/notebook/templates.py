@@ -1,30 +1,80 @@
 """``{name}`` placeholders in prompt templates, shared by the magics and the accessor.
 
-A template is read once: each ``{name}`` (with an optional ``!r``/``!s`` conversion and
-``:spec``) is replaced by its value, ``{{`` and ``}}`` are literal braces, and the values are
-never parsed again, so a value holding braces is inserted as it is.
+A template is read once: each ``{name}`` (with an optional ``!r``/``!s``/``!a`` conversion
+and ``:spec``) is replaced by its value, ``{{`` and ``}}`` are literal braces, and the values
+are never parsed again, so a value holding braces is inserted as it is.
+
+Every front-end (``df.llm.*``, ``%%llm``, ``%llm_batch``, ``jupyter-localllm run``) reads its
+templates here, so a bad placeholder is one :class:`~jupyter_localllm.errors.PlaceholderError`
+line everywhere: an unknown conversion, a placeholder nested in a format spec, a width or
+precision over :data:`MAX_WIDTH` (checked before any row is rendered), or a spec that cannot
+format a row's value (``{text:d}`` on a text).
 """
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..errors import InvalidParameterError
+from ..errors import PlaceholderError
 
-__all__ = ["check_fields", "formatted_fields", "render", "template_fields"]
+__all__ = ["MAX_WIDTH", "check_fields", "formatted_fields", "render", "template_fields"]
+
+MAX_WIDTH = 10_000
+"""The largest width or precision a format spec may ask for (``{text:>20}``, ``{x:.3f}``):
+a prompt padded further is no prompt, and ``{text:>999999999999}`` would allocate a terabyte."""
 
 _FORMATTER = string.Formatter()
+_CONVERSIONS = ("r", "s", "a")
+# The format-spec mini-language: [[fill]align][sign][z][#][0][width][grouping][.prec][type]
+_STANDARD_SPEC = re.compile(
+    r"(?:.?[<>=^])?[-+ ]?z?#?0?(?P<width>\d*)[,_]?(?:\.(?P<precision>\d+))?[a-zA-Z%]?", re.DOTALL
+)
 
 
 def _parse(template: str) -> list[tuple[str, str | None, str, str | None]]:
+    """``template``'s parts as :meth:`string.Formatter.parse` gives them, each placeholder's
+    conversion and spec checked."""
     try:
-        return list(_FORMATTER.parse(template))
-    except ValueError as exc:  # a lone "{" or "}"
-        raise InvalidParameterError(
-            f"The template has unmatched braces ({exc}); write {{{{ and }}}} for literal braces."
+        parts = list(_FORMATTER.parse(template))
+    except ValueError as exc:  # a lone "{" or "}", "{text!}"
+        raise PlaceholderError(
+            f"The template has unmatched braces or a broken placeholder ({exc}); write {{{{ and "
+            "}} for literal braces."
         ) from None
+    for _, field, spec, conversion in parts:
+        if field is not None:
+            _check_placeholder(field, spec or "", conversion)
+    return parts
+
+
+def _shown(field: str, spec: str, conversion: str | None) -> str:
+    """The placeholder as written (cut at 60 characters)."""
+    shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+    return shown[:60] + ("…}" if len(shown) > 60 else "}")
+
+
+def _check_placeholder(field: str, spec: str, conversion: str | None) -> None:
+    shown = _shown(field, spec, conversion)
+    if conversion is not None and conversion not in _CONVERSIONS:
+        raise PlaceholderError(
+            f"The template's {shown} has an unknown conversion !{conversion}; use !s, !r or !a."
+        )
+    if "{" in spec or "}" in spec:
+        raise PlaceholderError(
+            f"The template's {shown} has a placeholder inside its format spec, which is not "
+            "supported; write the width or precision as a number."
+        )
+    standard = _STANDARD_SPEC.fullmatch(spec)
+    for part in ("width", "precision") if standard else ():
+        digits = standard.group(part)
+        if digits and int(digits) > MAX_WIDTH:
+            raise PlaceholderError(
+                f"The template's {shown} asks for a {part} of {int(digits):,}; the most is "
+                f"{MAX_WIDTH:,}."
+            )
 
 
 def template_fields(template: str) -> list[str]:
@@ -38,7 +88,7 @@ def template_fields(template: str) -> list[str]:
         if field is None:
             continue
         if not field:
-            raise InvalidParameterError(
+            raise PlaceholderError(
                 "The template has an empty {} placeholder; name a value or write {{}}."
             )
         if field not in names:
@@ -55,7 +105,8 @@ def formatted_fields(template: str) -> set[str]:
 def check_fields(template: str, available: Sequence[str], what: str = "Column") -> list[str]:
     """The placeholders of ``template``, after checking each is in ``available``.
 
-    Raises :class:`InvalidParameterError` like ``"Column 'x' not found; columns are a, b."``.
+    Raises :class:`PlaceholderError` (an ``InvalidParameterError``) like ``"Column 'x' not
+    found; columns are a, b."``.
     """
     fields = template_fields(template)
     missing = [f for f in fields if f not in available]
@@ -63,8 +114,11 @@ def check_fields(template: str, available: Sequence[str], what: str = "Column") 
         known = ", ".join(map(str, available)) or "none"
         plural = "s" if len(missing) > 1 else ""
         names = ", ".join(repr(m) for m in missing)
-        raise InvalidParameterError(
-            f"{what}{plural} {names} not found; {what.lower()}s are {known}."
+        hint = ""
+        if any(re.search(r"[.\[]", m) for m in missing):
+            hint = f" A placeholder names a whole {what.lower()}: no .attribute or [index]."
+        raise PlaceholderError(
+            f"{what}{plural} {names} not found; {what.lower()}s are {known}.{hint}"
         )
     return fields
 
@@ -75,6 +129,8 @@ def render(template: str, values: Mapping[str, Any] | Callable[[str], Any]) -> s
 
     >>> render("Say {{hi}} to {who}", {"who": "{x}"})
     'Say {hi} to {x}'
+
+    Raises :class:`PlaceholderError` when a placeholder's spec cannot format its value.
     """
     out: list[str] = []
     for literal, field, spec, conversion in _parse(template):
@@ -82,7 +138,21 @@ def render(template: str, values: Mapping[str, Any] | Callable[[str], Any]) -> s
         if field is None:
             continue
         value = values(field) if callable(values) else values[field]
+        out.append(_formatted(field, value, spec or "", conversion))
+    return "".join(out)
+
+
+def _formatted(field: str, value: Any, spec: str, conversion: str | None) -> str:
+    try:
         if conversion:
             value = _FORMATTER.convert_field(value, conversion)
-        out.append(format(value, spec or ""))
-    return "".join(out)
+        return format(value, spec)
+    except (ValueError, TypeError, OverflowError, MemoryError) as exc:
+        shown = repr(value)
+        shown = shown[:40] + "…" if len(shown) > 40 else shown
+        reason = str(exc).rstrip(".") or type(exc).__name__
+        raise PlaceholderError(
+            f"The template's {_shown(field, spec, conversion)} cannot format {shown} "
+            f"({type(value).__name__}): {reason}; change the format spec, or write {{{field}}} "
+            "to insert the value as it is."
+        ) from None
