@@ -352,11 +352,14 @@ def test_batch_failures(loaded, frame, capsys):
     assert "unknown" not in frame.columns
 
 
-def test_batch_out_into_a_column_of_numbers_is_one_line(loaded, frame, capsys):
+def test_batch_column_labels_and_dtypes(loaded, frame, capsys):
     frame["stars"] = [5, 1, 3, 2, 4]
     line = usage_error(loaded, "%llm_batch reviews.text --out stars --max-tokens 2", capsys)
     assert "Column 'stars' holds int64 values" in line
     assert list(frame["stars"]) == [5, 1, 3, 2, 4]
+    loaded.user_ns["numbered"] = numbered = pd.DataFrame({0: ["Say hi."]})
+    ok(loaded, "%llm_batch numbered.0 --out reply --max-tokens 2")  # a column labelled 0
+    assert numbered["reply"][0] and not numbered["reply"][0].startswith("Error")
 
 
 def test_model_option_picks_the_alias(loaded):

@@ -4,7 +4,8 @@ A thin front-end over :func:`~jupyter_localllm.generate_parallel`,
 :func:`~jupyter_localllm.classify` and :func:`~jupyter_localllm.extract`. A template names
 columns in ``{braces}``; every row is rendered, wrapped in the model's chat template and run in
 parallel. Results come back aligned to the frame's index; ``out="col"`` also writes them into
-the frame as each row finishes, so an interrupted run keeps every finished row. A row whose
+the frame as each row finishes (by index label and column name, so a background run's
+frame may change meanwhile), so an interrupted run keeps every finished row. A row whose
 cell is missing (NaN/None) or not text gets an error in its place; the other rows go on.
 
 Example::
@@ -182,10 +183,12 @@ class _Accessor:
         ``df.attrs["llm"]``.
 
         ``background=True`` returns a :class:`~jupyter_localllm.Job` at once (with a Cancel
-        button in notebooks); rows still land in ``out`` as they finish, ``job.partial()``
-        holds them by position, and ``job.result()`` gives the Series. ``cluster`` (a
-        ``distributed.Client`` or a scheduler address) runs the rows on a Dask cluster's
-        workers (see :func:`~jupyter_localllm.generate_parallel`).
+        button in notebooks); rows still land in ``out`` as they finish, each where its index
+        label is then (the frame may be sorted, filtered or given columns meanwhile; a row
+        that is gone stays in the result, see :mod:`~jupyter_localllm.notebook.out_column`),
+        ``job.partial()`` holds them by position, and ``job.result()`` gives the Series.
+        ``cluster`` (a ``distributed.Client`` or a scheduler address) runs the rows on a Dask
+        cluster's workers (see :func:`~jupyter_localllm.generate_parallel`).
         """
         from ..session.executors import single
         from ..tasks.generation import generation_request

@@ -459,7 +459,7 @@ class LLMMagics(Magics):
             raise UsageError(f"No DataFrame named {name!r} in the notebook.")
         if not isinstance(frame, pd.DataFrame):
             raise UsageError(f"{name!r} is a {type(frame).__name__}, not a DataFrame.")
-        if column not in frame.columns:
+        if not any(str(c) == column for c in frame.columns):  # a label 0 is DF.0
             raise UsageError(str(column_not_found(column, frame.columns, name)))
         return frame, name, column
 

@@ -14,6 +14,7 @@ cannot have moved), rows are written by position: a frame with repeated labels i
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 from collections.abc import Hashable, Sequence
@@ -82,12 +83,12 @@ class OutColumn:
         returns the labels of the rows not written."""
         with self._lock:
             for row, value in self.written.items():
-                where = self._locate(row)
-                if isinstance(where, str):
-                    continue
-                cell = self.frame.iat[where]
-                if cell is not value and _same(cell, self.before[row]):
-                    self.frame.iat[where] = value
+                with contextlib.suppress(Exception):  # best effort: the value is in the result
+                    where = self._locate(row)
+                    if isinstance(where, tuple):
+                        cell = self.frame.iat[where]
+                        if cell is not value and _same(cell, self.before[row]):
+                            self.frame.iat[where] = value
             return list(self.unwritten)
 
     # -- one cell ------------------------------------------------------------------------
@@ -157,13 +158,14 @@ class OutColumn:
         if self._warned:
             return
         self._warned = True
-        warnings.warn(
-            f"While the run wrote into column {self.out!r}, {problem}: that row's result, "
-            "and any other that cannot be placed, is kept only in the run's result "
-            "(job.result(); labels in .attrs['llm']['unwritten']), never written elsewhere.",
-            FrameChangedWarning,
-            stacklevel=4,
-        )
+        with contextlib.suppress(Warning):  # warnings made errors must not end the run
+            warnings.warn(
+                f"While the run wrote into column {self.out!r}, {problem}: that row's result, "
+                "and any other that cannot be placed, is kept only in the run's result "
+                "(job.result(); labels in .attrs['llm']['unwritten']), never written elsewhere.",
+                FrameChangedWarning,
+                stacklevel=4,
+            )
 
 
 def _check_name(frame: pd.DataFrame, out: Hashable) -> None:
