@@ -25,7 +25,7 @@ import pandas as pd
 from .spec import BadInput, RunFailed, reason
 from .tables import Table, check_format
 
-__all__ = ["check_writable", "replace_file", "write_output"]
+__all__ = ["cell_text", "check_writable", "replace_file", "write_output"]
 
 
 def check_writable(path: Path) -> None:
@@ -71,7 +71,7 @@ def replace_file(path: Path, write: Callable[[Any], Any]) -> None:
 # --- CSV ---------------------------------------------------------------------------------
 
 
-def _csv_cell(value: Any) -> str:
+def cell_text(value: Any) -> str:
     """A value as CSV text: strings as they are, JSON's other values as JSON (``true``,
     ``3``, ``{"a": 1}``), missing values empty, anything else as ``str`` gives it."""
     value = _plain(value)
@@ -88,7 +88,7 @@ def _csv_fields(values: Iterable[Any]) -> str:
     """``values`` as one CSV record's fields (quoted where needed), without a line end."""
     buffer = io.StringIO()
     # "\r\n" as the terminator makes csv quote cells holding either character.
-    csv.writer(buffer, lineterminator="\r\n").writerow([_csv_cell(v) for v in values])
+    csv.writer(buffer, lineterminator="\r\n").writerow([cell_text(v) for v in values])
     return buffer.getvalue()[:-2]
 
 

@@ -12,7 +12,7 @@ import click
 import pandas as pd
 
 from ..notebook.templates import check_fields, render, template_fields
-from .output import check_writable, write_output
+from .output import cell_text, check_writable, write_output
 from .recipe import changes, make_recipe, read_recipe, recipe_path, write_recipe
 from .signals import StopSignals
 from .spec import BadInput, RunSpec, load_schema, parse_labels, template_of
@@ -180,8 +180,9 @@ def _previous(spec: RunSpec, frame: pd.DataFrame, recipe: dict) -> pd.DataFrame:
 
 
 def _texts(values: pd.Series) -> list[str | None]:
-    """``values`` as text to compare an input between runs (``None`` where missing)."""
-    return [None if pd.api.types.is_scalar(v) and pd.isna(v) else repr(v) for v in values]
+    """``values`` as the text a CSV cell gives them, to compare an input between runs in any
+    two formats (``None`` where missing)."""
+    return [cell_text(v) or None for v in values]
 
 
 @contextlib.contextmanager
