@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 from conftest import chat, run_python, wait_for
+from gguf_edit import write_copy
 
 import jupyter_localllm as ll
 from jupyter_localllm.errors import BatchInterrupted
+from jupyter_localllm.models import default_model_path
 from jupyter_localllm.notebook.comm import MIN_INTERVAL_S, Channel
 from jupyter_localllm.session import activity
 from jupyter_localllm.session.manager import get_manager
@@ -83,6 +85,21 @@ def test_snapshot_follows_a_background_job_and_cancel_keeps_its_rows(model):
     finally:
         get_manager().unload(alias)  # adopted: forgotten, not closed
     assert all(m["alias"] != alias for m in activity.snapshot()["models"])
+
+
+def test_the_state_cuts_a_huge_model_name(tmp_path):
+    """A model file's own name can be any length; the state (sent up to 4 times a second)
+    carries at most 256 characters of it."""
+    name = "<b>n</b>" * 20_000
+    path = write_copy(default_model_path(), tmp_path / "long.gguf", {"general.name": name})
+    model = ll.model_load(str(path))
+    alias = get_manager().adopt(model, alias="long-name")
+    try:
+        shown = next(m for m in activity.snapshot()["models"] if m["alias"] == alias)
+        assert shown["name"] == name[:255] + "…" and shown["file"] == "long.gguf"
+    finally:
+        get_manager().unload(alias)
+        model.close()
 
 
 def test_a_foreground_run_shows_while_it_runs_and_cannot_be_cancelled_by_id(model, ctx):

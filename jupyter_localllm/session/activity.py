@@ -251,10 +251,16 @@ def _model_entries() -> list[tuple[Any, bool]]:
     return [(entry, entry.alias == default) for entry in manager.loaded()]
 
 
+_MAX_NAME_CHARS = 256  # a model file's own name can be any length; the state is sent 4x a second
+
+
 def _model_state(entry: Any, default: bool) -> dict[str, Any]:
+    name = str(entry.model.name)
+    if len(name) > _MAX_NAME_CHARS:
+        name = name[: _MAX_NAME_CHARS - 1] + "…"
     return {
         "alias": entry.alias,
-        "name": entry.model.name,
+        "name": name,
         "file": Path(entry.model.path).name,
         "size_mb": round(entry.model.size_bytes / 2**20, 1),
         "n_ctx": entry.n_ctx,
