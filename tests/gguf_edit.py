@@ -40,6 +40,21 @@ class Array:
     items: list[Any]
 
 
+@dataclass(frozen=True)
+class Raw:
+    """A value written as these bytes, as they are (an array nested deeper than a writer that
+    recurses could write, say); its type id is the edit's."""
+
+    data: bytes
+
+
+def nested_array(depth: int, leaf: int = 7) -> tuple[int, Raw]:
+    """An edit value: ``depth`` arrays, each holding the next, the innermost one int32
+    ``leaf``."""
+    head = struct.pack("<IQ", ARRAY, 1) * (depth - 1)
+    return ARRAY, Raw(head + struct.pack("<IQi", INT32, 1, leaf))
+
+
 @dataclass
 class Header:
     """The parsed parts of a GGUF header that a copy writes again."""
@@ -82,6 +97,8 @@ def _encode_string(text: str) -> bytes:
 
 def encode_value(vtype: int, value: Any) -> bytes:
     """The bytes of one value of GGUF type ``vtype`` (no type id in front)."""
+    if isinstance(value, Raw):
+        return value.data
     if vtype in SCALARS:
         return struct.pack("<" + SCALARS[vtype], value)
     if vtype == STRING:

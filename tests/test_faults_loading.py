@@ -86,3 +86,62 @@ def test_url_without_a_route_fails_at_once(no_hub, cache, monkeypatch):
     t0 = time.monotonic()
     refused(lambda: ll.model_load("https://example.org/m.gguf"), DownloadError, "Cannot reach")
     assert time.monotonic() - t0 < 5
+
+
+# -- Ctrl-C during a load (issue 25) ------------------------------------------------------------
+_INTERRUPTED_LOAD = """
+import linecache, os, signal, sys, threading, time
+import jupyter_localllm as ll
+from jupyter_localllm.engine.llama import Model
+from jupyter_localllm.models import default_model_path
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal or a kernel
+main = threading.main_thread().ident
+sent = threading.Event()
+
+
+def inside_load():
+    frame = sys._current_frames().get(main)
+    while frame is not None:  # a log callback's frame sits on top of the loading line
+        line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+        if "llama_model_load_from_file(" in line:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def ctrl_c_once_inside_load():
+    while not inside_load():
+        time.sleep(0.0005)
+    os.kill(os.getpid(), signal.SIGINT)
+    sent.set()
+
+
+for attempt in range(40):
+    sent.clear()
+    threading.Thread(target=ctrl_c_once_inside_load, daemon=True).start()
+    try:
+        model = Model(default_model_path(), use_mmap=False, n_gpu_layers=0)
+    except KeyboardInterrupt:
+        print("INTERRUPTED", attempt, flush=True)
+        break
+    if sent.is_set():  # the Ctrl-C came while llama.cpp loaded, and the load went on
+        print("SWALLOWED", attempt, flush=True)
+        sys.exit(3)
+    model.close()  # the load was over before the thread saw it: try again
+    time.sleep(0.2)  # let the waiting thread's signal land, if it comes late
+else:
+    print("NEVER-INSIDE", flush=True)
+    sys.exit(4)
+model = ll.model_load("default")  # nothing half-open stops the next load
+print("RELOADED", model.n_vocab, flush=True)
+"""
+
+
+def test_ctrl_c_during_model_load_reaches_the_user():
+    from conftest import run_python
+
+    run = run_python(_INTERRUPTED_LOAD, timeout=55)
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    assert "INTERRUPTED" in run.stdout and "RELOADED 49152" in run.stdout, run.stdout
+    assert "Exception ignored" not in run.stderr  # not dropped inside a ctypes callback

@@ -14,6 +14,7 @@ samplers, so the runner never names these classes.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ctypes
 import os
@@ -37,7 +38,9 @@ from ..errors import (
 from .backend import MAX_SEQUENCES, ModelUser
 from .checks import UINT32_MAX, check_int, default_threads
 from .grammar import Alphabet, alphabet_from_pieces, check_grammar
+from .interrupts import HeldInterrupts, interrupt_pending
 from .memory import check_context_memory, kv_cache_bytes
+from .probe import probe_model_file
 from .sampling import SamplingParams
 
 __all__ = [
@@ -62,9 +65,25 @@ _verbosity = 0
 def _log_callback(level: int, text: bytes, user_data: Any) -> None:
     # GGML log levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation.
     # Verbosity 0 keeps only errors, 1 adds warnings, 2 adds info, 3 everything.
-    threshold = {0: 4, 1: 3, 2: 2}.get(_verbosity, 0)
-    if level != 5 and level >= threshold and text:
-        os.write(2, text)
+    try:
+        threshold = {0: 4, 1: 3, 2: 2}.get(_verbosity, 0)
+        if level != 5 and level >= threshold and text:
+            os.write(2, text)
+    except KeyboardInterrupt:
+        # ctypes prints and drops an exception raised in a callback: Ctrl-C would be lost.
+        # Raise it again once llama.cpp's call has returned to Python.
+        _thread.interrupt_main()
+    except OSError:
+        pass  # stderr closed: the log is lost, not the call
+
+
+@_ll.llama_progress_callback
+def _load_progress(progress: float, user_data: Any) -> bool:
+    # Returning False makes llama.cpp stop loading and free what it had read.
+    try:
+        return not interrupt_pending()
+    except BaseException:
+        return False
 
 
 def set_verbosity(level: int) -> None:
@@ -148,9 +167,12 @@ class Model(_Native):
         use_mmap: bool = True,
         use_mlock: bool = False,
         use_extra_bufts: bool = False,
+        probe: bool = True,
     ):
         _ensure_backend()
         self.path = Path(path)
+        if probe:  # an unknown file is loaded once in a subprocess first (engine/probe.py)
+            probe_model_file(self.path)
         params = _ll.llama_model_default_params()
         params.n_gpu_layers = _resolve_gpu_layers(n_gpu_layers)
         params.load_mode = {
@@ -164,7 +186,13 @@ class Model(_Native):
         params.use_extra_bufts = bool(use_extra_bufts)
         self.use_extra_bufts = bool(use_extra_bufts)
         self.n_gpu_layers = params.n_gpu_layers
-        handle = _ll.llama_model_load_from_file(str(self.path).encode(), params)
+        params.progress_callback = _load_progress
+        with HeldInterrupts() as interrupts:
+            handle = _ll.llama_model_load_from_file(str(self.path).encode(), params)
+        if interrupts.pending:
+            if handle:
+                _ll.llama_model_free(handle)
+            interrupts.raise_pending()
         if not handle:
             raise ModelLoadError(
                 f"llama.cpp could not load {self.path}; the file may use an architecture or "
@@ -486,7 +514,12 @@ class Context(_Native):
             _ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else _ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         params.no_perf = True
-        handle = _ll.llama_init_from_model(model._handle, params)
+        with HeldInterrupts() as interrupts:
+            handle = _ll.llama_init_from_model(model._handle, params)
+        if interrupts.pending:
+            if handle:
+                _ll.llama_free(handle)
+            interrupts.raise_pending()
         if not handle:
             raise ModelLoadError(
                 f"llama.cpp could not create a context with n_ctx={n_ctx}, "

@@ -35,6 +35,7 @@ from ..errors import (
 from . import download as _download
 from . import gguf as _gguf
 from .gguf import ArraySummary
+from .limits import LLAMA_MAX_LAYERS, check_hyperparameters
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -515,15 +516,18 @@ def validate_model_file(path: str | os.PathLike[str]) -> Path:
 
     Checks that it exists (:class:`ModelNotFoundError`), is a readable regular file, starts with
     the GGUF magic, uses GGUF version 2 or 3, has an intact header, and is at least as long as
-    its tensor infos say (:class:`InvalidModelFileError`: "... is truncated ... re-download it").
-    The tensor-size check stands down for quantisation types this module does not know.
+    its tensor infos say (:class:`InvalidModelFileError`: "... is truncated ... re-download it"),
+    and holds no hyperparameter on which llama.cpp would abort (:mod:`.limits`). The
+    tensor-size check stands down for quantisation types this module does not know.
     Returns the absolute path.
     """
     p = _regular_file(path)
     size = p.stat().st_size
     if size == 0:
         raise InvalidModelFileError(f"{p} is empty (0 bytes); re-download it.")
-    header = _read_header(p, max_array_length=0)
+    # Per-layer arrays (at most LLAMA_MAX_LAYERS long) are kept for the checks; the vocabulary
+    # is summarised.
+    header = _read_header(p, max_array_length=LLAMA_MAX_LAYERS)
     if header.tensor_count == 0:
         raise InvalidModelFileError(
             f"{p} holds no tensors (a vocabulary-only GGUF?); pass a model file with weights."
@@ -534,6 +538,7 @@ def validate_model_file(path: str | os.PathLike[str]) -> Path:
             f"{p} is truncated: its tensors need {end:,} bytes but the file has {size:,} "
             f"({size / end:.0%}); re-download it."
         )
+    check_hyperparameters(p, header.metadata)
     return p.absolute()
 
 

@@ -26,6 +26,9 @@ GGUF_MAGIC = b"GGUF"
 _FIXED_HEADER = 24  # magic + version u32 + tensor_count u64 + kv_count u64
 _DEFAULT_ALIGNMENT = 32
 _MAX_DIMS = 8  # ggml has 4; anything far above that is corruption, not a real tensor
+# Arrays of arrays are legal in the format but llama.cpp reads none; a few levels are kept, a
+# deeper nest is refused (it is read without recursion, so no depth can exhaust the stack).
+MAX_NESTING = 8
 
 # GGUF value type id -> (name, struct code or None for string/array, byte size)
 _VALUE_TYPES: dict[int, tuple[str, str | None, int]] = {
@@ -174,7 +177,29 @@ def _value(cur: _Cursor, vtype: int, key: str, max_array: int) -> Any:
 
 
 def _array(cur: _Cursor, key: str, max_array: int) -> Any:
+    """One array value; nested arrays are walked with an explicit stack, not recursion."""
     what = f"metadata array {key!r}"
+    root: list[Any] = []
+    # Each frame: [item type, items left, kept items (None when summarised)]
+    stack: list[list[Any]] = []
+    _open_array(cur, key, max_array, stack, root, what)
+    while stack:
+        frame = stack[-1]
+        if frame[1] == 0:
+            stack.pop()
+            continue
+        frame[1] -= 1
+        if len(stack) >= MAX_NESTING:
+            raise _corrupt(cur.path, f"metadata array {key!r} nests arrays over {MAX_NESTING} deep")
+        keep = max_array if frame[2] is not None else 0
+        _open_array(cur, key, keep, stack, frame[2], what)
+    return root[0]
+
+
+def _open_array(
+    cur: _Cursor, key: str, max_array: int, stack: list, parent: list | None, what: str
+) -> None:
+    """Read an array's header and its scalar or string items; push it when it holds arrays."""
     item_type = cur.u32(what)
     n = cur.u64(what)
     spec = _VALUE_TYPES.get(item_type)
@@ -182,6 +207,7 @@ def _array(cur: _Cursor, key: str, max_array: int) -> Any:
         raise _corrupt(cur.path, f"metadata array {key!r} has unknown item type {item_type}")
     name, code, size = spec
     keep = n <= max_array
+    values: list[Any] | None = None
     if code is not None:
         cur.need(n * size, what)  # checked before unpacking, so a bogus n allocates nothing
         values = list(struct.unpack_from(f"<{n}{code}", cur.buf, cur.pos)) if keep else None
@@ -192,12 +218,12 @@ def _array(cur: _Cursor, key: str, max_array: int) -> Any:
         else:
             for _ in range(n):
                 cur.skip_string(what)
-    else:  # nested arrays: legal in the format, rare in practice
-        values = [_array(cur, key, max_array) for _ in range(n)] if keep else None
-        if not keep:
-            for _ in range(n):
-                _array(cur, key, 0)
-    return values if keep else ArraySummary(name, n)
+    else:
+        cur.need(n * 12, what)  # each item is at least a type and a length: no runaway loop
+        values = [] if keep else None
+        stack.append([item_type, n, values])
+    if parent is not None:
+        parent.append(values if keep else ArraySummary(name, n))
 
 
 def _tensor_data_end(cur: _Cursor, count: int) -> int | None:
