@@ -13,6 +13,7 @@ __all__ = [
     "AmbiguousModelError",
     "BatchInterrupted",
     "ClusterError",
+    "ContextBusyError",
     "ContextFullError",
     "DecodeError",
     "DownloadError",
@@ -90,6 +91,12 @@ class DecodeError(LocalLLMError, RuntimeError):
 class ContextFullError(DecodeError):
     """``llama_decode`` found no free KV-cache slot (return code 1): fewer tokens or a larger
     ``n_ctx`` will fit; the context stays usable."""
+
+
+class ContextBusyError(LocalLLMError, RuntimeError):
+    """A context was used (a run, ``close()``, closing its model) from inside a callback
+    (``progress=``, ``on_result=``, ``stream=``) of the run it is busy with; use another
+    context, or do it after the run."""
 
 
 class BatchInterrupted(LocalLLMError, KeyboardInterrupt):

@@ -203,7 +203,7 @@ class GenerationRun:
             if sampler is not None:
                 sampler.close()
         if isinstance(exc, DecodeError):
-            self.owner.reset_cache()  # the cache may hold half a step
+            self.owner.clear_cache()  # the cache may hold half a step
 
     def _interrupted(self) -> BatchInterrupted:
         ordered = [self.results[i] for i in range(len(self.prompts))]

@@ -17,6 +17,8 @@ from typing import Union
 from ..errors import GrammarError
 
 __all__ = [
+    "MAX_GRAMMAR_CHARS",
+    "MAX_REPETITION",
     "AnyChar",
     "Chars",
     "Element",
@@ -32,6 +34,9 @@ __all__ = [
 MAX_NESTING = 64  # parentheses inside parentheses; llama.cpp's parser recurses per level
 MAX_RULES = 5000  # named rules; llama.cpp's left-recursion check recurses along them
 MAX_REPETITION = 2000  # llama.cpp's MAX_REPETITION_THRESHOLD
+# Characters of grammar text: parsing it here (and in llama.cpp for every row) takes about
+# a second per 500 kB, so a larger grammar is refused before either parses it.
+MAX_GRAMMAR_CHARS = 500_000
 Interval = tuple[int, int]
 
 
@@ -346,6 +351,12 @@ def parse_grammar(text: str) -> Grammar:
 
 
 def _check_text(text: str) -> None:
+    if len(text) > MAX_GRAMMAR_CHARS:
+        raise GrammarError(
+            f"The grammar has {len(text)} characters, more than the {MAX_GRAMMAR_CHARS} a "
+            "grammar may have (it is parsed for every row); simplify it (fewer alternatives or "
+            "repetitions)."
+        )
     if "\0" in text:
         raise GrammarError(
             "The grammar text contains a NUL character, which would cut it short in llama.cpp; "

@@ -21,11 +21,14 @@ token pieces, and :data:`ANY_MODEL` assumes every character but NUL.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import GrammarError
 from .gbnf import (
+    MAX_REPETITION,
     AnyChar,
     Chars,
     Element,
@@ -38,9 +41,30 @@ from .gbnf import (
     parse_grammar,
 )
 
-__all__ = ["ANY_MODEL", "Alphabet", "alphabet_from_pieces", "check_grammar"]
+__all__ = [
+    "ANY_MODEL",
+    "MAX_ENUM",
+    "MAX_SCHEMA_DEPTH",
+    "MAX_SCHEMA_REPETITIONS",
+    "Alphabet",
+    "alphabet_from_pieces",
+    "check_grammar",
+    "check_schema_size",
+]
 
 _MAX_CODE_POINT = 0xFFFFFFFF  # what a \U escape can write
+# Sizes of a JSON schema that its grammar can hold. The schema-to-grammar converter writes
+# every repetition out (minLength 100000000: a string of that many items, minutes and GBs),
+# so counts are checked before it runs: each at most llama.cpp's own repetition limit, all
+# of them together, and a pattern's quantifiers expanded, at most MAX_SCHEMA_REPETITIONS.
+MAX_SCHEMA_REPETITIONS = 20_000
+MAX_ENUM = 10_000  # values of one enum (one alternative each, in every row's grammar)
+MAX_SCHEMA_DEPTH = 64  # objects and lists inside each other (the converter recurses)
+_COUNTS = (
+    "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
+    "minContains", "maxContains",
+)  # fmt: skip
+_QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(,?)\s*(\d*)\s*\}")
 
 
 @dataclass(frozen=True)
@@ -349,3 +373,107 @@ def alphabet_from_pieces(
     if all(b in singles for b in range(0x80, 0xC0)):  # continuation bytes exist
         spans += [iv for b in singles if (iv := _lead_interval(b)) is not None]
     return Alphabet(chars=_merge(spans), token_ok=token_ok, token_id=token_id)
+
+
+# -- JSON schema sizes ---------------------------------------------------------------------
+def check_schema_size(schema: Any) -> None:
+    """Raise :class:`GrammarError` naming the limit when ``schema``'s grammar would be too
+    large to build: a repetition count (``minLength``, ``maxItems``, ... or a pattern's
+    ``{n}``) over llama.cpp's :data:`~jupyter_localllm.engine.gbnf.MAX_REPETITION`, their sum
+    over :data:`MAX_SCHEMA_REPETITIONS`, an enum over :data:`MAX_ENUM` values, or nesting
+    deeper than :data:`MAX_SCHEMA_DEPTH`. Reads the schema once, without recursion."""
+    total = 0
+    stack: list[tuple[Any, str, int]] = [(schema, "#", 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise GrammarError(
+                f"The JSON schema nests more than {MAX_SCHEMA_DEPTH} levels deep (at "
+                f"...{where[-60:]}); "
+                "flatten it."
+            )
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        if isinstance(node, dict):
+            total += _node_repetitions(node, where)
+            if total > MAX_SCHEMA_REPETITIONS:
+                raise GrammarError(
+                    f"The JSON schema's lengths and counts add up to more than "
+                    f"{MAX_SCHEMA_REPETITIONS} repeated items (at {where}), more than a "
+                    "grammar can hold; lower them."
+                )
+        for key, value in items:
+            if isinstance(value, (dict, list)):
+                stack.append((value, f"{where}/{key}", depth + 1))
+
+
+def _node_repetitions(node: dict, where: str) -> int:
+    """The items one schema object repeats (its counts, its pattern's quantifiers); raises
+    :class:`GrammarError` for a count over llama.cpp's limit or an enum over :data:`MAX_ENUM`."""
+    counts = {k: node[k] for k in _COUNTS if _is_number(node.get(k))}
+    pattern = node.get("pattern")
+    if isinstance(pattern, str):
+        counts["pattern"] = _pattern_items(pattern)
+    enum = node.get("enum")
+    if isinstance(enum, list) and len(enum) > MAX_ENUM:
+        raise GrammarError(
+            f"The JSON schema's enum at {where} has {len(enum)} values, more than the "
+            f"{MAX_ENUM} a grammar may list; use a string with a pattern, or fewer values."
+        )
+    for key, value in counts.items():
+        if value > MAX_REPETITION and key != "pattern":
+            raise GrammarError(
+                f"The JSON schema asks for {key}={value} at {where}, more than the "
+                f"{MAX_REPETITION} repetitions llama.cpp's grammars allow; lower it (or drop "
+                "it and check the length after extraction)."
+            )
+    return int(sum(counts.values()))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _pattern_items(pattern: str) -> int:
+    """Items a regular expression writes out once its ``{m,n}`` quantifiers are expanded
+    (an upper bound: nested quantifiers multiply); raises :class:`GrammarError` for a count
+    over llama.cpp's limit or an expansion over :data:`MAX_SCHEMA_REPETITIONS`."""
+    groups = [[0, 0]]  # per open group: items so far, items of the last atom
+    i = 0
+    while i < len(pattern):
+        c, atom = pattern[i], 1
+        if c == "{" and (m := _QUANTIFIER.match(pattern, i)):
+            low, comma, high = m.groups()
+            count = max(int(low or 0), int(high or 0)) + (1 if comma and not high else 0)
+            if count > MAX_REPETITION:
+                raise GrammarError(
+                    f"The JSON schema's pattern {pattern[:60]!r} repeats {count} times, more "
+                    f"than the {MAX_REPETITION} repetitions llama.cpp's grammars allow; "
+                    "lower it."
+                )
+            top = groups[-1]
+            top[0] += top[1] * (count - 1)
+            top[1] *= count
+            i = m.end()
+            if top[0] > MAX_SCHEMA_REPETITIONS:
+                raise GrammarError(
+                    f"The JSON schema's pattern {pattern[:60]!r} expands to more than "
+                    f"{MAX_SCHEMA_REPETITIONS} items, more than a grammar can hold; simplify it."
+                )
+            continue
+        if c == "(":
+            groups.append([0, 0])
+            i += 1
+            continue
+        if c == ")" and len(groups) > 1:
+            atom = groups.pop()[0]
+        elif c == "\\":
+            i += 1
+        elif c == "[":
+            end = pattern.find("]", i + 2)
+            i = end if end > 0 else len(pattern)
+        elif c in "|*+?^$":
+            atom = 0
+        groups[-1][0] += atom
+        groups[-1][1] = atom
+        i += 1
+    return groups[0][0]

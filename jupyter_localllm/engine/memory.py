@@ -11,9 +11,27 @@ from __future__ import annotations
 from ..errors import InsufficientMemoryError
 from .checks import available_memory
 
-__all__ = ["check_context_memory", "context_bytes", "kv_cache_bytes", "kv_shape"]
+__all__ = [
+    "TOO_LONG_MEMORY",
+    "TOO_LONG_TRAINED",
+    "cells_that_fit",
+    "check_context_memory",
+    "context_bytes",
+    "kv_cache_bytes",
+    "kv_shape",
+    "text_problem",
+    "train_context",
+]
 
 _PAD = 256  # llama.cpp pads a cache to a multiple of this many cells
+
+# Why a row does not fit a context sized from the work (the end of its error message).
+TOO_LONG_TRAINED = (
+    "the length this model was trained for; shorten it, or fix a larger n_ctx in context_create"
+)
+TOO_LONG_MEMORY = (
+    "what the memory available holds for this context; shorten it or use fewer parallel rows"
+)
 
 
 def kv_shape(meta: dict[str, str]) -> tuple[int, int, int, int, int] | None:
@@ -29,6 +47,16 @@ def kv_shape(meta: dict[str, str]) -> tuple[int, int, int, int, int] | None:
     except (KeyError, ValueError, ZeroDivisionError):
         return None
     return layers, heads, kv_heads, k_len, v_len
+
+
+def train_context(meta: dict[str, str]) -> int | None:
+    """The context length the model was trained for (``<arch>.context_length``), or None."""
+    arch = meta.get("general.architecture", "")
+    try:
+        n = int(meta[f"{arch}.context_length"])
+    except (KeyError, ValueError):
+        return None
+    return n if n > 0 else None
 
 
 def kv_cache_bytes(meta: dict[str, str], n_ctx: int) -> int:
@@ -67,7 +95,8 @@ def context_bytes(
 def check_context_memory(meta: dict[str, str], n_ctx: int, **sizes: int) -> None:
     """Raise :class:`InsufficientMemoryError` naming the largest ``n_ctx`` that fits when a
     context of ``n_ctx`` cells would not fit in the memory available now (``sizes``: the
-    other arguments of :func:`context_bytes`)."""
+    other arguments of :func:`context_bytes`); the error's ``n_ctx_fit`` holds that n_ctx,
+    so a caller sizing a context from the work can shrink it."""
 
     def need(n: int) -> int:
         return context_bytes(meta, n, **sizes)
@@ -80,8 +109,33 @@ def check_context_memory(meta: dict[str, str], n_ctx: int, **sizes: int) -> None
     for step in (2**k for k in range(31, 7, -1)):  # the largest multiple of 256 that fits
         if need(fit + step) <= budget:
             fit += step
-    raise InsufficientMemoryError(
+    error = InsufficientMemoryError(
         f"A context of n_ctx={n_ctx} would need about {need(n_ctx) / 2**30:.1f} GiB but "
         f"{free / 2**30:.1f} GiB of memory is available; the largest n_ctx that fits is {fit}: "
         "use a smaller n_ctx (or fewer parallel rows, or a smaller max_tokens)."
+    )
+    error.n_ctx_fit = fit  # type: ignore[attr-defined]
+    raise error
+
+
+def cells_that_fit(fit: int, prefix_len: int, n_slots: int, n_seq_max: int, unified: bool) -> int:
+    """KV cells one row may use in a context of ``fit`` cells (the largest the memory holds),
+    shared by ``n_slots`` rows (``unified``) or split into ``n_seq_max`` streams; 0 when
+    ``fit`` is below a useful context."""
+    if fit < 512:
+        return 0
+    if unified:
+        return prefix_len + (fit - prefix_len) // n_slots // 64 * 64
+    return fit // n_seq_max // 64 * 64
+
+
+def text_problem(n_chars: int, limit: int, longest_piece: int) -> str | None:
+    """Why a text of ``n_chars`` characters cannot fit ``limit`` tokens of a vocabulary whose
+    longest token is ``longest_piece`` bytes (it has more tokens than that), else None."""
+    if n_chars <= limit * max(4, longest_piece):
+        return None
+    return (
+        f"the prompt of {n_chars} characters does not fit the context of {limit} tokens "
+        f"(a token holds at most {longest_piece} characters of this model), so it was not "
+        "tokenized; shorten it"
     )

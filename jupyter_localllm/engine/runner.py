@@ -23,12 +23,15 @@ import numpy as np
 
 from ..errors import (
     GrammarError,
+    InsufficientMemoryError,
     InvalidParameterError,
 )
 from ..types import Progress, Result
 from .backend import MAX_SEQUENCES
 from .checks import UINT32_MAX, check_int
 from .decoding import GenerationRun
+from .memory import TOO_LONG_MEMORY, TOO_LONG_TRAINED, cells_that_fit, text_problem, train_context
+from .runlock import RunLock
 from .sampling import SamplingParams
 from .scheduler import common_prefix_length
 from .scoring import LabelScorer
@@ -232,8 +235,9 @@ class GenerationContext:
         """The layout of the cache in use (of the next one while none is open)."""
         self.flash_attn = bool(flash_attn)
         """Whether llama.cpp's flash attention is on."""
-        self.lock = threading.RLock()
+        self.lock = RunLock()
         self.last_run = RunStats()
+        self._longest_piece: int | None = None
         self._ctx: BackendContext | None = None
         self._batch: BackendBatch | None = None
         self._prefix: list[int] = []
@@ -272,7 +276,8 @@ class GenerationContext:
         return self._ctx
 
     def close(self) -> None:
-        """Free the backend context (the model stays loaded)."""
+        """Free the backend context (the model stays loaded). Waits for a run in another
+        thread; raises :class:`ContextBusyError` from a callback of a run on it."""
         with self.lock:
             if self._ctx is not None:
                 self._ctx.close()
@@ -337,9 +342,33 @@ class GenerationContext:
     def reset_cache(self) -> None:
         """Forget the cached prefix and empty the KV cache."""
         with self.lock:
-            if self._ctx is not None:
-                self._ctx.memory_clear()
-            self._prefix = []
+            self.clear_cache()
+
+    def clear_cache(self) -> None:
+        """:meth:`reset_cache` for the thread running on the context (holding its lock)."""
+        if self._ctx is not None:
+            self._ctx.memory_clear()
+        self._prefix = []
+
+    # -- what fits -------------------------------------------------------------------------
+    def max_row_cells(self) -> int:
+        """The most KV cells one row may use: the fixed ``n_ctx``, else the context length
+        the model was trained for (a context sized from the work grows no further)."""
+        if self.fixed_n_ctx is not None:
+            return self.fixed_n_ctx
+        trained = train_context(getattr(self.model, "metadata", None) or {})
+        return min(trained or _MAX_AUTO_CTX, _MAX_AUTO_CTX)
+
+    def text_problem(self, text: str) -> str | None:
+        """Why ``text`` cannot fit a row of this context, known without tokenizing it, else
+        None: a text of megabytes is refused at once instead of tokenized."""
+        limit = self.max_row_cells()
+        if len(text) > 4 * limit and self._longest_piece is None:
+            model = self.model
+            self._longest_piece = max(
+                len(model.token_bytes(t, special=True)) for t in range(model.n_vocab)
+            )
+        return text_problem(len(text), limit, self._longest_piece or 4)
 
     # -- runs ------------------------------------------------------------------------------
     def _shared_prefix_len(self, prompts: Sequence[Sequence[int]], valid: list[int]) -> int:
@@ -361,26 +390,30 @@ class GenerationContext:
         cells_per_row: Callable[[int, int], int],
     ) -> KVSession:
         """Set up a run over the tokenized ``prompts`` (call it holding :attr:`lock`, and hold
-        that until the session ends): error results for the rows that cannot run (empty, or
-        listed in ``invalid`` with their message), the shared prefix, the slot count, and a
-        context big enough for ``cells_per_row(row, own_tokens)`` cells per row after the
-        prefix. Starts a fresh :attr:`last_run`."""
+        that until the session ends): error results for the rows that cannot run (empty, too
+        long, or listed in ``invalid`` with their message), the shared prefix, the slot count,
+        and a context big enough for ``cells_per_row(row, own_tokens)`` cells per row after the
+        prefix. A context sized from the work is sized from the rows that fit: a row longer
+        than :meth:`max_row_cells`, or than what the memory available holds, is an error row
+        and the others run (their answers cut at the context's end). Starts a fresh
+        :attr:`last_run`."""
         t_start = time.perf_counter()
         stats = RunStats(rows=len(prompts))
         self.last_run = stats
-        errors: dict[int, Result] = {}
-        valid = [i for i, p in enumerate(prompts) if len(p) > 0 and i not in invalid]
-        for i in sorted(set(range(len(prompts))) - set(valid)):
-            message = invalid.get(i, "the prompt is empty; give some text")
-            errors[i] = Result.failed(message, row=i)
-        prefix_len = self._shared_prefix_len(prompts, valid)
-        n_slots = max(1, min(self.n_seq_max, len(valid)))
-        own = {i: len(prompts[i]) - prefix_len for i in valid}
-        cells = {i: cells_per_row(i, own[i]) for i in valid}
-        per_slot = max(cells.values(), default=1)
-        after = sum(cells[i] - own[i] for i in valid)  # tokens the rows may decode after
-        prompt_bound = after * _PROMPT_BOUND <= sum(own.values())
-        ctx = self._ensure_context(prefix_len, per_slot, n_slots, prompt_bound)
+        auto = self.fixed_n_ctx is None
+        limit, why = (self.max_row_cells(), TOO_LONG_TRAINED) if auto else (None, "")
+        for _attempt in range(4):
+            layout = self._layout(prompts, invalid, cells_per_row, limit, why)
+            errors, valid, prefix_len, n_slots, per_slot, prompt_bound = layout
+            try:
+                ctx = self._ensure_context(prefix_len, per_slot, n_slots, prompt_bound)
+                break
+            except InsufficientMemoryError as exc:
+                fit = int(getattr(exc, "n_ctx_fit", 0))
+                shrunk = cells_that_fit(fit, prefix_len, n_slots, self.n_seq_max, self.kv_unified)
+                if limit is None or shrunk >= limit:
+                    raise
+                limit, why = shrunk, TOO_LONG_MEMORY
         seq_cells = self._seq_cells()
         if prefix_len >= seq_cells:
             prefix_len = 0  # cannot share it; every row will report its length
@@ -401,6 +434,38 @@ class GenerationContext:
             stats=stats,
             t_start=t_start,
         )
+
+    def _layout(
+        self,
+        prompts: Sequence[Sequence[int]],
+        invalid: Mapping[int, str],
+        cells_per_row: Callable[[int, int], int],
+        limit: int | None,
+        why: str,
+    ) -> tuple[dict[int, Result], list[int], int, int, int, bool]:
+        """``(errors, valid rows, prefix length, slots, cells per slot, prompt-bound)`` of a
+        run whose rows may use at most ``limit`` cells each (None: no limit here; ``why``
+        says where the limit comes from)."""
+        errors: dict[int, Result] = {}
+        for i, p in enumerate(prompts):
+            if i in invalid or not p:
+                message = invalid.get(i, "the prompt is empty; give some text")
+                errors[i] = Result.failed(message, row=i)
+            elif limit is not None and len(p) + 1 > limit:
+                message = f"the prompt of {len(p)} tokens does not fit the context of {limit} "
+                errors[i] = Result.failed(f"{message}tokens ({why})", row=i, n_prompt_tokens=len(p))
+        valid = [i for i in range(len(prompts)) if i not in errors]
+        prefix_len = self._shared_prefix_len(prompts, valid)
+        n_slots = max(1, min(self.n_seq_max, len(valid)))
+        own = {i: len(prompts[i]) - prefix_len for i in valid}
+        room = limit - prefix_len if limit is not None else None
+        cells = {i: cells_per_row(i, own[i]) for i in valid}
+        if room is not None:  # an answer past the limit is cut there, as with a fixed n_ctx
+            cells = {i: min(c, room) for i, c in cells.items()}
+        per_slot = max(cells.values(), default=1)
+        after = sum(cells[i] - own[i] for i in valid)  # tokens the rows may decode after
+        prompt_bound = after * _PROMPT_BOUND <= sum(own.values())
+        return errors, valid, prefix_len, n_slots, per_slot, prompt_bound
 
     def run(
         self,
@@ -435,7 +500,8 @@ class GenerationContext:
         seeds = list(seed_rows) if seed_rows is not None else range(n)
         shared = isinstance(params, SamplingParams)
         invalid = self._check_grammars(per_row, invalid or {}, shared=shared)
-        with self.lock:
+        shield = self.lock.shield
+        with self.lock, self.lock.running():
             kv = self.start_run(prompts, invalid, lambda i, own: own + per_row[i].max_tokens)
             return GenerationRun(
                 self,
@@ -443,9 +509,9 @@ class GenerationContext:
                 prompts,
                 per_row,
                 seeds,
-                on_progress=on_progress,
-                on_result=on_result,
-                on_text=on_text,
+                on_progress=shield(on_progress),
+                on_result=shield(on_result),
+                on_text=shield(on_text),
                 cancel=cancel,
             ).run()
 
@@ -493,8 +559,14 @@ class GenerationContext:
         scorer = LabelScorer(label_tokens, scoring)
         if len(prompts) == 0:
             return np.full((0, len(label_tokens)), np.nan), {}
-        with self.lock:
+        shield = self.lock.shield
+        with self.lock, self.lock.running():
             kv = self.start_run(prompts, invalid or {}, lambda i, own: own + scorer.need)
             return scorer.run(
-                kv, prompts, first=first, on_wave=on_wave, on_progress=on_progress, cancel=cancel
+                kv,
+                prompts,
+                first=first,
+                on_wave=shield(on_wave),
+                on_progress=shield(on_progress),
+                cancel=cancel,
             )

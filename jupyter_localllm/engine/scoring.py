@@ -38,9 +38,26 @@ if TYPE_CHECKING:
     from .backend import BackendBatch
     from .runner import GenerationContext, KVSession
 
-__all__ = ["SCORINGS", "LabelScorer", "Step", "check_scoring", "label_steps", "score_labels"]
+__all__ = [
+    "MAX_LABELS",
+    "MAX_LABEL_CHARS",
+    "MAX_LABEL_TOKENS",
+    "SCORINGS",
+    "LabelScorer",
+    "Step",
+    "check_label_sizes",
+    "check_scoring",
+    "label_steps",
+    "score_labels",
+]
 
 SCORINGS = ("constrained", "joint")
+# How many labels, and how long, label scoring takes: every label may cost a decode per wave
+# of rows and a vocabulary-sized softmax per row and token, and where labels share a first
+# token the planning is quadratic in their number (10,000 labels: minutes and 10 GB).
+MAX_LABELS = 1000
+MAX_LABEL_CHARS = 500  # checked before tokenizing
+MAX_LABEL_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,22 @@ def check_scoring(scoring: str) -> None:
     if scoring not in SCORINGS:
         raise InvalidParameterError(
             f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}."
+        )
+
+
+def check_label_sizes(labels: Sequence[str]) -> None:
+    """Raise :class:`InvalidParameterError` naming the limit when there are more than
+    :data:`MAX_LABELS` labels or one is longer than :data:`MAX_LABEL_CHARS` characters."""
+    if len(labels) > MAX_LABELS:
+        raise InvalidParameterError(
+            f"Got {len(labels)} labels, more than the {MAX_LABELS} label scoring takes (each "
+            "is scored for every row); group them into fewer labels, or classify in two steps."
+        )
+    longest = max(labels, key=len, default="")
+    if len(longest) > MAX_LABEL_CHARS:
+        raise InvalidParameterError(
+            f"The label {longest[:40]!r}... has {len(longest)} characters, more than the "
+            f"{MAX_LABEL_CHARS} a label may have; use a short name for it."
         )
 
 
@@ -169,6 +202,12 @@ class LabelScorer:
     :class:`~jupyter_localllm.engine.runner.KVSession` (see the module notes)."""
 
     def __init__(self, label_tokens: Sequence[Sequence[int]], scoring: str):
+        longest = max(map(len, label_tokens), default=0)
+        if len(label_tokens) > MAX_LABELS or longest > MAX_LABEL_TOKENS:
+            raise InvalidParameterError(
+                f"Got {len(label_tokens)} labels of up to {longest} tokens; label scoring takes "
+                f"at most {MAX_LABELS} labels of at most {MAX_LABEL_TOKENS} tokens each."
+            )
         self.label_tokens = label_tokens
         self.steps = label_steps(label_tokens, scoring)
         """Each label's terms (:func:`label_steps`)."""

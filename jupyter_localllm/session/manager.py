@@ -209,9 +209,12 @@ class ModelManager:
     def unload(self, alias: str) -> None:
         """Free the model under ``alias`` and its contexts. Background jobs on them are
         cancelled first (their finished rows stay in ``job.partial()``) and waited for; a
-        model this manager did not load (:meth:`adopt`) is forgotten, not closed."""
+        model this manager did not load (:meth:`adopt`) is forgotten, not closed. From a
+        callback of a run on one of its contexts: :class:`ContextBusyError`."""
         entry = self.entry(alias)
         mine = list(entry.contexts.values())
+        for ctx in mine:  # from a callback of a run on one of them: refuse, change nothing
+            ctx.lock.check()
         # Not under self._lock: a job may need the manager while it stops.
         stop_jobs(lambda job: _runs_on(job, entry, mine))
         with self._lock:

@@ -223,17 +223,20 @@ class _BatchRun:
         return found
 
     def tokens_of(self, rows: Sequence[int], texts: Sequence[str]) -> list[list[int]]:
-        """Each text's tokens; a text that cannot be encoded (a lone surrogate) makes its row
-        an error result and gets no tokens (``rows[k] < 0``: not a row of the request)."""
+        """Each text's tokens; a text that cannot be encoded (a lone surrogate), or that is
+        too long for the context by its length alone (not tokenized, however large), makes its
+        row an error result and gets no tokens (``rows[k] < 0``: not a row of the request)."""
         out = []
+        context = self.request.context
         for i, text in zip(rows, texts, strict=True):
             try:
-                out.append(prompt_tokens(self.model, text))
+                problem = context.text_problem(text)
+                out.append(prompt_tokens(self.model, text) if problem is None else [])
             except UnicodeEncodeError as exc:
-                if i >= 0:
-                    message = f"the {self.request.what} is not valid text ({exc.reason})"
-                    self.deliver(Result.failed(message, row=i))
+                problem = f"the {self.request.what} is not valid text ({exc.reason})"
                 out.append([])
+            if problem is not None and i >= 0:
+                self.deliver(Result.failed(problem, row=i))
         return out
 
     # -- rows ------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from ..engine.runner import GenerationContext
-from ..engine.scoring import check_scoring
-from ..errors import InvalidParameterError
+from ..engine.scoring import check_label_sizes, check_scoring
+from ..errors import InvalidParameterError, PromptError
 from ..session.executors import Plan, execute, single
 from ..session.pipeline import BatchRequest
 from ..types import Progress, Result, Results
@@ -106,6 +106,7 @@ def _check_labels(labels: Any) -> list[str]:
     if not all(isinstance(lab, (str, int)) and not isinstance(lab, bool) for lab in labels):
         raise InvalidParameterError(f"Labels must be strings, got {labels!r}.")
     labels = [str(lab) for lab in labels]
+    check_label_sizes(labels)
     if any(not lab.strip() for lab in labels):
         raise InvalidParameterError(f"Labels cannot be empty or blank, got {labels!r}.")
     if len(labels) < 2 or len(set(labels)) != len(labels):
@@ -151,6 +152,7 @@ def label_request(
             "Classify the text into exactly one of these categories: "
             f"{', '.join(labels)}. Answer with the category name only."
         )
+    _check_shared_part(context, fmt, instruction, system_prompt, shots)
     rows, bad = render_rows(model, fmt, texts, instruction, system_prompt, shots)
     # Chat replies start right after the template's newline; plain prompts end with "Answer:"
     # and the label follows after a space.
@@ -181,6 +183,32 @@ def label_request(
         },
         tag={"texts": texts},
     )
+
+
+def _check_shared_part(
+    context: GenerationContext,
+    fmt: str,
+    instruction: str | None,
+    system_prompt: str | None,
+    shots: list[tuple[str, str]],
+) -> None:
+    """Raise :class:`PromptError` when what every row repeats (system prompt, instruction,
+    examples) does not fit the context alone: every row would fail, each after rendering and
+    tokenizing it. Sizes by characters first, so a huge set of examples is never rendered."""
+    parts = [system_prompt or "", instruction or "", *(t + lab for t, lab in shots)]
+    problem = context.text_problem("".join(parts))
+    if problem is None:
+        shared = render_prompt(context.model, fmt, "", instruction, system_prompt, shots)
+        problem = context.text_problem(shared)
+    if problem is None:
+        n, limit = len(context.model.tokenize(shared)), context.max_row_cells()
+        if n + 1 > limit:
+            problem = f"the prompt of {n} tokens does not fit the context of {limit} tokens"
+    if problem is not None:
+        raise PromptError(
+            f"The instruction, system prompt and {len(shots)} examples that every row repeats "
+            f"are too long: {problem.split(';')[0]}; give fewer or shorter examples."
+        )
 
 
 def label_record(result: Result, labels: Sequence[str]) -> dict[str, Any]:

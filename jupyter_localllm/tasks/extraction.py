@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..engine.grammar import check_schema_size
 from ..engine.llama import json_schema_to_grammar
 from ..engine.runner import GenerationContext
 from ..engine.sampling import SamplingParams
@@ -58,6 +59,7 @@ def extraction_plan(
     check_context(context)
     texts = as_texts(texts)
     schema = json_schema(schema)
+    check_schema_size(schema)  # before the converter writes every repetition out
     grammar = json_schema_to_grammar(schema)
     fmt = resolve_format(context.model, format)
     if instruction is None and fmt != "raw":
