@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import gguf_edit as g
@@ -219,3 +221,114 @@ def test_probe_verdict_is_remembered(tmp_path, cache):
     assert first == second and "llama.cpp crashes (SIGABRT) loading" in first
     assert "unordered_map::at" in first
     assert str(path) in (cache / ".probed-models.json").read_text()
+
+
+# -- chat templates as a CPU or memory bomb (family 3) ------------------------------------------
+LOOPS = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+BOMBS = [
+    ("nested-range", LOOPS, r"ran for over 0.3 s without finishing"),
+    ("nested-list", "{% set l = range(100000)|list %}{% for a in l %}{% for b in l %}{% endfor %}{% endfor %}", r"ran for over 0.3 s"),
+    ("loop-recursive", "{% for m in messages recursive %}{{ loop(messages) }}{% endfor %}", r"recursed too deep"),
+    ("macro-recursion", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", r"recursed too deep"),
+    ("macro-doubling", "{% macro f(s) %}{{ f(s ~ s) }}{% endmacro %}{{ f('x') }}", r"size budget of 4,194,304 \(an argument of 8,388,608"),
+    ("string-times", "{{ 'x' * 10**9 }}", r"a repetition of 1,000,000,000 characters"),
+    ("list-times", "{{ ([0] * 1000000000)|length }}", r"a repetition of 1,000,000,000"),
+    ("list-times-twice", "{% set a = [0] * 1000000 %}{{ (a * 1000)|length }}", r"a repetition of 1,000,000,000"),
+    ("power", "{{ 2 ** 100000000 }}", r"a power of more than 65,536 bits"),
+    ("squaring", "{% set ns = namespace(n=3) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}{% endfor %}{{ ns.n }}", r"a product of more than"),
+    ("namespace-doubling", "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", r"a namespace value of 8,388,608"),
+    ("center-filter", "{{ 'x'|center(1000000000) }}", r"the center filter with the number 1,000,000,000"),
+    ("center-method", "{{ 'x'.center(1000000000) }}", r"a call with the number 1,000,000,000"),
+    ("zfill", "{{ '1'.zfill(10**9) }}", r"a call with the number 1,000,000,000"),
+    ("format-filter", "{{ '%999999999s'|format('x') }}", r"the format filter with the number 999,999,999"),
+    ("format-star", "{{ '%*s'|format(999999999, 'x') }}", r"the format filter with the number 999,999,999"),
+    ("percent", "{{ '%.999999999f' % 1.5 }}", r"a %-format with the number 999,999,999"),
+    ("str-format", "{{ '{:>999999999}'.format('x') }}", r"a format with the number 999,999,999"),
+    ("join-filter", "{{ range(100000)|join('x' * 4000000) }}", r"the join filter's result"),
+    ("join-method", "{{ ('x' * 4000000).join(['a'] * 100000) }}", r"a join\(\) of about 400,000,100,000"),
+    ("replace-empty", "{{ ('x' * 100000)|replace('', 'y' * 100000) }}", r"the replace filter's result"),
+    ("indent", "{{ 'a\nb'|indent(1000000000) }}", r"the indent filter with the number"),
+    ("tojson-indent", "{{ messages|tojson(indent=1000000000) }}", r"the tojson filter with the number"),
+    ("batch-fill", "{{ [1]|batch(1000000000, 'x')|list|length }}", r"the batch filter with the number"),
+    ("output", "{% for i in range(100000) %}{% for j in range(100) %}{{ 'x' * 90 }}{% endfor %}{% endfor %}", r"an output of over 4,194,304 characters"),
+]  # fmt: skip
+
+
+@pytest.fixture
+def quick_deadline(monkeypatch):
+    """A 0.3 s render budget instead of 5 s, so a loop bomb costs the test little."""
+    from jupyter_localllm.tasks import chat
+
+    monkeypatch.setattr(chat, "RENDER_TIME_S", 0.3)
+
+
+@pytest.mark.parametrize(("template", "phrase"), cases(BOMBS), ids=names(BOMBS))
+def test_chat_template_bombs_get_one_line(quick_deadline, template, phrase):
+    from jupyter_localllm.errors import PromptError
+    from jupyter_localllm.tasks.chat import render_chat
+
+    with pytest.raises(PromptError, match=phrase) as info:
+        render_chat(template, "hello", origin="/models/m.gguf")
+    message = str(info.value)
+    assert message.startswith("The chat template of /models/m.gguf ") and "\n" not in message
+    assert message.endswith("pass template= with another one.")
+
+
+def test_real_templates_keep_working(quick_deadline):
+    from jupyter_localllm.tasks.chat import render_chat
+
+    model_template = HEAD.kvs["tokenizer.chat_template"][1]
+    long_text = "word " * 400_000  # 2 MB of message: the budget grows with the input
+    out = render_chat(model_template, [{"role": "user", "content": long_text}])
+    assert out.count("word") == 400_000
+    busy = (
+        "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}"
+        "{{ '=' * 80 }}{{ '%5d|%-8s' % (ns.n, m.role) }}{{ '{:>6}'.format(m.content) }}"
+        "{{ m.content|center(12) }}{{ range(3)|join(', ') }}{% endfor %}"
+    )
+    out = render_chat(busy, [{"role": "user", "content": "hi"}] * 3)
+    assert out.count("=" * 80) == 3 and "    3|user    " in out and "    hi" in out
+
+
+def test_a_render_after_a_timeout_is_not_hit_by_it(quick_deadline):
+    from jupyter_localllm.errors import PromptError
+    from jupyter_localllm.tasks.chat import render_chat
+
+    with pytest.raises(PromptError, match="ran for over"):
+        render_chat(LOOPS, "hello")
+    end = time.monotonic() + 0.6  # longer than the budget: a stray timeout would land here
+    while time.monotonic() < end:
+        assert render_chat(None, "hello").endswith("<|im_start|>assistant\n")
+
+
+def test_a_render_in_a_background_thread_times_out(quick_deadline):
+    from jupyter_localllm.errors import PromptError
+    from jupyter_localllm.tasks.chat import render_chat
+
+    caught: list[BaseException] = []
+
+    def run():
+        try:
+            render_chat(LOOPS, "hello")
+        except BaseException as exc:  # the test reports whatever arrived
+            caught.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive() and len(caught) == 1 and isinstance(caught[0], PromptError)
+
+
+def test_a_model_files_template_bomb_names_the_file(tmp_path):
+    path = g.write_copy(
+        SRC, tmp_path / "bomb.gguf", {"tokenizer.chat_template": "{{ 'x' * 10**10 }}"}
+    )
+    model = ll.model_load(path)
+    try:
+        with pytest.raises(Exception, match=f"The chat template of {path} went over") as info:
+            ll.apply_chat_template(model, "Hi")
+        assert type(info.value).__name__ == "PromptError"
+        # a template of the user's own, passed instead, runs
+        assert ll.apply_chat_template(model, "Hi", template="{{ messages[0].content }}") == "Hi"
+    finally:
+        model.close()

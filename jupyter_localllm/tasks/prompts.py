@@ -65,6 +65,7 @@ def model_chat(
         add_generation_prompt=add_assistant,
         bos_token=bos,
         eos_token=eos,
+        origin=None if template else model.path,
         **template_kwargs,
     )
 
