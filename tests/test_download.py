@@ -238,6 +238,65 @@ def test_url_unknown_host_fails_at_once(no_proxy, tmp_path, monkeypatch):
         resolve_model("https://no-such-host.invalid/m.gguf", cache_dir=tmp_path)
 
 
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts connections and then says nothing (or only its
+    headers): a model URL that never answers. It closes itself after ``lifetime`` seconds."""
+
+    def __init__(self, headers: bytes = b"", lifetime: float = 20.0) -> None:
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.headers, self.end = headers, time.monotonic() + lifetime
+        self.accepted: list = []
+        self.base = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while time.monotonic() < self.end:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # the 0.2 s accept timeout, or closed by stop()
+                continue
+            self.accepted.append(conn)
+            if self.headers:
+                conn.recv(65536)
+                conn.sendall(self.headers)
+        self.stop()
+
+    def stop(self) -> None:
+        self.end = 0.0
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+SILENCES = [
+    ("no-answer", b"", r"did not answer within 0.5 s; check the URL and the network"),
+    ("headers-only", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", r"answered but sent no data within 0.5 s"),  # noqa: E501
+    ("status-line-only", b"HTTP/1.1 200 OK\r\n", r"did not answer within 0.5 s"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("headers, phrase", [c[1:] for c in SILENCES], ids=[c[0] for c in SILENCES])
+def test_url_that_never_answers_times_out_with_a_message(
+    no_proxy, tmp_path, monkeypatch, headers, phrase
+):
+    monkeypatch.setattr(_download, "TIMEOUT_S", 0.5)
+    monkeypatch.setattr(_download, "RETRY_BACKOFF_S", 60.0)  # a retry would time the test out
+    silent = SilentServer(headers)
+    try:
+        with pytest.raises(DownloadError, match=phrase) as info:
+            resolve_model(silent.base + "/m.gguf", cache_dir=tmp_path, show_progress=False)
+        assert "\n" not in str(info.value)
+        assert len(silent.accepted) == 1  # refused at the first silence, not retried
+    finally:
+        silent.stop()
+    silent.thread.join(5)
+    assert not silent.thread.is_alive()
+
+
 def test_url_without_file_name_is_invalid(tmp_path):
     with pytest.raises(InvalidParameterError, match="names no file"):
         resolve_model("https://example.org/", cache_dir=tmp_path)

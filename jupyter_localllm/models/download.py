@@ -97,8 +97,9 @@ def _download_with_retries(url: str, part: Path, show_progress: bool) -> None:
             _download_once(url, part, show_progress)
             return
         except _Retryable as exc:
-            if _size(part) > before:
-                # Bytes arrived before it failed: a flaky link, not a dead one; keep going.
+            if _size(part) >= before + CHUNK_BYTES:
+                # A megabyte arrived before it failed: a flaky link, not a dead one; keep going.
+                # (Less does not count, or a server trickling bytes would never be given up on.)
                 failures, delay = 0, RETRY_BACKOFF_S
             failures += 1
             if failures > RETRIES:
@@ -140,6 +141,11 @@ def _download_once(url: str, part: Path, show_progress: bool) -> None:
         ) from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError):  # a server that never answers will not on retry
+            raise DownloadError(
+                f"{url} did not answer within {TIMEOUT_S:g} s; check the URL and the network (a "
+                "firewall or proxy may hold the connection), then try again."
+            ) from exc
         if isinstance(reason, socket.gaierror):  # an unknown host does not come back on retry
             raise DownloadError(
                 f"Cannot look up the host of {url} ({reason}); check the URL and that this "
@@ -186,11 +192,20 @@ def _stream(
         desc=name,
         disable=not show,
     ) as bar:
+        got = 0
         while True:
             try:
                 chunk = response.read(CHUNK_BYTES)
-            except OSError as exc:  # includes timeouts and http.client.IncompleteRead
+            except TimeoutError as exc:
+                if not got:  # answered, then silence: as dead as no answer
+                    raise DownloadError(
+                        f"{url} answered but sent no data within {TIMEOUT_S:g} s; check the URL "
+                        "and the network, then try again."
+                    ) from exc
+                raise _Retryable(f"no data for {TIMEOUT_S:g} s") from exc
+            except OSError as exc:  # includes http.client.IncompleteRead
                 raise _Retryable(str(exc) or type(exc).__name__) from exc
+            got += len(chunk)
             if not chunk:
                 return
             out.write(chunk)
