@@ -231,7 +231,9 @@ print(json.dumps(out))
     assert out["wrap"][0] == "InvalidParameterError" and "4294967295" in out["wrap"][1]
     assert out["batch"][0] == "InvalidParameterError"
     assert out["quick_n_ctx"][0] == out["quick_n_seq"][0] == "InvalidParameterError"
-    assert out["auto_grows"][0] == "InsufficientMemoryError"
+    # issue 25, family 8: a context sized from the work stops at the training context, so a
+    # huge max_tokens runs (the answer cut there) instead of failing the batch
+    assert out["auto_grows"] == "ran"
     assert out["after"]  # the context still works after the refused growth
 
 
