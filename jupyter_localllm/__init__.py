@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "document_start": "analysis.repro",
     "document_end": "analysis.repro",
     "clear_cache": "session.cache",
+    "annotation_sink_csv": "session.sinks",
     "extract": "tasks.extraction",
     "compute_confusion_matrices": "analysis.evaluation",
     "intercoder_reliability": "analysis.evaluation",
@@ -76,6 +77,7 @@ __all__ = [
     "ProgressPanel",
     "Result",
     "SamplingParams",
+    "annotation_sink_csv",
     "apply_chat_template",
     "classify",
     "clean",
@@ -186,6 +188,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .notebook.widgets import AccuracyPanel, HardwarePanel, ModelPanel, ProgressPanel, dashboard
     from .session.cache import clear_cache
     from .session.jobs import Job, start_job
+    from .session.sinks import annotation_sink_csv
     from .tasks.classification import classify
     from .tasks.exploration import Exploration, explore
     from .tasks.extraction import extract

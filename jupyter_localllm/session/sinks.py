@@ -1,10 +1,14 @@
-"""Progress sinks: where a batch run's :class:`~jupyter_localllm.types.Progress` events go.
+"""Sinks: where a batch run's :class:`~jupyter_localllm.types.Progress` events and finished
+rows go.
 
-The pipeline only counts and emits events; how they look is the front-end's choice. A sink is
-a callable taking events with a ``close(status, note)`` method. This module has the sinks that
-need no display system (a caller's callback, a tqdm text bar) and a registry through which a
-front-end (the notebook's widget panels) offers its own: :func:`make_sink` asks the registered
-front-end first and falls back to tqdm.
+Progress sinks: the pipeline only counts and emits events; how they look is the front-end's
+choice. A progress sink is a callable taking events with a ``close(status, note)`` method.
+This module has the sinks that need no display system (a caller's callback, a tqdm text bar)
+and a registry through which a front-end (the notebook's widget panels) offers its own:
+:func:`make_sink` asks the registered front-end first and falls back to tqdm.
+
+Row sinks: :func:`annotation_sink_csv` (localLLM's name) appends each finished row of a run to
+a CSV file as it finishes (see :mod:`~jupyter_localllm.session.csv_sink`).
 """
 
 from __future__ import annotations
@@ -15,15 +19,20 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..types import Progress
+from .csv_sink import RESULT_FIELDS, AnnotationSink, annotation_sink_csv, rows_to_sink
 
 __all__ = [
+    "RESULT_FIELDS",
+    "AnnotationSink",
     "CallbackSink",
     "ProgressSink",
     "TqdmSink",
+    "annotation_sink_csv",
     "frontend",
     "is_interactive",
     "make_sink",
     "register_frontend",
+    "rows_to_sink",
 ]
 
 ProgressArg = bool | Callable[[Progress], Any] | None

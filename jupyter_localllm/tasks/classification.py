@@ -17,6 +17,7 @@ from ..engine.scoring import check_label_sizes, check_scoring
 from ..errors import InvalidParameterError, PromptError
 from ..session.executors import Plan, execute, single
 from ..session.pipeline import BatchRequest
+from ..session.sinks import rows_to_sink
 from ..types import Progress, Result, Results
 from .generation import check_context
 from .prompts import as_texts, render_prompt, render_rows, resolve_format
@@ -265,6 +266,7 @@ def classify(
     on_result: Callable[[dict[str, Any]], Any] | None = None,
     background: bool = False,
     cluster: Any = None,
+    sink: Any = None,
 ) -> pd.DataFrame | Job:
     """Pick one of ``labels`` for each text by scoring every label as the model's answer.
 
@@ -294,6 +296,9 @@ def classify(
     every scored row (label as text, ``probs``). ``background=True`` returns a
     :class:`~jupyter_localllm.Job` (``job.partial()``: the scored rows' records) and
     ``cluster`` scores on a Dask cluster, as in :func:`~jupyter_localllm.generate_parallel`.
+    ``sink`` (a CSV path or :func:`~jupyter_localllm.annotation_sink_csv`) appends each row
+    to the file as it is scored (``row``, ``model``, ``label``, the probabilities, ``error``,
+    ``prompt_hash``); a re-run appends only the rows it lacks.
     """
     plan = classify_plan(
         context,
@@ -306,6 +311,7 @@ def classify(
         calibrate=calibrate,
         scoring=scoring,
     )
+    plan = rows_to_sink(plan, sink, ["label", *map(str, labels), "error"])
     if on_result is not None:
         plan = plan.also_on_result(lambda row, rec: on_result({"row": row, **rec}))
     return execute(plan, background=background, progress=progress, cancel=cancel, cluster=cluster)

@@ -22,6 +22,7 @@ from ..models import resolve_model, validate_model_file
 from ..session.executors import Plan, execute
 from ..session.manager import get_manager, model_load, open_context
 from ..session.pipeline import BatchRequest
+from ..session.sinks import AnnotationSink, annotation_sink_csv
 from ..types import Progress, Result, Results
 from .classification import check_label_options, label_frame, label_request
 from .generation import check_model, generation_request
@@ -196,8 +197,8 @@ def _open(name: str, ref: Any, reuse_models: bool) -> tuple[Model, bool]:
 class _Collected:
     """What an exploration has so far: annotation frames, hashes, details, errors."""
 
-    def __init__(self, sink_path: Path | None, on_result: Callable[[pd.DataFrame], Any] | None):
-        self.sink_path, self.on_result = sink_path, on_result
+    def __init__(self, on_result: Callable[[pd.DataFrame], Any] | None):
+        self.on_result = on_result
         self.frames: list[pd.DataFrame] = []
         self.hashes: dict[str, dict[str, str]] = {}
         self.details: dict[str, Any] = {}
@@ -205,16 +206,13 @@ class _Collected:
         self.first_error: LocalLLMError | None = None
 
     def add(self, name: str, request: BatchRequest, results: Results) -> None:
-        """A finished chunk: kept, appended to the sink, passed to ``on_result``."""
+        """A finished chunk: kept and passed to ``on_result``."""
         scored = request.kind == "score"
         output = label_frame(request, results) if scored else list(results)
         self.details.setdefault(name, []).append(output)
         self.hashes[name] = results.hashes
         frame = pd.DataFrame([_annotation(request, r) for r in results])
         self.frames.append(frame)
-        if self.sink_path is not None:
-            path = self.sink_path
-            frame.to_csv(path, mode="a", header=not path.exists(), index=False)
         if self.on_result is not None:
             self.on_result(frame)
 
@@ -299,7 +297,7 @@ def exploration_plan(
     n_seq_max: int = 8,
     batch_size: int | None = None,
     reuse_models: bool = True,
-    sink: str | os.PathLike | None = None,
+    sink: str | os.PathLike | AnnotationSink | None = None,
     on_result: Callable[[pd.DataFrame], Any] | None = None,
     **options: Any,
 ) -> Plan[Exploration]:
@@ -312,15 +310,16 @@ def exploration_plan(
     model_list = _checked_models(_models(models), reuse_models)
     slots = 1 if engine == "single" else n_seq_max
     chunks = _Chunks(texts, sample_ids, gold, labels, options, batch_size or len(texts), slots)
-    sink_path = Path(sink) if sink is not None else None
-    if sink_path is not None and sink_path.exists():
-        sink_path.unlink()  # a fresh file for this run
-    return Plan(
-        _steps(model_list, chunks, reuse_models, _Collected(sink_path, on_result)),
+    plan = Plan(
+        _steps(model_list, chunks, reuse_models, _Collected(on_result)),
         total=len(model_list) * len(texts),
         desc="explore",
         view=_annotation,
     )
+    if sink is None:
+        return plan
+    columns = ["sample_id", "model_id", "label", "truth"]
+    return annotation_sink_csv(sink).attach(plan, columns, key=("sample_id", "model_id"))
 
 
 def explore(
@@ -341,7 +340,7 @@ def explore(
     n_seq_max: int = 8,
     batch_size: int | None = None,
     reuse_models: bool = True,
-    sink: str | os.PathLike | None = None,
+    sink: str | os.PathLike | AnnotationSink | None = None,
     clean: bool = True,
     max_tokens: int = 16,
     cache: bool | None = None,
@@ -362,8 +361,10 @@ def explore(
     there); without, it generates (``max_tokens``)
     and the first line of the cleaned answer is the label. ``engine="single"`` runs one row
     at a time, ``"parallel"``/``"auto"`` ``n_seq_max`` at a time. Rows go in chunks of
-    ``batch_size`` (default: all); with ``sink`` (a CSV path) each finished chunk is appended
-    to the file at once, so a long run leaves its results on disk as it goes.
+    ``batch_size`` (default: all); with ``sink`` (a CSV path or
+    :func:`~jupyter_localllm.annotation_sink_csv`) each annotation row is appended to the file
+    as it finishes, so a long run leaves its results on disk as it goes, and a re-run with
+    the same file appends only the rows it lacks.
     ``reuse_models`` keeps loaded models in the session's model manager for later calls.
 
     Every model reference is resolved and its file checked before the first model runs, so a

@@ -17,6 +17,7 @@ from ..engine.sampling import SamplingParams
 from ..errors import InvalidParameterError
 from ..session.executors import Plan, execute, single
 from ..session.pipeline import BatchRequest, resolve_sampling
+from ..session.sinks import rows_to_sink
 from ..types import Progress, Result, Results
 from .generation import SamplingArg, check_context
 from .prompts import as_texts, render_rows, resolve_format
@@ -108,6 +109,7 @@ def extract(
     cache: bool | None = None,
     background: bool = False,
     cluster: Any = None,
+    sink: Any = None,
     **sampling_kwargs: Any,
 ) -> list[dict | Result] | Job:
     """Extract a JSON object matching ``schema`` from each text.
@@ -123,7 +125,10 @@ def extract(
     returns a :class:`~jupyter_localllm.Job` at once (see
     :func:`~jupyter_localllm.generate_parallel`); ``job.partial()`` holds each finished row's
     dict or error, ``job.result()`` the list. ``cluster``: run on a Dask cluster's workers
-    (see :func:`~jupyter_localllm.generate_parallel`).
+    (see :func:`~jupyter_localllm.generate_parallel`). ``sink`` (a CSV path or
+    :func:`~jupyter_localllm.annotation_sink_csv`) appends each row as it finishes (``row``,
+    ``model``, one column per top-level property, lists and objects as JSON, ``error``,
+    ``prompt_hash``); a re-run appends only the rows it lacks.
     """
     plan = extraction_plan(
         context,
@@ -136,4 +141,6 @@ def extract(
         cache=cache,
         **sampling_kwargs,
     )
+    properties = list(json_schema(schema).get("properties", {}))
+    plan = rows_to_sink(plan, sink, [*properties, "error"])
     return execute(plan, background=background, progress=progress, cancel=cancel, cluster=cluster)

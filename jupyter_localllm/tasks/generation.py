@@ -22,6 +22,7 @@ from ..errors import InvalidParameterError, PromptError
 from ..session.executors import execute, single
 from ..session.manager import get_manager, model_load, open_context
 from ..session.pipeline import BatchRequest, resolve_sampling, run_batch
+from ..session.sinks import RESULT_FIELDS, rows_to_sink
 from ..types import Progress, Result, Results
 from .prompts import chat_prompts, model_chat
 
@@ -215,6 +216,7 @@ def generate_parallel(
     cache: bool | None = None,
     background: bool = False,
     cluster: Any = None,
+    sink: Any = None,
     **sampling_kwargs: Any,
 ) -> Results | Job:
     """Generate for every prompt, ``context.n_seq_max`` at a time with continuous batching.
@@ -243,13 +245,17 @@ def generate_parallel(
     ``cluster`` (a ``distributed.Client`` or a scheduler address) runs the rows in
     partitions on the Dask cluster's workers, each loading the model file once (it must be
     at the same path there); seeds, order, errors, progress and interrupts work as here.
+
+    ``sink`` (a CSV path or :func:`~jupyter_localllm.annotation_sink_csv`) appends each row
+    to the file as it finishes (``row``, ``model``, ``text``, ``finish_reason``,
+    ``n_tokens``, ``error``, ``prompt_hash``); a re-run appends only the rows it lacks.
     """
     if on_error not in ("return", "raise"):
         raise InvalidParameterError(f'on_error must be "return" or "raise", got {on_error!r}.')
     request = generation_request(
         context, prompts, sampling=sampling, clean=clean, cache=cache, **sampling_kwargs
     )
-    plan = single(request, desc="generate")
+    plan = rows_to_sink(single(request, desc="generate"), sink, RESULT_FIELDS)
     if on_result is not None:
         plan = plan.also_on_result(lambda _row, res: on_result(res))
     if on_error == "raise":
