@@ -93,16 +93,20 @@ def probe_model_file(path: str | os.PathLike[str]) -> None:
     if verdict is None:
         verdict = _run_probe(p)
         if verdict is None:
-            return  # timed out: inconclusive, not remembered
+            return  # inconclusive (timed out, or the child failed in Python): not remembered
         _save_verdict(key, verdict)
     if verdict:
         raise InvalidModelFileError(verdict)
 
 
 def _run_probe(path: Path) -> str | None:
-    """'' when the child loaded the file or refused it cleanly, the error message when it died,
-    None when it ran past :data:`PROBE_TIMEOUT_S`."""
+    """'' when the child loaded the file or llama.cpp refused it cleanly, the error message
+    when it died of a signal, None when it ran past :data:`PROBE_TIMEOUT_S` or failed in
+    Python (a context too big for the memory left, say)."""
     env = dict(os.environ, GGML_NO_BACKTRACE="1", LOCALLLM_PROBE="0", OMP_NUM_THREADS="1")
+    # The child imports this package from where the parent did, installed or not.
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     try:
         done = subprocess.run(
             [sys.executable, "-m", __name__, str(path)],
@@ -116,7 +120,7 @@ def _run_probe(path: Path) -> str | None:
     except subprocess.TimeoutExpired:
         return None
     if done.returncode >= 0:
-        return ""
+        return "" if done.returncode == 0 else None
     try:
         name = signal.Signals(-done.returncode).name
     except ValueError:
