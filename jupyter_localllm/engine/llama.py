@@ -156,7 +156,10 @@ class Model(_Native):
     """A GGUF model loaded by llama.cpp (weights memory-mapped by default).
 
     Use :func:`jupyter_localllm.model_load` rather than this class directly: it resolves
-    references and validates the file before llama.cpp sees it.
+    references and validates the file before llama.cpp sees it. A file other than the packaged
+    default is first loaded once in a subprocess (:mod:`.probe`; ``probe=False`` skips that),
+    so a file that crashes llama.cpp is refused instead of ending this process. Ctrl-C during
+    the load cancels it and raises KeyboardInterrupt.
     """
 
     def __init__(
