@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from traitlets import Bool, Float, Int, Unicode, Union, default
+from traitlets import Bool, Float, Int, Unicode, Union
 from traitlets.config import Configurable
+
+from .. import defaults
 
 __all__ = ["LocalLLM", "get_settings"]
 
@@ -21,28 +23,41 @@ class LocalLLM(Configurable):
     """Defaults of the ``%llm`` magics and the ``df.llm`` accessor (``%config LocalLLM``)."""
 
     default_model = Unicode(
-        "default",
+        defaults.DEFAULT_MODEL,
         help="Model loaded by '%llm load' without a reference and by the accessor when no "
         "model is loaded: 'default', a path, a cache name, 'ollama:NAME' or 'hf://...'.",
     ).tag(config=True)
     n_ctx = Int(
         None, allow_none=True, help="Context size in tokens; None sizes it from the work."
     ).tag(config=True)
-    n_seq_max = Int(8, help="Rows generated in parallel by batch runs.").tag(config=True)
+    n_seq_max = Int(
+        defaults.N_SEQ_MAX, min=1, help="Rows generated in parallel by batch runs."
+    ).tag(config=True)
     n_gpu_layers = Union(
         [Int(), Unicode()], default_value="auto", help="Layers to offload to a GPU, or 'auto'."
     ).tag(config=True)
-    max_tokens = Int(256, help="Most tokens generated per answer.").tag(config=True)
-    temperature = Float(0.0, help="Sampling temperature; 0 is greedy.").tag(config=True)
-    seed = Int(help="Random seed of sampling (each row derives its own).").tag(config=True)
+    max_tokens = Int(defaults.MAX_TOKENS, min=1, help="Most tokens generated per answer.").tag(
+        config=True
+    )
+    temperature = Float(
+        defaults.TEMPERATURE, min=0.0, help="Sampling temperature; 0 is greedy."
+    ).tag(config=True)
+    seed = Int(defaults.SEED, help="Random seed of sampling (each row derives its own).").tag(
+        config=True
+    )
     progress = Bool(True, help="Show progress for batch runs.").tag(config=True)
     cache = Bool(True, help="Reuse finished rows from the on-disk result cache.").tag(config=True)
-
-    @default("seed")
-    def _default_seed(self) -> int:
-        from .. import SamplingParams  # the API's default seed (imported when first needed)
-
-        return SamplingParams.seed
+    chat = Bool(
+        False,
+        help="Every %%llm cell continues the conversation with its model (as %%llm --chat; "
+        "--no-chat sends one cell alone). '%llm reset' forgets the conversations.",
+    ).tag(config=True)
+    max_history = Int(
+        2,
+        min=0,
+        help="Past exchanges (a message and its answer) a %%llm --chat cell sends before its "
+        "message, as jupyter-ai's max_history; older ones are forgotten.",
+    ).tag(config=True)
 
     def sampling(self, **overrides: Any) -> dict[str, Any]:
         """Sampling keywords from these settings, with ``overrides`` (``None`` values ignored)."""

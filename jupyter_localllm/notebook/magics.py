@@ -24,9 +24,9 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
 from ..errors import BatchInterrupted, LocalLLMError, column_not_found
+from ..tasks.rows import render, template_fields
 from .config import get_settings
 from .escaping import markdown_code, safe_markdown
-from .templates import render, template_fields
 
 __all__ = ["LLMMagics", "LLMResponse"]
 
@@ -54,9 +54,14 @@ class LLMResponse:
         n_tokens: int = 0,
         seconds: float = 0.0,
         data: Any = None,
+        prompt_tokens: int = 0,
+        history: int | None = None,
     ):
         self.text, self.fmt, self.model, self.data = text, fmt, model, data
         self.n_tokens, self.seconds = n_tokens, seconds
+        self.prompt_tokens = prompt_tokens
+        self.history = history
+        """Past exchanges sent before the message (``None``: not a chat cell)."""
 
     @property
     def tokens_per_s(self) -> float:
@@ -76,8 +81,11 @@ class LLMResponse:
                 "model": self.model,
                 "tokens": self.n_tokens,
                 "tokens_per_s": round(self.tokens_per_s, 1),
+                "prompt_tokens": self.prompt_tokens,
             }
         }
+        if self.history is not None:
+            meta["jupyter_localllm"]["history"] = self.history
         return bundle, meta
 
     def __str__(self) -> str:
@@ -138,6 +146,8 @@ def _cell_parser() -> MagicArgumentParser:
     p.add_argument("--out", help="store the answer in this variable")
     p.add_argument("--no-interpolate", action="store_true", help="send {braces} as they are")
     p.add_argument("--no-stream", action="store_true", help="show the answer only at the end")
+    p.add_argument("--chat", action="store_true", help="continue the conversation with this model")
+    p.add_argument("--no-chat", action="store_true", help="send this cell alone")
     return p
 
 
@@ -167,11 +177,15 @@ _HELP = """\
 %llm unload ALIAS     free a model
 %llm status           hardware and loaded models
 %llm panel            model, progress and hardware panels
+%llm reset [ALIAS]    forget the %%llm --chat conversation (with ALIAS, else all)
 %llm help             this text
 
 %%llm [-m ALIAS] [-s SYSTEM] [--max-tokens N] [--temperature T] [--seed S]
       [-f markdown|text|json|code] [--out VAR] [--no-interpolate] [--no-stream]
+      [--chat | --no-chat]
     The cell is the user message; {var} inserts a variable, {{ and }} are braces.
+    --chat (or %config LocalLLM.chat = True) sends the latest exchanges with this model
+    first (%config LocalLLM.max_history, default 2; the oldest go when the context is full).
 
 %llm_batch DF.COLUMN --out NEWCOL [--template "... {COLUMN} ..."] [-m ALIAS]
       [-s SYSTEM] [--labels "A,B,C" [--calibrate]] [--max-tokens N] [--n-seq-max N]
@@ -179,7 +193,7 @@ _HELP = """\
       [--cluster ADDRESS] (the rows run on the Dask cluster's workers, e.g. tcp://host:8786)
 
 Settings: %config LocalLLM (default_model, n_ctx, n_seq_max, n_gpu_layers, max_tokens,
-temperature, seed, progress, cache)."""
+temperature, seed, progress, cache, chat, max_history)."""
 
 
 def _split(line: str) -> list[str]:
@@ -221,6 +235,7 @@ class LLMMagics(Magics):
             "unload": self._unload,
             "status": self._status,
             "panel": self._panel,
+            "reset": self._reset,
             "help": self._help,
         }
 
@@ -299,22 +314,33 @@ class LLMMagics(Magics):
     def _help(self, argv: list[str]) -> None:
         print(_HELP)
 
+    def _reset(self, argv: list[str]) -> None:
+        from .conversation import conversations
+
+        p = _parser("%llm reset", "Forget the %%llm --chat conversations.")
+        p.add_argument("alias", nargs="?", help="only the conversation with this model")
+        args = p.parse_args(argv)
+        count = conversations().reset(args.alias)
+        whose = f"with {args.alias!r}" if args.alias else "with every model"
+        print(f"Forgot the conversation {whose} ({count} exchanges).")
+
     # -- %%llm ----------------------------------------------------------------------------
     def _cell(self, line: str, cell: str) -> LLMResponse | None:
         from IPython.display import display
 
         from ..session.manager import get_manager
         from ..tasks.generation import generate
-        from ..tasks.prompts import render_prompt, resolve_format
+        from .conversation import cell_prompt, chat_mode, conversations
 
         args = _cell_parser().parse_args(_split(line))
+        chat = chat_mode(args)
         if args.out is not None:  # checked before the model runs, so no answer is lost
             _check_variable_name(args.out, self.shell.user_ns, self.shell.user_ns_hidden, "--out")
         text = cell if args.no_interpolate else self._interpolate(cell)
         if not text.strip():
             raise UsageError("The cell is empty; write the message to send below %%llm.")
         manager = get_manager()
-        manager.entry(args.model)  # "No model is loaded; … %llm load default" when none
+        alias = manager.entry(args.model).alias  # "No model is loaded; …" when none
         ctx = manager.context(args.model, n_seq_max=1)
         sampling = get_settings().sampling(
             max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
@@ -322,14 +348,14 @@ class LLMMagics(Magics):
         if args.format == "json":
             return self._cell_json(ctx, text, args, sampling)
         t0 = time.perf_counter()
-        prompt = render_prompt(
-            ctx.model, resolve_format(ctx.model, "auto"), text, None, args.system
-        )
+        prompt, history = cell_prompt(ctx, alias, text, args.system, sampling, chat)
         stream = None if args.no_stream else _StreamDisplay(display, args.format)
         result = generate(ctx, prompt, clean=True, stream=stream, **sampling)
         if stream is not None:
             stream.close()
         answer = str(result).strip()
+        if chat:
+            conversations().add(alias, text, answer, keep=get_settings().max_history)
         if args.format == "code":
             answer = _code_of(answer)
             self.shell.set_next_input(answer, replace=False)
@@ -340,6 +366,8 @@ class LLMMagics(Magics):
             model=ctx.model.name,
             n_tokens=result.n_tokens,
             seconds=time.perf_counter() - t0,
+            prompt_tokens=result.n_prompt_tokens,
+            history=history,
         )
 
     def _cell_json(self, ctx: Any, text: str, args: Any, sampling: dict) -> LLMResponse:
