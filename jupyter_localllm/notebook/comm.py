@@ -1,12 +1,14 @@
 """The kernel end of the JupyterLab extension's comm (docs/labextension.md).
 
 :func:`open_comm` (run by ``%load_ext jupyter_localllm``) opens a comm with target
-``jupyter_localllm`` whose open data is the session's state
-(:func:`~jupyter_localllm.session.activity.snapshot`). A :class:`Channel` then pushes the state
+``jupyter_localllm`` whose open data is the ``state`` message of the session's
+:func:`~jupyter_localllm.session.activity.snapshot`. A :class:`Channel` then pushes the state
 whenever :mod:`~jupyter_localllm.session.activity` announces a change, at most one message per
 :data:`MIN_INTERVAL_S` (changes in between are merged into the next message, the last one is
 always sent, nothing is sent when the state did not change), and answers the front-end's
-actions. Outside a kernel (plain IPython, a script) nothing is opened.
+requests. What the messages hold is :mod:`~jupyter_localllm.notebook.protocol`'s business
+(one JSON schema); this module only carries them. Outside a kernel (plain IPython, a script)
+nothing is opened.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 
 from ..errors import InvalidParameterError
 from ..session import activity
+from . import protocol
+from .protocol import AvailableModel, Request, RequestError
 
 __all__ = ["MIN_INTERVAL_S", "TARGET", "Channel", "close_comms", "open_comm"]
 
@@ -26,10 +30,6 @@ TARGET = "jupyter_localllm"
 """Target name of the comm."""
 MIN_INTERVAL_S = 0.25
 """Least time between two state messages on one comm (at most 4 a second)."""
-MAX_FIELD_CHARS = 4096
-"""Longest text field an action accepts (a path, a ref, an alias, a job id): the front-end
-sends short names, and a longer one would only cost time in the model lookup."""
-_MAX_REPLY_CHARS = 2000  # an error reply names what was wrong, never echoes a whole input
 
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -50,7 +50,7 @@ def open_comm(ipython: Any) -> Channel | None:
         if mine is not None:
             return mine
         comm.get_comm_manager().register_target(TARGET, _opened_by_frontend)
-        state = activity.snapshot()
+        state = protocol.state_message(activity.snapshot())
         channel = Channel(comm.create_comm(target_name=TARGET, data=state), sent=state)
         _channels.insert(0, channel)
         return channel
@@ -86,6 +86,7 @@ class Channel:
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._dirty = self._force = False
+        self._asked: str | None = None  # the latest `state` request the next state answers
         comm.on_msg(self._on_msg)
         comm.on_close(self._on_close)
         self._unwatch = activity.watch(self.push)
@@ -116,11 +117,12 @@ class Channel:
         with self._lock:
             self._dirty = False
             force, self._force = self._force, False
+            asked, self._asked = self._asked, None
         sent = False
         try:
-            state = activity.snapshot()
-            if force or state != self._sent:
-                self.comm.send(state)
+            state = protocol.state_message(activity.snapshot())
+            if force or asked is not None or state != self._sent:
+                self.comm.send({**state, "request_id": asked})
                 self._sent, sent = state, True
         except Exception:  # a closing kernel, a broken snapshot: never a traceback in a cell
             _log.debug("could not send the state", exc_info=True)
@@ -154,89 +156,78 @@ class Channel:
             if self in _channels:
                 _channels.remove(self)
 
-    # -- the front-end's actions ----------------------------------------------------------------
+    # -- the front-end's requests -------------------------------------------------------------
     def _on_msg(self, msg: Any) -> None:
         """A message from the front-end: whatever it holds (a ``null`` content or data, a
-        list, an unknown action, ill-typed or huge fields), the kernel answers with an
-        ``error`` reply and never raises."""
+        list, another protocol, an unknown action, ill-typed or huge fields), the kernel
+        answers with an ``error`` reply and never raises."""
         content = msg.get("content") if isinstance(msg, dict) else None
         data = content.get("data") if isinstance(content, dict) else None
-        action = data.get("action") if isinstance(data, dict) else None
-        action = action if isinstance(action, str) and len(action) <= 64 else None
+        request_id = action = None
         try:
-            if not isinstance(data, dict):
-                raise InvalidParameterError(
-                    "A jupyter_localllm message must be a JSON object with an 'action'; got "
-                    f"{_short(data)}."
-                )
-            handler = self._handlers().get(action) if action is not None else None
-            if handler is None:
-                raise InvalidParameterError(
-                    f"Unknown action {_short(data.get('action'))}; use one of "
-                    f"{', '.join(self._handlers())}."
-                )
-            handler(data)
+            request = protocol.parse_request(data)
+            request_id, action = request.request_id, request.action
+            self._handlers()[request.action](request)
+        except RequestError as exc:
+            self._error(exc.request_id, exc.action, exc)
         except Exception as exc:  # never raise in the kernel: answer instead
-            self._error(action, exc)
+            self._error(request_id, action, exc)
 
-    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], None]]:
+    def _handlers(self) -> dict[str, Callable[[Request], None]]:
         return {
-            "state": lambda data: self.push(force=True),
+            "state": self._state,
             "cancel": self._cancel,
             "cancel_all": self._cancel_all,
-            "discover": lambda data: self._in_thread("discover", _discover),
-            "load": self._load,
-            "unload": self._unload,
+            "discover": lambda r: self._in_thread(r, _discover),
+            "load": lambda r: self._in_thread(
+                r, lambda: _load(r.fields["ref"], r.fields.get("alias"))
+            ),
+            "unload": lambda r: self._in_thread(r, lambda: _unload(r.fields["alias"])),
         }
 
-    def _cancel(self, data: dict[str, Any]) -> None:
-        job = _field(data, "job", (str, int))
-        if not activity.cancel(str(job)):
+    def _state(self, request: Request) -> None:
+        """Answer with the state within :data:`MIN_INTERVAL_S`, even when it did not change."""
+        with self._lock:
+            self._asked = request.request_id
+        self.push(force=True)
+
+    def _cancel(self, request: Request) -> None:
+        job = request.fields["job"]
+        if not activity.cancel(job):
             raise InvalidParameterError(
-                f"No background job {str(job)!r} is running; foreground runs stop when the "
-                "kernel is interrupted."
+                f"No background job {protocol.short_repr(job)} is running; foreground runs stop "
+                "when the kernel is interrupted."
             )
-        self._done("cancel", f"Cancelling job {str(job)!r}; its finished rows are kept.")
+        self._done(request, f"Cancelling job {job!r}; its finished rows are kept.")
 
-    def _cancel_all(self, data: dict[str, Any]) -> None:
+    def _cancel_all(self, request: Request) -> None:
         count = activity.cancel_all()
-        self._done("cancel_all", f"Cancelling {count} background job(s).")
+        self._done(request, f"Cancelling {count} background job(s).")
 
-    def _load(self, data: dict[str, Any]) -> None:
-        ref = _field(data, "ref", (str,))
-        alias = _field(data, "alias", (str, type(None)), required=False)
-        self._in_thread("load", lambda: _load(ref, alias))
-
-    def _unload(self, data: dict[str, Any]) -> None:
-        alias = _field(data, "alias", (str,))
-        self._in_thread("unload", lambda: _unload(alias))
-
-    def _in_thread(self, action: str, work: Callable[[], dict[str, Any] | str]) -> None:
-        """Run ``work`` in a daemon thread (the comm keeps answering); send its reply (a
-        message, or the text of a ``done`` reply) or an ``error``."""
+    def _in_thread(self, request: Request, work: Callable[[], list[AvailableModel] | str]) -> None:
+        """Run ``work`` in a daemon thread (the comm keeps answering); reply with its result
+        (the models for ``discover``, the text of a ``done`` otherwise) or an ``error``."""
 
         def run() -> None:
             try:
                 reply = work()
             except Exception as exc:
-                self._error(action, exc)
+                self._error(request.request_id, request.action, exc)
                 return
             if isinstance(reply, str):
-                self._done(action, reply)
+                self._done(request, reply)
             else:
-                self._send(reply)
+                self._send(protocol.models_available_message(request.request_id, reply))
 
-        threading.Thread(target=run, name=f"localllm-comm-{action}", daemon=True).start()
+        name = f"localllm-comm-{request.action}"
+        threading.Thread(target=run, name=name, daemon=True).start()
 
     # -- replies -------------------------------------------------------------------------------
-    def _done(self, action: str, message: str) -> None:
-        self._send({"type": "done", "action": action, "message": message})
+    def _done(self, request: Request, message: str) -> None:
+        self._send(protocol.done_message(request, message))
 
-    def _error(self, action: str | None, exc: BaseException) -> None:
-        message = str(exc) or type(exc).__name__
-        if len(message) > _MAX_REPLY_CHARS:
-            message = message[: _MAX_REPLY_CHARS - 1] + "…"
-        self._send({"type": "error", "action": action, "message": message})
+    def _error(self, request_id: str | None, action: str | None, exc: BaseException) -> None:
+        self._send(protocol.error_message(request_id, action, str(exc) or type(exc).__name__))
 
     def _send(self, data: dict[str, Any]) -> None:
         if self.closed:
@@ -247,50 +238,13 @@ class Channel:
             _log.debug("could not send a reply", exc_info=True)
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters: a reply names a bad value, never echoes a
-    megabyte of it."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int past Python's 4300-digit limit for str()
-        return f"an {type(value).__name__} too long to show"
-    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text):,} characters)"
-
-
-def _field(data: dict[str, Any], name: str, types: tuple[type, ...], required: bool = True) -> Any:
-    """``data[name]``, checked against ``types`` (a bool is no int; text at most
-    :data:`MAX_FIELD_CHARS` long)."""
-    if name not in data and not required:
-        return None
-    value = data.get(name)
-    action = _short(data.get("action"))
-    if name not in data or not isinstance(value, types) or isinstance(value, bool) or value == "":
-        kinds = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-        raise InvalidParameterError(
-            f"The {action} action needs {name!r} as a non-empty {kinds}; got {_short(value)}."
-        )
-    if isinstance(value, int) and not -(2**63) <= value < 2**63:
-        raise InvalidParameterError(f"The {action} action's {name!r} is out of range.")
-    if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
-        raise InvalidParameterError(
-            f"The {action} action's {name!r} is {len(value):,} characters long; it takes at "
-            f"most {MAX_FIELD_CHARS:,}."
-        )
-    return value
-
-
-def _discover() -> dict[str, Any]:
+def _discover() -> list[AvailableModel]:
     from .. import models
 
-    table = models.discover_models()
-    return {
-        "type": "models_available",
-        "models": [
-            {"ref": str(r.ref), "source": str(r.source), "size_mb": float(r.size_mb),
-             "path": str(r.path)}
-            for r in table.itertuples()
-        ],
-    }  # fmt: skip
+    return [
+        AvailableModel(str(r.ref), str(r.source), float(r.size_mb), str(r.path))
+        for r in models.discover_models().itertuples()
+    ]
 
 
 def _load(ref: str, alias: str | None) -> str:

@@ -2,11 +2,12 @@
 
 The session calls :func:`changed` whenever something a front-end could show changed: a model
 was loaded, used or unloaded, a run started, made progress or ended. A front-end registers a
-callback with :func:`watch` and reads the whole state with :func:`snapshot` (the ``state``
-message of docs/labextension.md) when it decides to draw; :func:`changed` only calls the
-callbacks, so it is cheap enough for every progress event and throttling is the watcher's
-business. Callbacks may be called from any thread (a job's, a model load's); one that raises
-is ignored.
+callback with :func:`watch` and reads the whole state with :func:`snapshot` (plain
+dataclasses: :class:`Snapshot` of :class:`ModelState` and :class:`RunState`) when it decides
+to draw; :func:`changed` only calls the callbacks, so it is cheap enough for every progress
+event and throttling is the watcher's business. Callbacks may be called from any thread (a
+job's, a model load's); one that raises is ignored. How a front-end puts the snapshot on a
+wire is its own business (notebook/protocol.py for the JupyterLab extension).
 
 Runs are background :class:`~jupyter_localllm.session.jobs.Job` objects and foreground runs
 of :class:`~jupyter_localllm.session.executors.ForegroundExecutor`; both get an id here. A
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..types import Progress
@@ -32,8 +33,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEEP_FINISHED_S",
-    "PROTOCOL",
     "ForegroundRun",
+    "ModelState",
+    "RunState",
+    "Snapshot",
     "cancel",
     "cancel_all",
     "changed",
@@ -44,8 +47,6 @@ __all__ = [
     "watch",
 ]
 
-PROTOCOL = 1
-"""Version of the state message (docs/labextension.md)."""
 KEEP_FINISHED_S = 30.0
 """Seconds a finished run stays in the snapshot."""
 
@@ -135,9 +136,9 @@ class _EndedRun:
     """What the snapshot shows of a run that ended. The run itself (its context, its rows)
     is not kept: a loop of runs must not hold their contexts for :data:`KEEP_FINISHED_S`."""
 
-    def __init__(self, state: dict[str, Any], ended_at: float):
+    def __init__(self, state: RunState, ended_at: float):
         self.state, self.ended_at = state, ended_at
-        self.background = state["background"]
+        self.background = state.background
         self.cancelled = True  # nothing to cancel
 
     def done(self) -> bool:
@@ -226,18 +227,61 @@ def cancel_all() -> int:
 
 
 # -- the state -----------------------------------------------------------------------------------
-def snapshot() -> dict[str, Any]:
-    """The session's state: the ``state`` message of docs/labextension.md."""
+@dataclass(frozen=True)
+class ModelState:
+    """A model the session holds."""
+
+    alias: str
+    name: str
+    """The model's own name (GGUF metadata), whole."""
+    path: str
+    size_bytes: int
+    n_ctx: int | None
+    """Its contexts' size; None when contexts are sized from the work."""
+    default: bool
+    """True for the model calls use when they name none."""
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A run in progress, or one that ended less than :data:`KEEP_FINISHED_S` ago. Before
+    its first progress event ``done`` and ``errors`` are 0, ``tokens_per_s`` is 0.0 and
+    ``total`` is its row count."""
+
+    id: str
+    desc: str
+    model: str | None
+    """The alias of the model it runs on; None when not known."""
+    status: str
+    """``"queued"``, ``"running"``, ``"finished"``, ``"failed"`` or ``"cancelled"``."""
+    background: bool
+    """False for a foreground run (a cell that is executing): a kernel interrupt stops it."""
+    done: int
+    total: int
+    errors: int
+    tokens_per_s: float
+    eta_s: float | None
+    """Seconds left; None before the rate is known."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The session's whole state: its models, and its runs in start order."""
+
+    models: tuple[ModelState, ...]
+    runs: tuple[RunState, ...]
+
+
+def snapshot() -> Snapshot:
+    """The session's state now."""
     entries = _model_entries()
-    return {
-        "type": "state",
-        "protocol": PROTOCOL,
-        "models": [_model_state(entry, default) for entry, default in entries],
-        "jobs": [
+    return Snapshot(
+        models=tuple(_model_state(entry, default) for entry, default in entries),
+        runs=tuple(
             run.state if isinstance(run, _EndedRun) else _run_state(run_id, run, entries)
             for run_id, run in _prune()
-        ],
-    }
+        ),
+    )
 
 
 def _model_entries() -> list[tuple[Any, bool]]:
@@ -251,38 +295,32 @@ def _model_entries() -> list[tuple[Any, bool]]:
     return [(entry, entry.alias == default) for entry in manager.loaded()]
 
 
-_MAX_NAME_CHARS = 256  # a model file's own name can be any length; the state is sent 4x a second
+def _model_state(entry: Any, default: bool) -> ModelState:
+    model = entry.model
+    return ModelState(
+        alias=entry.alias,
+        name=str(model.name),
+        path=str(model.path),
+        size_bytes=int(model.size_bytes),
+        n_ctx=entry.n_ctx,
+        default=default,
+    )
 
 
-def _model_state(entry: Any, default: bool) -> dict[str, Any]:
-    name = str(entry.model.name)
-    if len(name) > _MAX_NAME_CHARS:
-        name = name[: _MAX_NAME_CHARS - 1] + "…"
-    return {
-        "alias": entry.alias,
-        "name": name,
-        "file": Path(entry.model.path).name,
-        "size_mb": round(entry.model.size_bytes / 2**20, 1),
-        "n_ctx": entry.n_ctx,
-        "default": default,
-    }
-
-
-def _run_state(run_id: str, run: Any, entries: list[tuple[Any, bool]]) -> dict[str, Any]:
+def _run_state(run_id: str, run: Any, entries: list[tuple[Any, bool]]) -> RunState:
     event: Progress | None = run.progress
-    eta = event.eta if event is not None else None
-    return {
-        "id": run_id,
-        "desc": run.desc,
-        "model": _alias_of(run.context, entries),
-        "status": run.status,
-        "background": _is_job(run),
-        "done": event.done if event is not None else 0,
-        "total": event.total if event is not None else run.total,
-        "errors": event.errors if event is not None else 0,
-        "tokens_per_s": round(event.tokens_per_s, 1) if event is not None else 0.0,
-        "eta_s": round(eta, 1) if eta is not None else None,
-    }
+    return RunState(
+        id=run_id,
+        desc=run.desc,
+        model=_alias_of(run.context, entries),
+        status=run.status,
+        background=_is_job(run),
+        done=event.done if event is not None else 0,
+        total=event.total if event is not None else run.total,
+        errors=event.errors if event is not None else 0,
+        tokens_per_s=float(event.tokens_per_s) if event is not None else 0.0,
+        eta_s=event.eta if event is not None else None,
+    )
 
 
 def _alias_of(context: Any, entries: list[tuple[Any, bool]]) -> str | None:

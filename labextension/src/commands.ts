@@ -105,7 +105,7 @@ async function loadModel(client: LocalLLMClient | null): Promise<void> {
   try {
     models = await client.discover();
   } catch (error) {
-    Notification.error(String((error as Error).message ?? error));
+    Notification.error(messageOf(error));
     return;
   }
   if (models.length === 0) {
@@ -128,7 +128,7 @@ async function loadModel(client: LocalLLMClient | null): Promise<void> {
   await Notification.promise(client.load(choice, alias || null), {
     pending: { message: `Loading ${choice}…`, options: { autoClose: false } },
     success: { message: (message: unknown) => String(message || `Loaded ${choice}.`) },
-    error: { message: (error: unknown) => String((error as Error).message ?? error) }
+    error: { message: messageOf }
   });
 }
 
@@ -152,6 +152,11 @@ async function unloadModel(client: LocalLLMClient | null): Promise<void> {
   try {
     Notification.success(await client.unload(result.value.choice), { autoClose: 3000 });
   } catch (error) {
-    Notification.error(String((error as Error).message ?? error));
+    Notification.error(messageOf(error));
   }
+}
+
+/** The text of a rejection: an Error's message, else the value as text. */
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }

@@ -8,7 +8,7 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette } from '@jupyterlab/apputils';
+import { ICommandPalette, Notification } from '@jupyterlab/apputils';
 import { IEditorLanguageRegistry } from '@jupyterlab/codemirror';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Kernel } from '@jupyterlab/services';
@@ -49,6 +49,10 @@ class Clients {
     if (client === undefined) {
       const made = new LocalLLMClient(kernel);
       made.errors.connect((_, message) => this._onError(message));
+      // Another protocol version: say so once, visibly (the status item says it too).
+      made.refused.connect((_, refusal) => {
+        Notification.error(refusal.message, { autoClose: false });
+      });
       kernel.disposed.connect(() => {
         made.dispose();
         this._clients.delete(kernel);

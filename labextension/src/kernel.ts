@@ -1,28 +1,30 @@
 /**
- * The front-end end of the kernel comm (protocol in docs/labextension.md): one client per
- * kernel connection. The kernel opens the comm on `%load_ext jupyter_localllm` and sends its
- * state when it changes; nothing here polls. A page opened on a kernel that already holds
- * the comm finds it once with a `comm_info` request.
+ * The front-end end of the kernel comm (protocol in docs/labextension.md, messages in
+ * `protocol.ts`): one client per kernel connection. The kernel opens the comm on
+ * `%load_ext jupyter_localllm` and sends its state when it changes; nothing here polls. A page
+ * opened on a kernel that already holds the comm finds it once with a `comm_info` request.
+ * Every message is checked before it is read; one in another protocol version makes the
+ * client refuse the kernel (`refusal`), which the status bar and a notification show.
  */
 
 import { Kernel, KernelMessage } from '@jupyterlab/services';
-import { PromiseDelegate } from '@lumino/coreutils';
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { IAvailableModel, IKernelState } from './status';
+import {
+  Action,
+  IAvailableModel,
+  IKernelState,
+  IReplies,
+  IRefusal,
+  IRequestFields,
+  Replies
+} from './protocol';
 
 /** The comm target the kernel opens. */
 export const COMM_TARGET = 'jupyter_localllm';
 
 /** How long to wait for the kernel to answer a request (a model load can take a while). */
 const REPLY_TIMEOUT_MS = 120_000;
-
-type Reply = {
-  type: string;
-  action?: string | null;
-  message?: string;
-  models?: IAvailableModel[];
-};
 
 /** The kernel's LocalLLM state and the requests the front-end sends it. */
 export class LocalLLMClient {
@@ -32,29 +34,41 @@ export class LocalLLMClient {
     void this._findOpenComm();
   }
 
-  /** The last state the kernel sent; `null` while the kernel has not loaded the extension. */
+  /** The last state the kernel sent; `null` while the kernel has not loaded the extension
+   * (or speaks another protocol). */
   get state(): IKernelState | null {
     return this._state;
   }
 
-  /** Emitted when the state changes (also to `null`). */
+  /** Emitted when the state changes (also to `null`), and when `refusal` changes. */
   get stateChanged(): ISignal<this, IKernelState | null> {
     return this._stateChanged;
   }
 
-  /** Emitted with the message of each `error` the kernel sends. */
+  /** Why this extension cannot talk to the kernel (another protocol version); `null` when
+   * it can. Cleared when the comm closes or the kernel restarts. */
+  get refusal(): IRefusal | null {
+    return this._refusal;
+  }
+
+  /** Emitted once when the client starts refusing the kernel. */
+  get refused(): ISignal<this, IRefusal> {
+    return this._refused;
+  }
+
+  /** Emitted with the message of each `error` the kernel sends that no request waits for. */
   get errors(): ISignal<this, string> {
     return this._errors;
   }
 
   /** Cancel one background job. */
   cancel(jobId: string): void {
-    this._send({ action: 'cancel', job: jobId });
+    this._send('cancel', { job: jobId });
   }
 
   /** Cancel every background job and interrupt a foreground run (which keeps its rows). */
   async cancelAll(): Promise<void> {
-    this._send({ action: 'cancel_all' });
+    this._send('cancel_all', {});
     if (this._state?.jobs.some(j => !j.background && j.status === 'running')) {
       await this.kernel.interrupt();
     }
@@ -67,40 +81,37 @@ export class LocalLLMClient {
 
   /** The models the kernel can load. */
   async discover(): Promise<IAvailableModel[]> {
-    const reply = await this._request({ action: 'discover' }, 'models_available');
-    return reply.models ?? [];
+    return (await this._request('discover', {})).models;
   }
 
   /** Load `ref` (as `alias`); resolves with the kernel's message once loaded. */
   async load(ref: string, alias: string | null = null): Promise<string> {
-    const reply = await this._request({ action: 'load', ref, alias }, 'done', 'load');
-    return reply.message ?? '';
+    return (await this._request('load', { ref, alias })).message;
   }
 
   /** Unload the model under `alias`. */
   async unload(alias: string): Promise<string> {
-    const reply = await this._request({ action: 'unload', alias }, 'done', 'unload');
-    return reply.message ?? '';
+    return (await this._request('unload', { alias })).message;
   }
 
   /** Stop listening (the kernel connection is gone). */
   dispose(): void {
     this.kernel.statusChanged.disconnect(this._onStatus, this);
-    this._setState(null);
+    this._reset();
     Signal.clearData(this);
   }
 
   private _attach(comm: Kernel.IComm, data?: unknown): void {
     this._comm = comm;
-    comm.onMsg = msg => this._onMessage(msg.content.data as unknown as Reply);
+    comm.onMsg = msg => this._onMessage(msg.content.data);
     comm.onClose = () => {
       if (this._comm === comm) {
         this._comm = null;
-        this._setState(null);
+        this._reset();
       }
     };
     if (data !== undefined) {
-      this._onMessage(data as Reply);
+      this._onMessage(data);
     }
   }
 
@@ -118,61 +129,57 @@ export class LocalLLMClient {
     const ids = Object.keys(reply.content.comms);
     if (ids.length > 0 && !this.kernel.hasComm(ids[0])) {
       this._attach(this.kernel.createComm(COMM_TARGET, ids[0]));
-      this._send({ action: 'state' });
+      this._send('state', {});
     }
   }
 
-  private _onMessage(data: Reply | IKernelState): void {
-    if (data.type === 'state') {
-      this._setState(data as IKernelState);
-      return;
-    }
-    const reply = data as Reply;
-    // A reply names the action it answers (`models_available` answers `discover`).
-    const answers = (w: { type: string; action: string }) =>
-      (reply.type === 'error' || reply.type === w.type) &&
-      (reply.action === undefined || reply.action === null || reply.action === w.action);
-    const waiter = this._waiters.find(answers);
-    if (waiter !== undefined) {
-      this._waiters.splice(this._waiters.indexOf(waiter), 1);
-      if (reply.type === 'error') {
-        waiter.promise.reject(new Error(reply.message ?? 'The kernel refused the request.'));
-      } else {
-        waiter.promise.resolve(reply);
-      }
-    } else if (reply.type === 'error') {
-      this._errors.emit(reply.message ?? 'The kernel reported an error.');
+  private _onMessage(data: unknown): void {
+    const got = this._replies.receive(data);
+    if (got.kind === 'refused') {
+      this._refuse(got.refusal);
+    } else if (got.kind === 'malformed') {
+      console.warn('jupyter-localllm: ignored a kernel message this extension cannot read', data);
+    } else if (got.message.type === 'state') {
+      this._setState(got.message);
+    } else if (got.message.type === 'error' && !got.answered) {
+      this._errors.emit(got.message.message);
     }
   }
 
-  private _request(
-    message: Record<string, unknown>,
-    type: string,
-    action?: string
-  ): Promise<Reply> {
-    if (this._comm === null) {
-      return Promise.reject(
-        new Error('The kernel has not loaded jupyter_localllm; run %load_ext jupyter_localllm.')
-      );
+  private _request<A extends Action>(action: A, fields: IRequestFields[A]): Promise<IReplies[A]> {
+    const problem = this._comm === null ? this._notLoaded() : (this._refusal?.message ?? null);
+    if (problem !== null) {
+      return Promise.reject(new Error(problem));
     }
-    const promise = new PromiseDelegate<Reply>();
-    const waiter = { type, action: action ?? (message.action as string), promise };
-    this._waiters.push(waiter);
-    const timer = setTimeout(() => {
-      const at = this._waiters.indexOf(waiter);
-      if (at >= 0) {
-        this._waiters.splice(at, 1);
-        promise.reject(new Error('The kernel did not answer; is it busy running a cell?'));
-      }
-    }, REPLY_TIMEOUT_MS);
-    void promise.promise.finally(() => clearTimeout(timer)).catch(() => undefined);
-    this._send(message);
-    return promise.promise;
+    const { message, reply } = this._replies.request(action, fields, true);
+    const timer = setTimeout(
+      () => this._replies.abandon(message.request_id, new Error(TIMEOUT)),
+      REPLY_TIMEOUT_MS
+    );
+    void reply?.finally(() => clearTimeout(timer)).catch(() => undefined);
+    this._comm?.send({ ...message });
+    return reply ?? Promise.reject(new Error(TIMEOUT));
   }
 
-  private _send(message: Record<string, unknown>): void {
-    if (this._comm !== null && !this._comm.isDisposed) {
-      this._comm.send(message as any);
+  /** Send a request no one waits on (its `error`, if any, goes to `errors`). */
+  private _send<A extends Action>(action: A, fields: IRequestFields[A]): void {
+    if (this._comm !== null && !this._comm.isDisposed && this._refusal === null) {
+      this._comm.send({ ...this._replies.request(action, fields, false).message });
+    }
+  }
+
+  private _notLoaded(): string {
+    return 'The kernel has not loaded jupyter_localllm; run %load_ext jupyter_localllm.';
+  }
+
+  private _refuse(refusal: IRefusal): void {
+    const first = this._refusal === null;
+    this._refusal = refusal;
+    this._state = null;
+    this._stateChanged.emit(null);
+    if (first) {
+      console.error(`jupyter-localllm: ${refusal.message}`);
+      this._refused.emit(refusal);
     }
   }
 
@@ -183,17 +190,31 @@ export class LocalLLMClient {
     }
   }
 
+  /** The comm or the kernel is gone: no state, no refusal, no request waits. */
+  private _reset(): void {
+    this._replies.rejectAll(new Error('The kernel closed the jupyter_localllm comm.'));
+    const had = this._refusal !== null;
+    this._refusal = null;
+    if (had && this._state === null) {
+      this._stateChanged.emit(null);
+    }
+    this._setState(null);
+  }
+
   private _onStatus(_: Kernel.IKernelConnection, status: KernelMessage.Status): void {
     if (status === 'restarting' || status === 'autorestarting' || status === 'dead') {
       this._comm = null;
-      this._setState(null);
+      this._reset();
     }
   }
 
   private _comm: Kernel.IComm | null = null;
   private _state: IKernelState | null = null;
+  private _refusal: IRefusal | null = null;
+  private _replies = new Replies();
   private _stateChanged = new Signal<this, IKernelState | null>(this);
+  private _refused = new Signal<this, IRefusal>(this);
   private _errors = new Signal<this, string>(this);
-  private _waiters: Array<{ type: string; action: string; promise: PromiseDelegate<Reply> }> =
-    [];
 }
+
+const TIMEOUT = 'The kernel did not answer; is it busy running a cell?';

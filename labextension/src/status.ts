@@ -1,49 +1,9 @@
 /**
- * The kernel's state as the comm sends it (docs/labextension.md) and the words the status bar
- * and its popup show for it: pure functions, no JupyterLab imports.
+ * The words the status bar and its popup show for the kernel's state (`protocol.ts`): pure
+ * functions, no JupyterLab imports.
  */
 
-/** A model the kernel holds. */
-export interface IModelInfo {
-  alias: string;
-  /** The model's own name (GGUF metadata). */
-  name: string;
-  /** Its file's name. */
-  file?: string;
-  size_mb: number;
-  n_ctx: number | null;
-  default: boolean;
-}
-
-/** A run the kernel is doing (or ended less than 30 s ago). */
-export interface IJobInfo {
-  id: string;
-  desc: string;
-  model: string | null;
-  status: 'queued' | 'running' | 'finished' | 'failed' | 'cancelled';
-  background: boolean;
-  done: number;
-  total: number;
-  errors: number;
-  tokens_per_s: number | null;
-  eta_s: number | null;
-}
-
-/** The `state` message. */
-export interface IKernelState {
-  type: 'state';
-  protocol: number;
-  models: IModelInfo[];
-  jobs: IJobInfo[];
-}
-
-/** A model the kernel can load (`models_available`). */
-export interface IAvailableModel {
-  ref: string;
-  source: string;
-  size_mb: number;
-  path: string;
-}
+import { IJobInfo, IKernelState, IModelInfo, IRefusal, PROTOCOL } from './protocol';
 
 const LLAMA = '\u{1F999}';
 const numbers = new Intl.NumberFormat('en-US');
@@ -97,7 +57,7 @@ export function jobModelName(state: IKernelState, job: IJobInfo): string {
 /** `812/2,000 rows · 96 tok/s` (the rate once known). */
 export function jobProgress(job: IJobInfo): string {
   const parts = [`${formatCount(job.done)}/${formatCount(job.total)} rows`];
-  if (job.tokens_per_s !== null && job.tokens_per_s > 0) {
+  if (job.tokens_per_s > 0) {
     parts.push(`${formatCount(job.tokens_per_s)} tok/s`);
   }
   return parts.join(' · ');
@@ -156,4 +116,10 @@ export function statusTitle(state: IKernelState | null): string {
   }
   lines.push('Click for the jobs.');
   return lines.join('\n');
+}
+
+/** The status-bar text while the client refuses the kernel (the tooltip shows the whole
+ * sentence). */
+export function refusalText(refusal: IRefusal): string {
+  return `${LLAMA} jupyter-localllm: kernel protocol ${refusal.kernelProtocol}, extension ${PROTOCOL}: reinstall`;
 }

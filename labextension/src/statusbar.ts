@@ -1,7 +1,8 @@
 /**
  * The status-bar item (`🦙 SmolLM2-135M-Instruct · 812/2,000 rows · 96 tok/s`) for the current
  * notebook's kernel, and the popup it opens: the kernel's models and runs, a Cancel button
- * per run and one for all.
+ * per run and one for all. When the kernel speaks another protocol version, the item says so
+ * (and the popup says what to do) instead.
  */
 
 import { Popup, showPopup } from '@jupyterlab/statusbar';
@@ -9,12 +10,13 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import { LocalLLMClient } from './kernel';
+import { IKernelState } from './protocol';
 import {
-  IKernelState,
   isActive,
   jobLine,
   jobModelName,
   modelName,
+  refusalText,
   statusText,
   statusTitle
 } from './status';
@@ -51,7 +53,7 @@ export class LocalLLMStatus extends Widget {
 
   /** Whether the status bar should show the item. */
   get shown(): boolean {
-    return this._enabled && this._client?.state != null;
+    return this._enabled && (this._client?.state != null || this._client?.refusal != null);
   }
 
   /** Turn the item off and on (the `statusBar` setting). */
@@ -85,11 +87,13 @@ export class LocalLLMStatus extends Widget {
 
   private _render(): void {
     const state = this._client?.state ?? null;
-    this.node.textContent = statusText(state) ?? '';
-    this.node.title = statusTitle(state);
+    const refusal = this._client?.refusal ?? null;
+    this.node.textContent = refusal ? refusalText(refusal) : (statusText(state) ?? '');
+    this.node.title = refusal ? refusal.message : statusTitle(state);
     const running = state?.jobs.some(j => j.status === 'running') ?? false;
     this.node.classList.toggle('jp-LocalLLM-busy', running);
-    if (state === null) {
+    this.node.classList.toggle('jp-LocalLLM-refused', refusal !== null);
+    if (state === null && refusal === null) {
       this._popup?.dispose();
     }
     this._shownChanged.emit();
@@ -121,6 +125,10 @@ export class JobsPanel extends Widget {
   private _render(): void {
     const state = this._client.state;
     this.node.replaceChildren();
+    const refusal = this._client.refusal;
+    if (refusal !== null) {
+      this.node.append(heading('Protocol mismatch'), note(refusal.message));
+    }
     if (state === null) {
       return;
     }

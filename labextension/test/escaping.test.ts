@@ -10,13 +10,15 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { IKernelState, jobLine, jobModelName, statusText, statusTitle } from '../src/status';
+import { IKernelState } from '../src/protocol';
+import { jobLine, jobModelName, statusText, statusTitle } from '../src/status';
 
 const HOSTILE = '<img src=x onerror=window.__pwned=1>';
 
 const state: IKernelState = {
   type: 'state',
-  protocol: 1,
+  protocol: 2,
+  request_id: null,
   models: [
     {
       alias: `${HOSTILE} alias`,
@@ -37,7 +39,7 @@ const state: IKernelState = {
       done: 1,
       total: 2,
       errors: 0,
-      tokens_per_s: null,
+      tokens_per_s: 0,
       eta_s: null
     }
   ]

@@ -1,8 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
+import { IJobInfo, IKernelState, IModelInfo } from '../src/protocol';
 import {
-  IJobInfo,
-  IKernelState,
   formatDuration,
   jobLine,
   shortName,
@@ -10,7 +9,7 @@ import {
   statusTitle
 } from '../src/status';
 
-const smol = {
+const smol: IModelInfo = {
   alias: 'default',
   name: 'Smollm2 135M 8k Lc100K Mix1 Ep2',
   file: 'SmolLM2-135M-Instruct.Q4_1.gguf',
@@ -18,7 +17,14 @@ const smol = {
   n_ctx: 2048,
   default: true
 };
-const gemma = { alias: 'gemma', name: 'gemma-3-270m-it-Q4_K_M', size_mb: 241, n_ctx: null, default: false };
+const gemma: IModelInfo = {
+  alias: 'gemma',
+  name: 'gemma-3-270m-it-Q4_K_M',
+  file: '',
+  size_mb: 241,
+  n_ctx: null,
+  default: false
+};
 
 function job(over: Partial<IJobInfo> = {}): IJobInfo {
   return {
@@ -37,7 +43,7 @@ function job(over: Partial<IJobInfo> = {}): IJobInfo {
 }
 
 function state(over: Partial<IKernelState> = {}): IKernelState {
-  return { type: 'state', protocol: 1, models: [smol], jobs: [], ...over };
+  return { type: 'state', protocol: 2, request_id: null, models: [smol], jobs: [], ...over };
 }
 
 describe('statusText', () => {
@@ -52,7 +58,7 @@ describe('statusText', () => {
   });
 
   it('leaves the rate out until it is known, and counts queued jobs', () => {
-    const jobs = [job({ tokens_per_s: null, done: 0 }), job({ id: '2', status: 'queued' })];
+    const jobs = [job({ tokens_per_s: 0, done: 0 }), job({ id: '2', status: 'queued' })];
     expect(statusText(state({ jobs }))).toBe('🦙 SmolLM2-135M-Instruct · 0/2,000 rows · +1 queued');
   });
 
