@@ -146,3 +146,22 @@ def test_usage_errors(ip, line, phrase):
     res = ip.run_cell(f"%%llm {line}\nhello")
     assert isinstance(res.error_in_exec, UsageError) and phrase in str(res.error_in_exec)
     assert conversations().aliases() == []
+
+
+def test_a_cell_shows_in_the_status_bar_while_it_runs(ip):
+    """A ``%%llm`` cell is a foreground run of the session's activity (what JupyterLab's status
+    bar and its popup show; a foreground run's Cancel interrupts the kernel)."""
+    from jupyter_localllm.session import activity
+
+    seen: list[activity.RunState] = []
+
+    def watcher() -> None:
+        seen.extend(r for r in activity.snapshot().runs if r.model == ALIAS)
+
+    unwatch = activity.watch(watcher)
+    try:
+        cell(ip, f"--chat -m {ALIAS}", "Say hello.")
+    finally:
+        unwatch()
+    assert any(r.status == "running" and not r.background for r in seen)
+    assert seen[-1].status == "finished" and seen[-1].desc == "generate"

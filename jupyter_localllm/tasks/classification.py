@@ -295,22 +295,12 @@ def classify(
     soon as its wave is scored; Ctrl-C (or ``cancel``) raises :class:`BatchInterrupted` with
     every scored row (label as text, ``probs``). ``background=True`` returns a
     :class:`~jupyter_localllm.Job` (``job.partial()``: the scored rows' records) and
-    ``cluster`` scores on a Dask cluster, as in :func:`~jupyter_localllm.generate_parallel`.
-    ``sink`` (a CSV path or :func:`~jupyter_localllm.annotation_sink_csv`) appends each row
-    to the file as it is scored (``row``, ``model``, ``label``, the probabilities, ``error``,
-    ``prompt_hash``); a re-run appends only the rows it lacks.
+    ``cluster`` scores on a Dask cluster and ``sink`` appends each scored row to a CSV file
+    (see :func:`~jupyter_localllm.annotation_sink_csv`), as in ``generate_parallel``.
     """
-    plan = classify_plan(
-        context,
-        prompts,
-        labels,
-        examples=examples,
-        instruction=instruction,
-        system_prompt=system_prompt,
-        format=format,
-        calibrate=calibrate,
-        scoring=scoring,
-    )
+    shown = ("examples", "instruction", "system_prompt", "format", "calibrate", "scoring")
+    options = {k: v for k, v in locals().items() if k in shown}  # the plan's, by name
+    plan = classify_plan(context, prompts, labels, **options)
     plan = rows_to_sink(plan, sink, ["label", *map(str, labels), "error"])
     if on_result is not None:
         plan = plan.also_on_result(lambda row, rec: on_result({"row": row, **rec}))

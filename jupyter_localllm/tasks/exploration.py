@@ -361,10 +361,8 @@ def explore(
     there); without, it generates (``max_tokens``)
     and the first line of the cleaned answer is the label. ``engine="single"`` runs one row
     at a time, ``"parallel"``/``"auto"`` ``n_seq_max`` at a time. Rows go in chunks of
-    ``batch_size`` (default: all); with ``sink`` (a CSV path or
-    :func:`~jupyter_localllm.annotation_sink_csv`) each annotation row is appended to the file
-    as it finishes, so a long run leaves its results on disk as it goes, and a re-run with
-    the same file appends only the rows it lacks.
+    ``batch_size`` (default: all); ``sink`` (a CSV path or :func:`annotation_sink_csv`)
+    gets each annotation row as it finishes; a re-run appends only the rows it lacks.
     ``reuse_models`` keeps loaded models in the session's model manager for later calls.
 
     Every model reference is resolved and its file checked before the first model runs, so a

@@ -21,7 +21,7 @@ from ..engine.sampling import SamplingParams
 from ..errors import InvalidParameterError, PromptError
 from ..session.executors import execute, single
 from ..session.manager import get_manager, model_load, open_context
-from ..session.pipeline import BatchRequest, resolve_sampling, run_batch
+from ..session.pipeline import BatchRequest, resolve_sampling
 from ..session.sinks import RESULT_FIELDS, rows_to_sink
 from ..types import Progress, Result, Results
 from .prompts import chat_prompts, model_chat
@@ -149,7 +149,8 @@ def generate(
     new piece of text as it is generated. ``clean=True`` strips chat control tokens and
     ``<think>`` blocks. Returns a :class:`Result` (a ``str`` with ``finish_reason``,
     ``n_prompt_tokens`` and ``n_tokens``). Raises :class:`PromptError` for an empty or too long
-    prompt.
+    prompt. The run shows in the session's activity (JupyterLab's status bar) while it runs;
+    Ctrl-C (a kernel interrupt) stops it with :class:`BatchInterrupted`.
     """
     params = SamplingParams.from_kwargs(sampling, **sampling_kwargs)
     check_context(context)
@@ -163,7 +164,8 @@ def generate(
         function="generate",
         log_params={**params.as_dict(), "clean": clean},
     )
-    (result,) = run_batch(request)
+    # through the foreground executor, so the run (a %%llm cell too) shows in the status bar
+    (result,) = execute(single(request, desc="generate"), progress=False)
     if result.error is not None:
         raise PromptError(result.error[0].upper() + result.error[1:] + ".")
     return result
