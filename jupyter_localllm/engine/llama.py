@@ -156,10 +156,11 @@ class Model(_Native):
     """A GGUF model loaded by llama.cpp (weights memory-mapped by default).
 
     Use :func:`jupyter_localllm.model_load` rather than this class directly: it resolves
-    references and validates the file before llama.cpp sees it. A file other than the packaged
-    default is first loaded once in a subprocess (:mod:`.probe`; ``probe=False`` skips that),
-    so a file that crashes llama.cpp is refused instead of ending this process. Ctrl-C during
-    the load cancels it and raises KeyboardInterrupt.
+    references and validates the file before llama.cpp sees it. With ``probe=True`` the file is
+    first loaded once in a subprocess (:mod:`.probe`; verdicts kept in ``probe_cache``, a
+    folder), so a file that crashes llama.cpp is refused instead of ending this process;
+    ``model_load`` probes every file but the packaged default. Ctrl-C during the load cancels
+    it and raises KeyboardInterrupt.
     """
 
     def __init__(
@@ -171,11 +172,12 @@ class Model(_Native):
         use_mlock: bool = False,
         use_extra_bufts: bool = False,
         probe: bool = True,
+        probe_cache: Path | None = None,
     ):
         _ensure_backend()
         self.path = Path(path)
         if probe:  # an unknown file is loaded once in a subprocess first (engine/probe.py)
-            probe_model_file(self.path)
+            probe_model_file(self.path, probe_cache)
         params = _ll.llama_model_default_params()
         params.n_gpu_layers = _resolve_gpu_layers(n_gpu_layers)
         params.load_mode = {

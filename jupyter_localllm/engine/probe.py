@@ -9,9 +9,9 @@ tokenizes a text, on the CPU. When that child dies of a signal, the kernel refus
 with :class:`~jupyter_localllm.errors.InvalidModelFileError` instead of dying too.
 
 A file is probed once: the verdict is kept in the model cache folder, keyed by the file's
-path, size and modification time and the llama-cpp-python version. The packaged default
-model is trusted and never probed. A probe costs about half a second for a small model (mostly
-importing llama_cpp); ``LOCALLLM_PROBE=0`` turns probing off.
+path, size and modification time and the llama-cpp-python version. ``model_load`` trusts the
+packaged default model and never probes it. A probe costs about half a second for a small
+model (mostly importing llama_cpp); ``LOCALLLM_PROBE=0`` turns probing off.
 """
 
 from __future__ import annotations
@@ -41,35 +41,24 @@ def _key(path: Path) -> str:
     return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{version}"
 
 
-def _trusted(path: Path) -> bool:
-    from ..models import default_model_path
-
+def _load_verdicts(cache_dir: Path | None) -> dict[str, str]:
+    if cache_dir is None:
+        return {}
     try:
-        return path.resolve() == default_model_path().resolve()
-    except Exception:  # no default model installed: nothing is trusted
-        return False
-
-
-def _cache_file() -> Path:
-    from ..models import model_cache_dir
-
-    return model_cache_dir() / _CACHE_NAME
-
-
-def _load_verdicts() -> dict[str, str]:
-    try:
-        data = json.loads(_cache_file().read_text(encoding="utf-8"))
+        data = json.loads((cache_dir / _CACHE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
 
 
-def _save_verdict(key: str, verdict: str) -> None:
+def _save_verdict(key: str, verdict: str, cache_dir: Path | None) -> None:
     _verdicts[key] = verdict
-    data = _load_verdicts()
+    if cache_dir is None:
+        return
+    data = _load_verdicts(cache_dir)
     data[key] = verdict
     data = dict(list(data.items())[-_CACHE_ENTRIES:])
-    target = _cache_file()
+    target = cache_dir / _CACHE_NAME
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
@@ -79,22 +68,23 @@ def _save_verdict(key: str, verdict: str) -> None:
         pass  # a read-only cache only costs a probe next time
 
 
-def probe_model_file(path: str | os.PathLike[str]) -> None:
+def probe_model_file(path: str | os.PathLike[str], cache_dir: Path | None = None) -> None:
     """Raise :class:`InvalidModelFileError` when loading ``path`` kills a subprocess (see the
     module docstring); return when it loads, fails cleanly (the real load reports that), or
-    when the file is trusted or was probed before."""
+    when it was probed before. Verdicts are kept in this process and, given ``cache_dir`` (the
+    model cache folder), on disk for the next kernel."""
     p = Path(path)
-    if os.environ.get("LOCALLLM_PROBE", "1") == "0" or _trusted(p):
+    if os.environ.get("LOCALLLM_PROBE", "1") == "0":
         return
     key = _key(p)
     verdict = _verdicts.get(key)
     if verdict is None:
-        verdict = _load_verdicts().get(key)
+        verdict = _load_verdicts(cache_dir).get(key)
     if verdict is None:
         verdict = _run_probe(p)
         if verdict is None:
             return  # inconclusive (timed out, or the child failed in Python): not remembered
-        _save_verdict(key, verdict)
+        _save_verdict(key, verdict, cache_dir)
     if verdict:
         raise InvalidModelFileError(verdict)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -80,7 +81,17 @@ def model_load(
         use_mmap=use_mmap,
         use_mlock=use_mlock,
         use_extra_bufts=use_extra_bufts,
+        probe=not _is_default_model(path),
+        probe_cache=models.model_cache_dir(),
     )
+
+
+def _is_default_model(path: Path) -> bool:
+    """Whether ``path`` is the packaged default model (trusted: never probed)."""
+    try:
+        return Path(path).resolve() == models.default_model_path().resolve()
+    except Exception:  # no default model installed: nothing is trusted
+        return False
 
 
 def open_context(model: Model, **options: Any) -> GenerationContext:
