@@ -11,6 +11,7 @@ import jupyter_localllm as ll
 import jupyter_localllm.notebook.accessor  # registers the accessors
 from jupyter_localllm import datasets
 from jupyter_localllm.errors import BatchInterrupted, InvalidParameterError
+from jupyter_localllm.tasks.rows import frame_rows
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +86,8 @@ def test_numbers_need_an_explicit_format(ctx8):
 
 def test_braces_in_cells_are_inserted_once(ctx8):
     df = pd.DataFrame({"code": ["x = {'a': 1}"], "other": ["SHOULD NOT APPEAR"]})
-    texts, errors = jupyter_localllm.notebook.accessor._row_texts(df, "Explain {code} {{ok}}")
-    assert texts == ["Explain x = {'a': 1} {ok}"] and not errors
+    rows = frame_rows(df, "Explain {code} {{ok}}")
+    assert rows.texts == ["Explain x = {'a': 1} {ok}"] and not rows.errors
 
 
 def test_classify_accessor(ctx8, news):

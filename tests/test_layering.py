@@ -115,10 +115,18 @@ def test_unknown_attribute_is_an_attribute_error():
 # for ``from jupyter_localllm import __version__``.
 
 PKG = "jupyter_localllm"
-MODULES = {
-    ".".join((PKG, *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__"): p
-    for p in SOURCES
-}
+
+
+def package_modules(package: Path = PACKAGE) -> dict[str, Path]:
+    """Every module of the package in folder ``package`` (named ``jupyter_localllm``) by its
+    absolute name."""
+    return {
+        ".".join((PKG, *p.relative_to(package).with_suffix("").parts)).removesuffix(".__init__"): p
+        for p in sorted(package.rglob("*.py"))
+    }
+
+
+MODULES = package_modules()
 
 
 @dataclass(frozen=True)
@@ -231,15 +239,18 @@ def collect_imports(
     return collector.found
 
 
-def _package_imports() -> list[Import]:
+def package_imports(package: Path = PACKAGE) -> list[Import]:
+    """Every import of every module of the package in folder ``package``."""
+    modules = package_modules(package)
     found = []
-    for module, path in MODULES.items():
+    for module, path in modules.items():
         source = path.read_text(encoding="utf-8")
-        found += collect_imports(source, module, is_package=path.name == "__init__.py")
+        is_package = path.name == "__init__.py"
+        found += collect_imports(source, module, is_package=is_package, modules=set(modules))
     return found
 
 
-ALL_IMPORTS = _package_imports()
+ALL_IMPORTS = package_imports()
 
 
 def _in_package(module: str) -> bool:
@@ -258,15 +269,15 @@ def _is_root(imp: Import) -> bool:
 
 
 def _engine_rule(imp: Import) -> bool:
-    """(a) The engine imports only the engine, types and errors from the package."""
+    """(a) The engine imports only the engine, types, errors and the defaults table."""
     if not _in(imp.importer, "engine") or not _in_package(imp.target):
         return False
     if imp.target == PKG:
         return _is_root(imp)
-    return not _in(imp.target, "engine", "types", "errors")
+    return not _in(imp.target, "engine", "types", "errors", "defaults")
 
 
-BOTTOM = ("types", "errors", "hardware", "models", "analysis", "datasets")
+BOTTOM = ("types", "errors", "defaults", "hardware", "models", "analysis", "datasets")
 
 
 def _bottom_rule(imp: Import) -> bool:
@@ -315,6 +326,16 @@ def _frontend_engine_rule(imp: Import) -> bool:
     return _in(imp.importer, "notebook", "cli") and _in(imp.target, "engine") and not _public(imp)
 
 
+FRONTENDS = ("notebook", "cli")
+
+
+def _frontend_rule(imp: Import) -> bool:
+    """(g) A front-end imports no other front-end: what two of them share (row rendering,
+    defaults) lives in tasks or the bottom, so each stands on the floors below alone."""
+    here, there = _floor(imp.importer), _floor(imp.target)
+    return here in FRONTENDS and there in FRONTENDS and here != there
+
+
 def _floor(module: str) -> str:
     return module.split(".")[1] if module.startswith(PKG + ".") else module
 
@@ -332,18 +353,19 @@ def _private_rule(imp: Import) -> bool:
 
 
 RULES = {
-    "a: engine imports only engine, types, errors": _engine_rule,
+    "a: engine imports only engine, types, errors, defaults": _engine_rule,
     "b: bottom imports nothing from engine, session, tasks, front-ends": _bottom_rule,
     "c: session imports nothing from tasks, notebook, cli": _session_rule,
     "d: tasks import nothing from notebook, cli": _tasks_rule,
     "e: only notebook imports widgets, ipywidgets, IPython display": _display_rule,
     "f: front-ends import no engine module": _frontend_engine_rule,
     "f: no private names across sub-packages": _private_rule,
+    "g: a front-end imports no other front-end": _frontend_rule,
 }
 
 # One violation per rule, written the way a slip would look: (module, is_package, source).
 VIOLATIONS = {
-    "a: engine imports only engine, types, errors": (
+    "a: engine imports only engine, types, errors, defaults": (
         "jupyter_localllm.engine.runner",
         False,
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..session.jobs import Job",
@@ -377,6 +399,11 @@ VIOLATIONS = {
         "jupyter_localllm.notebook.magics",
         False,
         "from ..session.manager import _manager",
+    ),
+    "g: a front-end imports no other front-end": (
+        "jupyter_localllm.cli.run",
+        False,
+        "def f():\n    from ..notebook.config import get_settings",
     ),
 }
 
@@ -446,7 +473,60 @@ def test_the_root_names_widgets_for_type_checkers_only():
     )
 
 
+def offenders(rule: str, imports: list[Import]) -> list[str]:
+    """The imports that break ``rule``."""
+    return [str(imp) for imp in imports if RULES[rule](imp)]
+
+
 @pytest.mark.parametrize("rule", list(RULES))
 def test_layering_rule(rule):
-    offenders = [str(imp) for imp in ALL_IMPORTS if RULES[rule](imp)]
-    assert not offenders, f"rule {rule}:\n" + "\n".join(offenders)
+    broken = offenders(rule, ALL_IMPORTS)
+    assert not broken, f"rule {rule}:\n" + "\n".join(broken)
+
+
+def plant(root: Path, module: str, is_package: bool, source: str) -> Path:
+    """A package ``jupyter_localllm`` in folder ``root`` whose module ``module`` holds
+    ``source`` (every folder on the way a package); returns the package's folder."""
+    package = root / PKG
+    parts = module.split(".")[1:]
+    path = package.joinpath(*parts, "__init__.py") if is_package else package.joinpath(*parts)
+    if not is_package:
+        path = path.with_suffix(".py")
+    for folder in [package, *[package.joinpath(*parts[:i]) for i in range(1, len(parts))]]:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "__init__.py").touch()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source, encoding="utf-8")
+    return package
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_a_violation_planted_in_a_package_breaks_its_rule(tmp_path, rule):
+    """The whole check (files found, modules named, imports resolved, the rule) run over a
+    package on disk: the planted slip is reported, the same package without it passes."""
+    module, is_package, source = VIOLATIONS[rule]
+    clean = plant(tmp_path / "clean", module, is_package, "import os\n")
+    assert not offenders(rule, package_imports(clean))
+    broken = offenders(
+        rule, package_imports(plant(tmp_path / "broken", module, is_package, source))
+    )
+    assert len(broken) == 1 and broken[0].startswith(f"{module} line "), broken
+
+
+@pytest.mark.parametrize(
+    ("module", "source"),
+    [
+        ("jupyter_localllm.cli.run", "from ..notebook import accessor"),
+        ("jupyter_localllm.cli.runners", "import jupyter_localllm.notebook.templates"),
+        ("jupyter_localllm.cli", "from .. import ProgressPanel"),  # a public name of notebook
+        ("jupyter_localllm.notebook.magics", "from ..cli.spec import RunSpec"),
+        ("jupyter_localllm.notebook.magics", "importlib.import_module('jupyter_localllm.cli')"),
+    ],
+)
+def test_a_front_end_importing_another_is_found_in_a_package(tmp_path, module, source):
+    package = plant(tmp_path, module, module == "jupyter_localllm.cli", source)
+    rule = "g: a front-end imports no other front-end"
+    assert len(offenders(rule, package_imports(package))) == 1
+    shared = "from ..tasks.rows import render\nfrom .. import defaults\nfrom ..tasks import frames"
+    fine = plant(tmp_path / "fine", module, module == "jupyter_localllm.cli", shared)
+    assert not offenders(rule, package_imports(fine))

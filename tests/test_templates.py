@@ -1,7 +1,9 @@
 """Prompt-template placeholders (issue 25, family 11): a conversion, format spec or field name
 that cannot be read or filled is one :class:`PlaceholderError` line in every front-end that
 reads templates (``df.llm.*``, ``%%llm``; the command line is in ``test_cli_run``), never a
-traceback from ``str.format`` and never a huge allocation (``{text:>999999999999}``).
+traceback from ``str.format`` and never a huge allocation (``{text:>999999999999}``). And a
+DataFrame's rows as :func:`~jupyter_localllm.tasks.rows.frame_rows` renders them for every
+front-end: a row that cannot run gets its reason in its place.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
 from jupyter_localllm.errors import InvalidParameterError, PlaceholderError, PromptError
-from jupyter_localllm.notebook.templates import MAX_WIDTH, check_fields, render
+from jupyter_localllm.tasks.rows import MAX_WIDTH, check_fields, frame_rows, render
 
 # A template and words of the one line it gives, on a table whose column "text" holds text.
 BAD = {
@@ -51,6 +53,32 @@ def test_good_specs_and_conversions_still_format():
         render(template, values)
     assert render(template.rsplit("|", 1)[0], values) == "  'cat'|3.14|3.14159|2024-05-01|{literal}"
     assert render(f"{{text:>{MAX_WIDTH}}}", values) == "cat".rjust(MAX_WIDTH)
+
+
+def test_frame_rows_render_each_row_and_say_why_one_cannot_run():
+    frame = pd.DataFrame(
+        {"text": ["a {cat}", None, "  ", 7, "a dog"], 0: [1, 2, 3, 4, float("nan")]},
+        index=["a", "b", "c", "d", "e"],
+    )
+    rows = frame_rows(frame, "{text} #{0!s}")
+    assert list(rows.index) == ["a", "b", "c", "d", "e"] and rows.template == "{text} #{0!s}"
+    assert rows.texts == ["a {cat} #1.0", None, None, None, None]
+    assert rows.errors == {
+        1: "column 'text' is empty (missing value) in this row",
+        2: "column 'text' is blank in this row",
+        3: "column 'text' holds int 7, not text; write {text!s} in the template to format it",
+        4: "column '0' is empty (missing value) in this row",
+    }
+    assert frame_rows(frame.iloc[3:4], "{text!s}").texts == ["7"]
+    assert frame_rows(frame.iloc[:0], "{text}").texts == []
+
+
+def test_frame_rows_refuse_a_column_named_twice_or_missing():
+    twice = pd.DataFrame([["a", "b"]], columns=["text", "text"])
+    with pytest.raises(InvalidParameterError, match="'text' appears more than once"):
+        frame_rows(twice, "{text}")
+    with pytest.raises(PlaceholderError, match="Column 'body' not found; columns are text, n"):
+        frame_rows(pd.DataFrame({"text": ["a"], "n": [1]}), "{body}")
 
 
 @pytest.mark.parametrize("template", ["{text!x}", "{text:>999999999999}", "{n:d}", "{text[0]}"])

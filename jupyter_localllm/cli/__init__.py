@@ -1,8 +1,9 @@
 """The command line: ``jupyter-localllm run | demo | hardware | models`` (also
 ``python -m jupyter_localllm ...``).
 
-A thin front-end over the public API, like the notebook magics: ``run`` (in :mod:`.run`) runs
-the ``df.llm`` accessor over a CSV, Parquet or JSON Lines file. Exit codes: 0 done, 1 a
+A front-end beside the notebook, over the tasks: ``run`` (in :mod:`.run`) runs the DataFrame
+tasks that ``df.llm`` runs (:mod:`~jupyter_localllm.tasks.frames`) over a CSV, Parquet or JSON
+Lines file, on the defaults of :mod:`~jupyter_localllm.defaults`. Exit codes: 0 done, 1 a
 failure while running, 2 bad input (one line on stderr), 128 + the signal's number when a
 signal stopped it (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP). Error lines advise the command's own
 options, never the Python keywords the library's messages name.
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 
 import click
 
+from .. import defaults
 from ..errors import (
     AmbiguousModelError,
     GrammarError,
@@ -60,8 +62,16 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("-m", "--model", default="default", show_default=True, help="Model reference.")
-@click.option("--max-tokens", type=int, default=40, show_default=True)
+@click.option(
+    "-m", "--model", default=defaults.DEFAULT_MODEL, show_default=True, help="Model reference."
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(1),
+    default=defaults.MAX_TOKENS,
+    show_default=True,
+    help="Most tokens per answer.",
+)
 def demo(model: str, max_tokens: int) -> int:
     """Answer a few questions with the default model, then label a news sample."""
     return basic.demo(model, max_tokens)

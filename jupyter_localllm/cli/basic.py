@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from .. import defaults
+
 __all__ = ["demo", "hardware", "models"]
 
 DEMO_QUESTIONS = (
@@ -15,7 +17,7 @@ DEMO_QUESTIONS = (
 )
 
 
-def demo(model_ref: str = "default", max_tokens: int = 40) -> int:
+def demo(model_ref: str = defaults.DEFAULT_MODEL, max_tokens: int = defaults.MAX_TOKENS) -> int:
     """Load a model, answer a few questions through its chat template (streaming each answer
     and its speed), then label the demo news sample in parallel by label scoring."""
     from .. import datasets
@@ -50,14 +52,15 @@ def demo(model_ref: str = "default", max_tokens: int = 40) -> int:
 
     news = datasets.news_sample()
     labels = list(datasets.NEWS_CLASSES)
-    pctx = api.context_create(model, n_seq_max=8)
+    pctx = api.context_create(model, n_seq_max=defaults.N_SEQ_MAX)
     t0 = time.perf_counter()
     out = classify(pctx, news.title.tolist(), labels, calibrate=True, progress=False)
     dt = time.perf_counter() - t0
     accuracy = (out.label == news["class"].astype(str)).mean()
     print(
         f"\nClassified {len(news)} news titles into {', '.join(labels)} by label scoring "
-        f"(n_seq_max=8): {dt:.1f} s, {len(news) / dt:.1f} rows/s, accuracy {accuracy:.0%}"
+        f"(n_seq_max={pctx.n_seq_max}): {dt:.1f} s, {len(news) / dt:.1f} rows/s, "
+        f"accuracy {accuracy:.0%}"
     )
     for title, row in list(zip(news.title, out.itertuples(), strict=True))[:5]:
         print(f"  {title[:60]:60s} -> {row.label}")

@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from ..notebook.templates import check_fields, render, template_fields
+from .. import defaults
+from ..tasks.rows import check_fields, render, template_fields
 from .output import cell_text, check_writable, write_output
 from .recipe import changes, make_recipe, read_recipe, recipe_path, write_recipe
 from .signals import StopSignals
@@ -28,10 +29,30 @@ __all__ = ["execute", "run"]
 @click.option("-c", "--column", help="Use this column as the prompt (default: text).")
 @click.option("--labels", metavar="A,B,C", help="Classify each row into one of these labels.")
 @click.option("--schema", metavar="FILE", help="Extract the fields of this JSON schema.")
-@click.option("-m", "--model", default="default", show_default=True, help="Model reference.")
-@click.option("--n-seq-max", type=click.IntRange(1), help="Rows run in parallel [default: 8].")
-@click.option("--max-tokens", type=click.IntRange(1), help="Most tokens per answer [256].")
-@click.option("--seed", type=int, help="Random seed (each row derives its own).")
+@click.option(
+    "-m", "--model", default=defaults.DEFAULT_MODEL, show_default=True, help="Model reference."
+)
+@click.option(
+    "--n-seq-max",
+    type=click.IntRange(1),
+    default=defaults.N_SEQ_MAX,
+    show_default=True,
+    help="Rows run in parallel.",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(1),
+    default=defaults.MAX_TOKENS,
+    show_default=True,
+    help="Most tokens per answer.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=defaults.SEED,
+    show_default=True,
+    help="Random seed (each row derives its own).",
+)
 @click.option("--cluster", metavar="ADDRESS", help="Run on this Dask scheduler.")
 @click.option("--column-out", metavar="NAME", help="Name of the output column (see above).")
 @click.option(
@@ -85,11 +106,10 @@ def run(input_path: str, out_path: str, **options: str | int | None) -> int:
 
 def execute(spec: RunSpec) -> int:
     """Run ``spec``: compute the rows OUTPUT lacks, write OUTPUT, say what was done."""
-    from .runners import Interrupted, check_cluster, compute
+    from .runners import Interrupted, compute
 
     with StopSignals() as stop:
         table = _checked_input(spec)
-        check_cluster(spec)
         recipe = make_recipe(spec)
         frame = table.frame
         added = _previous(spec, frame, recipe)

@@ -1,21 +1,22 @@
-"""The rows of a ``run``, computed by the ``df.llm`` accessor (which renders the template,
-loads the model and runs the batch) and returned as the columns the run adds: the value
-column(s) and the error column, one row per finished row."""
+"""The rows of a ``run``: the table's rows rendered and run by the DataFrame tasks
+(:mod:`~jupyter_localllm.tasks.frames`, which ``df.llm`` and ``ddf.llm`` run too), on the
+defaults of :mod:`~jupyter_localllm.defaults`, and returned as the columns the run adds: the
+value column(s) and the error column, one row per finished row."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
 
+from .. import defaults
 from ..errors import BatchInterrupted
 from ..types import Progress, Result
 from .signals import StopSignals
-from .spec import BadInput, RunSpec
+from .spec import RunSpec
 
-__all__ = ["Interrupted", "check_cluster", "compute"]
+__all__ = ["Interrupted", "compute", "finished_rows"]
 
 
 class Interrupted(Exception):
@@ -27,76 +28,62 @@ class Interrupted(Exception):
         self.table = table
 
 
-def check_cluster(spec: RunSpec) -> None:
-    """``--cluster`` needs the accessor's ``cluster=`` keyword (Dask support)."""
-    if spec.cluster is None:
-        return
-    from ..notebook.accessor import LLMFrameAccessor
-
-    method = getattr(LLMFrameAccessor, spec.task)
-    if "cluster" not in inspect.signature(method).parameters:
-        raise BadInput(
-            f"--cluster: this version of jupyter-localllm cannot run {spec.task} on a Dask "
-            "cluster (no cluster= option); run without --cluster"
-        )
-
-
 def compute(
     spec: RunSpec, work: pd.DataFrame, progress: Callable[[Progress], Any], stop: StopSignals
 ) -> pd.DataFrame:
     """The added columns for every row of ``work`` (indexed like it); a stop signal raises
     :class:`Interrupted` with the rows finished before it. Signals are held (recorded, not
     raised) from the moment the batch ends."""
-    from ..notebook import accessor  # noqa: F401  (registers df.llm)
+    from ..tasks.rows import frame_rows
 
+    rows = frame_rows(work, spec.template)
     try:
-        return _TASKS[spec.task](spec, work, _options(spec, progress), stop)
+        value = _run(spec, rows, progress, stop)
     except BatchInterrupted as exc:
         raise Interrupted(finished_rows(spec, exc.results, work.index)) from None
     except KeyboardInterrupt:  # before the batch started (loading the model)
         raise Interrupted(finished_rows(spec, [], work.index)) from None
+    return _COLUMNS[spec.task](spec, value)
 
 
-def _options(spec: RunSpec, progress: Callable[[Progress], Any]) -> dict[str, Any]:
-    """The keywords every accessor method takes."""
-    options: dict[str, Any] = {
-        "model": spec.model,
-        "n_seq_max": spec.n_seq_max,
-        "progress": progress,
-    }
-    if spec.cluster is not None:
-        options["cluster"] = spec.cluster
-    return options
+def _run(spec: RunSpec, rows: Any, progress: Callable[[Progress], Any], stop: StopSignals) -> Any:
+    """The task's value over ``rows``, with the stop signals held as soon as the batch
+    returns or raises, so what it finished is converted and written whole."""
+    from ..session.executors import execute
+    from ..session.manager import resolve_context
 
-
-def _batch(stop: StopSignals, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``method(*args, **kwargs)`` (an accessor call), with the stop signals held as soon as
-    it returns or raises, so what it finished is converted and written whole."""
     try:
-        return method(*args, **kwargs)
+        context = resolve_context(spec.model, n_seq_max=spec.n_seq_max)
+        return execute(_job(spec).plan(context, rows), progress=progress, cluster=spec.cluster)
     finally:
         stop.hold()
 
 
-def _generate(spec: RunSpec, work: pd.DataFrame, options: dict, stop: StopSignals) -> pd.DataFrame:
-    answers = _batch(stop, work.llm.generate, spec.template, **options, **spec.sampling)
-    return finished_rows(spec, list(answers), work.index)
+def _job(spec: RunSpec) -> Any:
+    """The DataFrame task ``spec`` asks for."""
+    from ..tasks.frames import FrameJob
+
+    if spec.task == "classify":
+        return FrameJob("classify", spec.template, (list(spec.labels or ()),), {"probs": True})
+    if spec.task == "extract":
+        return FrameJob("extract", spec.template, (spec.schema,), spec.sampling)
+    return FrameJob("generate", spec.template, options={"clean": defaults.CLEAN, **spec.sampling})
 
 
-def _classify(spec: RunSpec, work: pd.DataFrame, options: dict, stop: StopSignals) -> pd.DataFrame:
-    labels = list(spec.labels or ())
-    scored = _batch(stop, work.llm.classify, spec.template, labels, probs=True, **options)
-    table = pd.DataFrame({spec.base: scored["label"], spec.error_column: scored["error"]})
-    return _as_cells(table)
+def _generated(spec: RunSpec, answers: pd.Series) -> pd.DataFrame:
+    return finished_rows(spec, list(answers), answers.index)
 
 
-def _extract(spec: RunSpec, work: pd.DataFrame, options: dict, stop: StopSignals) -> pd.DataFrame:
-    table = _batch(stop, work.llm.extract, spec.template, spec.schema, **options, **spec.sampling)
+def _classified(spec: RunSpec, scored: pd.DataFrame) -> pd.DataFrame:
+    return _as_cells(pd.DataFrame({spec.base: scored["label"], spec.error_column: scored["error"]}))
+
+
+def _extracted(spec: RunSpec, table: pd.DataFrame) -> pd.DataFrame:
     names = dict(zip(spec.properties, spec.output_columns, strict=True))
     return _as_cells(table.rename(columns={**names, "error": spec.error_column}))
 
 
-_TASKS = {"generate": _generate, "classify": _classify, "extract": _extract}
+_COLUMNS = {"generate": _generated, "classify": _classified, "extract": _extracted}
 
 
 def finished_rows(spec: RunSpec, results: Sequence[Result], index: pd.Index) -> pd.DataFrame:

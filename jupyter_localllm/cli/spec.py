@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import defaults
+
 __all__ = [
     "DEFAULT_COLUMNS",
     "BadInput",
@@ -43,10 +45,10 @@ class RunSpec:
     """Classify into these labels."""
     schema: dict[str, Any] | None = None
     """Extract this JSON schema's top-level properties."""
-    model: str = "default"
-    n_seq_max: int | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
+    model: str = defaults.DEFAULT_MODEL
+    n_seq_max: int = defaults.N_SEQ_MAX
+    max_tokens: int = defaults.MAX_TOKENS
+    seed: int = defaults.SEED
     cluster: str | None = None
     """A Dask scheduler address, passed on as ``cluster=``."""
     column_out: str | None = None
@@ -90,10 +92,13 @@ class RunSpec:
         return [*self.output_columns, self.error_column]
 
     @property
-    def sampling(self) -> dict[str, int]:
-        """The sampling options given (generate and extract)."""
-        given = {"max_tokens": self.max_tokens, "seed": self.seed}
-        return {k: v for k, v in given.items() if v is not None}
+    def sampling(self) -> dict[str, Any]:
+        """The sampling options of generate and extract (temperature: the defaults')."""
+        return {
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "temperature": defaults.TEMPERATURE,
+        }
 
 
 def template_of(template: str | None, column: str | None) -> str:

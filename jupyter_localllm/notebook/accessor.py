@@ -1,7 +1,8 @@
 """The ``df.llm`` and ``s.llm`` pandas accessors: prompts over DataFrame columns.
 
-A thin front-end over :func:`~jupyter_localllm.generate_parallel`,
-:func:`~jupyter_localllm.classify` and :func:`~jupyter_localllm.extract`. A template names
+A thin front-end over the DataFrame tasks (:mod:`~jupyter_localllm.tasks.frames`, which
+``ddf.llm`` and ``jupyter-localllm run`` run too): it adds the notebook's parts, the
+``%config LocalLLM`` defaults, ``out=`` and ``df.attrs["llm"]``. A template names
 columns in ``{braces}``; every row is rendered, wrapped in the model's chat template and run in
 parallel. Results come back aligned to the frame's index; ``out="col"`` also writes them into
 the frame as each row finishes (by index label and column name, so a background run's
@@ -17,21 +18,20 @@ Example::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from .. import defaults
 from ..errors import InvalidParameterError
+from ..tasks.rows import frame_rows
 from .config import get_settings
 from .out_column import OutColumn
-from .templates import check_fields, formatted_fields, render
 
 if TYPE_CHECKING:
     from ..session.executors import Plan
     from ..session.jobs import Job
-    from ..types import Result
 
 # The tasks (and llama.cpp) are imported on first use, so registering the accessors when the
 # package is imported costs no more than pandas.
@@ -54,44 +54,6 @@ def resolve_context(model: Any = None, *, n_seq_max: int | None = None) -> Any:
         n_ctx=settings.n_ctx,
         load_options=settings.load_options(),
     )
-
-
-def _row_texts(df: pd.DataFrame, template: str) -> tuple[list[str | None], dict[int, str]]:
-    """Each row's rendered template (``None`` for a row that cannot run) and the errors."""
-    fields = check_fields(template, [str(c) for c in df.columns])
-    duplicated = [f for f in fields if list(map(str, df.columns)).count(f) > 1]
-    if duplicated:
-        raise InvalidParameterError(
-            f"Column {duplicated[0]!r} appears more than once; rename one of them."
-        )
-    formatted = formatted_fields(template)
-    by_name = {str(c): c for c in df.columns}
-    columns = [df[by_name[f]].to_numpy(dtype=object) for f in fields]
-    texts: list[str | None] = []
-    errors: dict[int, str] = {}
-    for pos in range(len(df)):
-        values = {f: col[pos] for f, col in zip(fields, columns, strict=True)}
-        problem = _cell_problem(values, formatted)
-        if problem is not None:
-            errors[pos] = problem
-            texts.append(None)
-        else:
-            texts.append(render(template, values))
-    return texts, errors
-
-
-def _cell_problem(values: Mapping[str, Any], formatted: set[str]) -> str | None:
-    for name, value in values.items():
-        if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
-            return f"column {name!r} is empty (missing value) in this row"
-        if not isinstance(value, str) and name not in formatted:
-            return (
-                f"column {name!r} holds {type(value).__name__} {value!r}, not text; "
-                f"write {{{name}!s}} in the template to format it"
-            )
-        if isinstance(value, str) and not value.strip():
-            return f"column {name!r} is blank in this row"
-    return None
 
 
 def _progress(progress: bool | Any | None) -> bool | Any | None:
@@ -151,10 +113,18 @@ class _Accessor:
 
         return plan.also_on_result(lambda row, value: writer.write(row, pick(value))).then(noted)
 
-    def _record(self, info: dict[str, Any]) -> None:
+    def _recorded(self, value: Any) -> Any:
+        """``value`` (a run's result), its run details also put in ``df.attrs["llm"]``."""
         frame = self._target()
         if frame is not None:
-            frame.attrs["llm"] = info
+            frame.attrs["llm"] = value.attrs["llm"]
+        return value
+
+    def _rows(self, template: str, model: Any, n_seq_max: int | None) -> tuple:
+        """The frame's rows rendered (before the model loads: a bad template costs nothing),
+        and the context."""
+        rows = frame_rows(self._frame(), template)
+        return rows, resolve_context(model, n_seq_max=n_seq_max)
 
     def generate(
         self,
@@ -165,11 +135,12 @@ class _Accessor:
         system_prompt: str | None = None,
         format: str = "auto",
         n_seq_max: int | None = None,
-        clean: bool = True,
+        clean: bool = defaults.CLEAN,
         progress: bool | Any | None = None,
         cache: bool | None = None,
         background: bool = False,
         cluster: Any = None,
+        sink: Any = None,
         **sampling: Any,
     ) -> pd.Series | Job:
         """Generate an answer for every row: ``template`` with ``{column}`` placeholders is
@@ -188,42 +159,28 @@ class _Accessor:
         that is gone stays in the result, see :mod:`~jupyter_localllm.notebook.out_column`),
         ``job.partial()`` holds them by position, and ``job.result()`` gives the Series.
         ``cluster`` (a ``distributed.Client`` or a scheduler address) runs the rows on a Dask
-        cluster's workers (see :func:`~jupyter_localllm.generate_parallel`).
+        cluster's workers (see :func:`~jupyter_localllm.generate_parallel`). ``sink`` (a CSV
+        path or :func:`~jupyter_localllm.annotation_sink_csv`) appends each row as it finishes,
+        keyed by its index label; a re-run appends only the rows the file lacks.
         """
-        from ..session.executors import single
-        from ..tasks.generation import generation_request
-        from ..tasks.prompts import render_rows, resolve_format
+        from ..tasks.frames import generate_rows
 
-        index, t0, texts, errors, ctx = self._prepare(template, model, n_seq_max)
-        fmt = resolve_format(ctx.model, format)
-        prompts, _ = render_rows(ctx.model, fmt, texts, None, system_prompt)
-        request = generation_request(
+        rows, ctx = self._rows(template, model, n_seq_max)
+        if "sampling" not in sampling:
+            sampling = get_settings().sampling(**sampling)
+        plan = generate_rows(
             ctx,
-            prompts,
+            rows,
+            name=out,
+            system_prompt=system_prompt,
+            format=format,
             clean=clean,
             cache=_cache(cache),
-            errors=errors,
-            **(sampling if "sampling" in sampling else get_settings().sampling(**sampling)),
-        )
-
-        def finish(results: list[Result]) -> pd.Series:
-            series = pd.Series(list(results), index=index, name=_name(out, "llm"), dtype=object)
-            info = _run_info("generate", ctx, template, series, time.perf_counter() - t0)
-            info["hashes"] = results.hashes
-            series.attrs["llm"] = info
-            self._record(info)
-            return series
-
-        plan = self._writing(single(request, finish, desc="generate"), out, lambda r: r)
+            sink=sink,
+            **sampling,
+        ).then(self._recorded)
+        plan = self._writing(plan, out, lambda r: r)
         return _run(plan, background, progress, cluster)
-
-    def _prepare(self, template: str, model: Any, n_seq_max: int | None) -> tuple:
-        """The frame's index now, the start time, each row's text and the rows' errors, and
-        the context. The index is kept: results are labelled as the rows were at the start,
-        whatever happens to the frame while a background run works."""
-        frame, t0 = self._frame(), time.perf_counter()
-        texts, errors = _row_texts(frame, template)
-        return frame.index, t0, texts, errors, resolve_context(model, n_seq_max=n_seq_max)
 
     def classify(
         self,
@@ -237,6 +194,7 @@ class _Accessor:
         progress: bool | Any | None = None,
         background: bool = False,
         cluster: Any = None,
+        sink: Any = None,
         **options: Any,
     ) -> pd.Series | pd.DataFrame | Job:
         """Label every row with one of ``labels`` by label scoring: ``template`` renders
@@ -247,27 +205,14 @@ class _Accessor:
         run), or with ``probs=True`` a DataFrame with ``label``, one probability column per
         label and ``error``. ``out`` writes the labels into that column as rows are scored.
         ``background=True`` returns a :class:`~jupyter_localllm.Job` and ``cluster`` runs on
-        a Dask cluster (see :meth:`generate`).
+        a Dask cluster (see :meth:`generate`); ``sink`` as there.
         """
-        from ..tasks.classification import classify_plan
+        from ..tasks.frames import classify_rows
 
-        index, t0, texts, errors, ctx = self._prepare(template, model, n_seq_max)
-        plan = classify_plan(ctx, texts, labels, errors=errors, **options)
-
-        def finish(scored: pd.DataFrame) -> pd.Series | pd.DataFrame:
-            scored.index = index
-            label = scored["label"].astype(object).where(scored["label"].notna(), pd.NA)
-            label.name = _name(out, "label")
-            info = _run_info("classify", ctx, template, scored["error"], time.perf_counter() - t0)
-            info["labels"] = [str(x) for x in labels]
-            info["hashes"] = scored.attrs.get("hashes", {})
-            self._record(info)
-            result = scored if probs else label
-            result.attrs["llm"] = info
-            return result
-
-        pick = lambda rec: _or_na(rec["label"])  # noqa: E731
-        plan = self._writing(plan.then(finish), out, pick, [str(x) for x in labels])
+        rows, ctx = self._rows(template, model, n_seq_max)
+        plan = classify_rows(ctx, rows, labels, probs=probs, name=out, sink=sink, **options)
+        pick = lambda rec: pd.NA if rec["label"] is None else rec["label"]  # noqa: E731
+        plan = self._writing(plan.then(self._recorded), out, pick, [str(x) for x in labels])
         return _run(plan, background, progress, cluster)
 
     def extract(
@@ -280,6 +225,7 @@ class _Accessor:
         progress: bool | Any | None = None,
         background: bool = False,
         cluster: Any = None,
+        sink: Any = None,
         **options: Any,
     ) -> pd.DataFrame | Job:
         """Extract the fields of ``schema`` (JSON schema or pydantic model) from every row;
@@ -287,56 +233,12 @@ class _Accessor:
         :func:`~jupyter_localllm.extract`. Returns a DataFrame aligned to the index: one
         column per top-level property and ``error`` (``None``, or why the row failed).
         ``background=True`` returns a :class:`~jupyter_localllm.Job` and ``cluster`` runs on
-        a Dask cluster (see :meth:`generate`)."""
-        from ..tasks.extraction import extraction_plan, json_schema
+        a Dask cluster (see :meth:`generate`); ``sink`` as there."""
+        from ..tasks.frames import extract_rows
 
-        index, t0, texts, errors, ctx = self._prepare(template, model, n_seq_max)
-        plan = extraction_plan(ctx, texts, schema, errors=errors, **options)
-        props = list(json_schema(schema).get("properties", {}))
-
-        def finish(values: list[Any]) -> pd.DataFrame:
-            records = [v if isinstance(v, dict) else {} for v in values]
-            table = pd.DataFrame.from_records(records, columns=props or None)
-            table.index = index
-            table["error"] = [None if isinstance(v, dict) else v.error for v in values]
-            info = _run_info("extract", ctx, template, table["error"], time.perf_counter() - t0)
-            self._record(info)
-            table.attrs["llm"] = info
-            return table
-
-        return _run(plan.then(finish), background, progress, cluster)
-
-
-def _or_na(value: Any) -> Any:
-    return pd.NA if value is None else value
-
-
-def _name(out: Any, default: str) -> Any:
-    return default if out is None else out
-
-
-def _run_info(
-    task: str, ctx: Any, template: str, values: pd.Series, seconds: float
-) -> dict[str, Any]:
-    """Run details kept in ``df.attrs["llm"]``."""
-    from ..types import Result
-
-    if task == "generate":
-        n_errors = sum(isinstance(v, Result) and v.error is not None for v in values)
-        tokens = sum(v.n_tokens for v in values if isinstance(v, Result))
-    else:
-        n_errors, tokens = int(values.notna().sum()), None
-    return {
-        "task": task,
-        "model": ctx.model.name,
-        "model_path": str(ctx.model.path),
-        "template": template,
-        "rows": len(values),
-        "errors": int(n_errors),
-        "generated_tokens": tokens,
-        "n_seq_max": ctx.n_seq_max,
-        "seconds": round(seconds, 3),
-    }
+        rows, ctx = self._rows(template, model, n_seq_max)
+        plan = extract_rows(ctx, rows, schema, sink=sink, **options)
+        return _run(plan.then(self._recorded), background, progress, cluster)
 
 
 @pd.api.extensions.register_dataframe_accessor("llm")

@@ -2,10 +2,12 @@
 accessors' ``generate``, ``classify`` and ``extract``, lazy.
 
 Each returns a Dask Series or DataFrame (``map_partitions`` with its ``meta``); computing it
-runs every partition where Dask runs it (on a cluster: the workers) through the same
-pipeline as in the kernel, on the process's one copy of the model, loaded from its file on
-first use and kept (:mod:`~jupyter_localllm.session.cluster_worker`). Rows take their seeds
-from their place in the whole frame, so sampled answers do not depend on the partitioning.
+runs every partition where Dask runs it (on a cluster: the workers) through the DataFrame
+task ``df.llm`` runs (:func:`~jupyter_localllm.tasks.frames.run_partition`: the same rows,
+prompts and pipeline as in the kernel), on the process's one copy of the model, loaded
+from its file on first use and kept (:mod:`~jupyter_localllm.session.cluster_worker`). Rows
+take their seeds from their place in the whole frame, so sampled answers do not depend on the
+partitioning.
 The model is named as for ``df.llm`` (an alias, a reference, ``None`` for the default) and
 resolved to its file in the kernel: the file must be at that path where partitions run.
 
@@ -21,82 +23,22 @@ after it, or any public name's first use); importing this module registers it at
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from itertools import accumulate
 from typing import Any
 
 import dask
 import pandas as pd
 from dask.dataframe.extensions import register_dataframe_accessor, register_series_accessor
 
+from .. import defaults
 from ..errors import InvalidParameterError
-from .accessor import _cache, _row_texts
+from ..tasks.frames import FrameJob, partition_offsets, run_partition
+from .accessor import _cache
 from .config import get_settings
 
 __all__ = ["DaskFrameAccessor", "DaskSeriesAccessor"]
 
 
-def _offsets(lengths: Sequence[Any]) -> list[int]:
-    """Each partition's first row in the whole frame, from the partitions' lengths."""
-    sizes = [int(n.sum()) if hasattr(n, "sum") else int(n) for n in lengths]
-    return [0, *accumulate(sizes)][:-1]
-
-
-def _offset(offsets: list[int], partition_info: dict | None) -> int:
-    return offsets[partition_info["number"]] if partition_info else 0
-
-
-# -- what runs on the workers, one partition at a time --------------------------------------
-def _generate_part(part: pd.DataFrame, offsets, spec, job, partition_info=None) -> pd.Series:
-    from ..session.cluster_worker import run_plan_here, worker_context
-    from ..session.executors import single
-    from ..tasks.generation import generation_request
-    from ..tasks.prompts import render_rows, resolve_format
-
-    ctx = worker_context(spec)
-    texts, errors = _row_texts(part, job["template"])
-    fmt = resolve_format(ctx.model, job["format"])
-    prompts, _ = render_rows(ctx.model, fmt, texts, None, job["system_prompt"])
-    request = generation_request(
-        ctx, prompts, clean=job["clean"], cache=job["cache"], errors=errors, **job["sampling"]
-    )
-    results = run_plan_here(single(request), _offset(offsets, partition_info))
-    return pd.Series(list(results), index=part.index, name="llm", dtype=object)
-
-
-def _classify_part(part: pd.DataFrame, offsets, spec, job, partition_info=None):
-    from ..session.cluster_worker import run_plan_here, worker_context
-    from ..tasks.classification import classify_plan
-
-    ctx = worker_context(spec)
-    texts, errors = _row_texts(part, job["template"])
-    scored = run_plan_here(
-        classify_plan(ctx, texts, job["labels"], errors=errors, **job["options"])
-    )
-    scored.attrs = {}
-    scored.index = part.index
-    if job["probs"]:
-        return scored
-    return scored["label"].astype(object).where(scored["label"].notna(), pd.NA)
-
-
-def _extract_part(part: pd.DataFrame, offsets, spec, job, partition_info=None) -> pd.DataFrame:
-    from ..session.cluster_worker import run_plan_here, worker_context
-    from ..tasks.extraction import extraction_plan
-
-    ctx = worker_context(spec)
-    texts, errors = _row_texts(part, job["template"])
-    plan = extraction_plan(ctx, texts, job["schema"], errors=errors, **job["options"])
-    values = run_plan_here(plan, _offset(offsets, partition_info))
-    records = [v if isinstance(v, dict) else {} for v in values]
-    table = pd.DataFrame.from_records(records, columns=job["props"] or None).astype(object)
-    table.index = part.index
-    table["error"] = pd.Series(
-        [None if isinstance(v, dict) else v.error for v in values], index=part.index, dtype=object
-    )
-    return table
-
-
-# -- the accessors --------------------------------------------------------------------------
+# -- the accessors (each partition runs :func:`~jupyter_localllm.tasks.frames.run_partition`) --
 class _DaskAccessor:
     """Shared body of the Dask DataFrame and Series accessors."""
 
@@ -116,12 +58,12 @@ class _DaskAccessor:
             load_options=settings.load_options(),
         )
 
-    def _map(self, run: Any, template: str, spec: Any, job: dict[str, Any], meta: Any) -> Any:
-        """``run`` over every partition, lazily, with the partitions' first rows."""
+    def _map(self, job: FrameJob, spec: Any, meta: Any) -> Any:
+        """``job`` over every partition, lazily, with the partitions' first rows."""
         frame = self._frame()
-        _row_texts(pd.DataFrame(columns=list(frame.columns)), template)  # fields checked now
-        offsets = dask.delayed(_offsets)(frame.map_partitions(len).to_delayed())
-        return frame.map_partitions(run, offsets, spec, {**job, "template": template}, meta=meta)
+        job.rows(pd.DataFrame(columns=list(frame.columns)))  # the template checked now
+        offsets = dask.delayed(partition_offsets)(frame.map_partitions(len).to_delayed())
+        return frame.map_partitions(run_partition, offsets, spec, job, meta=meta)
 
     def generate(
         self,
@@ -131,22 +73,20 @@ class _DaskAccessor:
         system_prompt: str | None = None,
         format: str = "auto",
         n_seq_max: int | None = None,
-        clean: bool = True,
+        clean: bool = defaults.CLEAN,
         cache: bool | None = None,
         **sampling: Any,
     ) -> Any:
         """A lazy Series of answers, one per row (see ``df.llm.generate``; no ``out``:
         assign the result, ``ddf["answer"] = ddf.llm.generate(...)``)."""
-        settings = get_settings()
-        job = {
-            "format": format,
-            "system_prompt": system_prompt,
-            "clean": clean,
-            "cache": _cache(cache),
-            "sampling": sampling if "sampling" in sampling else settings.sampling(**sampling),
-        }
+        if "sampling" not in sampling:
+            sampling = get_settings().sampling(**sampling)
+        options = {"system_prompt": system_prompt, "format": format, "clean": clean}
+        job = FrameJob(
+            "generate", template, options={**options, "cache": _cache(cache), **sampling}
+        )
         meta = pd.Series(dtype=object, name="llm")
-        return self._map(_generate_part, template, self._spec(model, n_seq_max), job, meta)
+        return self._map(job, self._spec(model, n_seq_max), meta)
 
     def classify(
         self,
@@ -166,7 +106,7 @@ class _DaskAccessor:
         names, _, _ = check_label_options(
             labels, options.get("examples"), options.get("calibrate", False)
         )
-        job = {"labels": list(labels), "options": options, "probs": probs}
+        job = FrameJob("classify", template, (list(labels),), {**options, "probs": probs})
         if probs:
             meta: Any = pd.DataFrame(
                 {"label": pd.Series(dtype=object)}
@@ -175,7 +115,7 @@ class _DaskAccessor:
             )
         else:
             meta = pd.Series(dtype=object, name="label")
-        return self._map(_classify_part, template, self._spec(model, n_seq_max), job, meta)
+        return self._map(job, self._spec(model, n_seq_max), meta)
 
     def extract(
         self,
@@ -192,9 +132,9 @@ class _DaskAccessor:
 
         schema = json_schema(schema)
         props = list(schema.get("properties", {}))
-        job = {"schema": schema, "props": props, "options": options}
+        job = FrameJob("extract", template, (schema,), options)
         meta = pd.DataFrame({c: pd.Series(dtype=object) for c in [*props, "error"]})
-        return self._map(_extract_part, template, self._spec(model, n_seq_max), job, meta)
+        return self._map(job, self._spec(model, n_seq_max), meta)
 
 
 @register_dataframe_accessor("llm")

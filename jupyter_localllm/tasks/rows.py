@@ -1,26 +1,43 @@
-"""``{name}`` placeholders in prompt templates, shared by the magics and the accessor.
+"""DataFrame rows as prompts: ``{column}`` placeholders in a template, filled from each row.
+
+Every front-end (``df.llm.*``, ``ddf.llm.*``, ``%%llm``, ``%llm_batch``, ``jupyter-localllm
+run``) renders its rows here, so a row gets the same prompt from each and a bad placeholder is
+one :class:`~jupyter_localllm.errors.PlaceholderError` line everywhere.
 
 A template is read once: each ``{name}`` (with an optional ``!r``/``!s``/``!a`` conversion
 and ``:spec``) is replaced by its value, ``{{`` and ``}}`` are literal braces, and the values
-are never parsed again, so a value holding braces is inserted as it is.
+are never parsed again, so a value holding braces is inserted as it is. Refused before any row
+is rendered: an unknown conversion, a placeholder nested in a format spec, a width or
+precision over :data:`MAX_WIDTH`; while rendering, a spec that cannot format a row's value
+(``{text:d}`` on a text).
 
-Every front-end (``df.llm.*``, ``%%llm``, ``%llm_batch``, ``jupyter-localllm run``) reads its
-templates here, so a bad placeholder is one :class:`~jupyter_localllm.errors.PlaceholderError`
-line everywhere: an unknown conversion, a placeholder nested in a format spec, a width or
-precision over :data:`MAX_WIDTH` (checked before any row is rendered), or a spec that cannot
-format a row's value (``{text:d}`` on a text).
+:func:`frame_rows` renders a whole frame: a row whose cell is missing, blank or not text
+(unless its placeholder formats it, ``{n!s}``) gets an error in its place and does not run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import string
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from ..errors import PlaceholderError
+from ..errors import InvalidParameterError, PlaceholderError
 
-__all__ = ["MAX_WIDTH", "check_fields", "formatted_fields", "render", "template_fields"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "MAX_WIDTH",
+    "FrameRows",
+    "check_fields",
+    "formatted_fields",
+    "frame_rows",
+    "render",
+    "template_fields",
+]
 
 MAX_WIDTH = 10_000
 """The largest width or precision a format spec may ask for (``{text:>20}``, ``{x:.3f}``):
@@ -156,3 +173,67 @@ def _formatted(field: str, value: Any, spec: str, conversion: str | None) -> str
             f"({type(value).__name__}): {reason}; change the format spec, or write {{{field}}} "
             "to insert the value as it is."
         ) from None
+
+
+# -- a DataFrame's rows ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FrameRows:
+    """A frame's rows rendered by a template, as a task runs them."""
+
+    index: pd.Index
+    """The frame's index when the rows were rendered: results are labelled by it, whatever
+    happens to the frame while a background run works."""
+    template: str
+    texts: list[str | None]
+    """Each row's prompt text (``None`` for a row that cannot run)."""
+    errors: dict[int, str] = dataclasses.field(default_factory=dict)
+    """Why each row that cannot run cannot, by position."""
+    started: float = 0.0
+    """``time.perf_counter()`` when rendering began (the run's start, for its run info)."""
+
+
+def frame_rows(frame: pd.DataFrame, template: str) -> FrameRows:
+    """Every row of ``frame`` rendered by ``template``, whose placeholders name its columns
+    (by their labels' text); raises :class:`PlaceholderError` for a placeholder naming no
+    column, :class:`InvalidParameterError` for one naming several."""
+    import time
+
+    started = time.perf_counter()
+    names = [str(c) for c in frame.columns]
+    fields = check_fields(template, names)
+    duplicated = [f for f in fields if names.count(f) > 1]
+    if duplicated:
+        raise InvalidParameterError(
+            f"Column {duplicated[0]!r} appears more than once; rename one of them."
+        )
+    formatted = formatted_fields(template)
+    by_name = {str(c): c for c in frame.columns}
+    columns = [frame[by_name[f]].to_numpy(dtype=object) for f in fields]
+    texts: list[str | None] = []
+    errors: dict[int, str] = {}
+    for pos in range(len(frame)):
+        values = {f: col[pos] for f, col in zip(fields, columns, strict=True)}
+        problem = _cell_problem(values, formatted)
+        if problem is not None:
+            errors[pos] = problem
+        texts.append(None if problem is not None else render(template, values))
+    return FrameRows(frame.index, template, texts, errors, started)
+
+
+def _cell_problem(values: Mapping[str, Any], formatted: set[str]) -> str | None:
+    """Why a row with these cells cannot run (``None`` when it can)."""
+    import pandas as pd
+
+    for name, value in values.items():
+        if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+            return f"column {name!r} is empty (missing value) in this row"
+        if not isinstance(value, str) and name not in formatted:
+            return (
+                f"column {name!r} holds {type(value).__name__} {value!r}, not text; "
+                f"write {{{name}!s}} in the template to format it"
+            )
+        if isinstance(value, str) and not value.strip():
+            return f"column {name!r} is blank in this row"
+    return None
