@@ -283,6 +283,37 @@ def test_any_message_gets_one_short_error_reply_and_nothing_raises(msg):
     assert not _accepts(REQUEST, data)  # the schema refuses it too
 
 
+WRONG = [None, True, False, 0, -1, 1.5, 2, 2.0, "", "x", "🦙" * 64, "🦙" * 65, "x" * 4097,
+         "x" * 4096, [], ["x"], {}, {"a": 1}, 10**5000]  # fmt: skip
+
+
+def _variants(example: dict) -> list[dict]:
+    """``example`` with each key dropped, set to each of WRONG, and an extra key."""
+    out = [dict(example), {**example, "extra": 1}]
+    for key in example:
+        out.append({k: v for k, v in example.items() if k != key})
+        out += [{**example, key: value} for value in WRONG]
+    return out
+
+
+def test_the_kernel_accepts_exactly_the_requests_the_schema_accepts():
+    """protocol.py reads the schema without jsonschema (fast on the first request); on every
+    schema example and hundreds of broken variants it agrees with jsonschema."""
+    definitions = json.loads(protocol.SCHEMA_PATH.read_text(encoding="utf-8"))["definitions"]
+    examples = [e for a in protocol.ACTIONS for e in definitions[f"request_{a}"]["examples"]]
+    assert [e["action"] for e in examples] == list(protocol.ACTIONS)
+    verdicts = []
+    for variant in (v for e in examples for v in _variants(e)):
+        try:
+            protocol.parse_request(variant)
+            accepted = True
+        except protocol.RequestError:
+            accepted = False
+        assert accepted == _accepts(REQUEST, variant), variant
+        verdicts.append(accepted)
+    assert verdicts.count(False) > 300 and verdicts.count(True) > 20
+
+
 def test_another_protocol_version_is_refused_naming_both():
     comm = RecordingComm()
     channel = Channel(comm, sent=_state())

@@ -7,7 +7,8 @@ first line changes; the status-bar item is hidden until ``%load_ext jupyter_loca
 names the model after ``%llm load default``; during a 200-row background generation it shows
 the rows advancing; Cancel in its popup stops the job within 2 s and the finished rows stay;
 "Load model…" from the command palette loads the gemma model; a running cell is interrupted
-from the popup and keeps its finished rows; LocalLLM › Show dashboard runs ``%llm panel``.
+from the popup and keeps its finished rows; LocalLLM › Show dashboard runs ``%llm panel``; a
+kernel speaking another comm protocol version is refused in the status bar and a notification.
 Screenshots of the cell, the status bar, the popup and the dialog go to ``docs/screenshots/``.
 
 Everything skips, with the reason, where Chromium, Playwright, JupyterLab or the built
@@ -67,6 +68,12 @@ CELLS = [
     "except BatchInterrupted as stop:\n"
     "    kept = sum(r.ok for r in stop.results)\n"
     "    print(f'interrupted kept={kept} of {len(stop.results)}')",
+    # 8: a kernel whose jupyter-localllm speaks protocol 1 (an older install) opens its comm
+    "import comm\n"
+    "from jupyter_localllm.notebook.comm import close_comms\n"
+    "close_comms()\n"
+    "old = comm.create_comm(target_name='jupyter_localllm',"
+    " data={'type': 'state', 'protocol': 1, 'models': [], 'jobs': []})",
 ]
 
 
@@ -253,6 +260,24 @@ def test_interrupt_in_the_popup_stops_a_running_cell(page) -> None:
     assert 0 < kept < total == ROWS
     page.keyboard.press("Escape")
     browser.wait_for_kernel_idle(page)
+
+
+def test_a_kernel_in_another_protocol_version_is_refused_visibly(page) -> None:
+    """A comm opened with a protocol-1 state: the extension reads nothing of it, the status
+    item names both versions in the error colour (its tooltip says what to do) and a
+    notification says it."""
+    browser.run_cell(page, 8, timeout=60)
+    assert browser.cell_errors(page) == []
+    found = wait_for_status(
+        page, re.compile(r"jupyter-localllm: kernel protocol 1, extension (\d+): reinstall")
+    )
+    assert int(found.group(1)) > 1
+    item = page.locator(STATUS)
+    assert "jp-LocalLLM-refused" in item.get_attribute("class")
+    title = item.get_attribute("title")
+    assert "speaks protocol 1" in title and "restart the kernel and reload the page" in title
+    toast = page.locator(".jp-toast-message", has_text="speaks protocol 1")
+    toast.first.wait_for(timeout=10_000)
 
 
 def test_show_dashboard_from_the_menu(page) -> None:

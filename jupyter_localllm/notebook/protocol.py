@@ -235,23 +235,48 @@ def _wanted(spec: dict[str, Any]) -> str:
 
 
 def _valid(where: tuple[str, ...], value: Any) -> bool:
-    """Whether ``value`` matches the schema at ``definitions/<where...>``. A value jsonschema
-    cannot even describe (an int past Python's digit limit) does not."""
-    try:
-        return _validator(where).is_valid(value)
-    except Exception:
+    """Whether ``value`` matches the schema at ``definitions/<where...>``."""
+    spec: Any = schema()["definitions"]
+    for key in where:
+        spec = spec[key]
+    return _matches(spec, value)
+
+
+# The keywords the requests' fields use, read here without jsonschema: importing it and
+# building its validators takes seconds on a busy machine, and the first request is often a
+# Cancel click that must act at once. tests/test_comm.py holds this to jsonschema's verdicts.
+_TYPES = {
+    "string": lambda v: isinstance(v, str),
+    "null": lambda v: v is None,
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+}
+_KEYWORDS = {"$ref", "anyOf", "const", "type", "minLength", "maxLength", "description"}
+
+
+def _matches(spec: dict[str, Any], value: Any) -> bool:
+    """``value`` against ``spec``, a field's schema made of :data:`_KEYWORDS` only."""
+    if not spec.keys() <= _KEYWORDS:
+        raise NotImplementedError(f"protocol.py cannot read {sorted(spec.keys() - _KEYWORDS)}")
+    if "$ref" in spec:
+        return _matches(schema()["definitions"][spec["$ref"].rsplit("/", 1)[-1]], value)
+    if "anyOf" in spec and not any(_matches(option, value) for option in spec["anyOf"]):
         return False
+    if "const" in spec and not (value == spec["const"] and _same_kind(value, spec["const"])):
+        return False
+    kinds = spec.get("type")
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if not any(_TYPES[kind](value) for kind in kinds):
+            return False
+    if isinstance(value, str):
+        return spec.get("minLength", 0) <= len(value) <= spec.get("maxLength", len(value))
+    return True
 
 
-@functools.cache
-def _validator(where: tuple[str, ...]) -> Any:
-    """A jsonschema validator of the schema at ``definitions/<where...>`` (built once;
-    jsonschema is imported only when the first request comes)."""
-    import jsonschema
-
-    root = schema()
-    sub = {"$ref": "#/definitions/" + "/".join(where), "definitions": root["definitions"]}
-    return jsonschema.validators.validator_for(root)(sub)
+def _same_kind(a: Any, b: Any) -> bool:
+    return isinstance(a, bool) == isinstance(b, bool)
 
 
 def short_repr(value: Any, limit: int = 60) -> str:
