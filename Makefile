@@ -54,7 +54,10 @@ test-ts: $(EXT_BUILT)
 wheel: $(EXT_BUILT)
 	$(PY) -m build --wheel --outdir dist .
 
-# Runs the parallel-processing notebook headless: HTML in notebooks/_build/, figures printed.
+# Runs the parallel-processing notebook headless and prints its figures (label scoring's
+# accuracy, each workload's speed-up next to its limit) and the HTML's path
+# (notebooks/_build/). The HTML shows its panels offline: the widget manager it inlines comes
+# from the npm registry once (`npm pack`), cached in notebooks/_build/widgets/.
 demo: $(STAMP)
 	$(PY) notebooks/build.py notebooks/parallel_processing.ipynb
 

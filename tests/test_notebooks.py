@@ -56,14 +56,25 @@ def test_notebooks_are_committed_without_outputs():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), path.name
 
 
+@pytest.mark.slow
 def test_parallel_processing_notebook():
     nb = execute("parallel_processing.ipynb")
     assert not errors_of(nb)
     text = outputs_text(nb)
     assert "Accuracy (label scoring" in text and "x faster" in text
+    assert "answers identical" in text and "The measured rates allow" in text
     assert "Error: " in text  # the error-handling section shows errors in place
+    kinds = [k for c in nb.cells for out in c.get("outputs", []) for k in out.get("data", {})]
+    assert kinds.count("image/png") == 2  # the confusion matrix and the per-class chart
+    assert "application/vnd.jupyter.widget-view+json" in kinds  # progress and hardware panels
     summary = next(c for c in nb.cells if "summary" in c.metadata.get("tags", []))
-    assert "Parallel speed-up" in summary.outputs[0]["text"]
+    lines = summary.outputs[0]["text"].splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        "Accuracy",
+        "Seed workload speed-up",
+        "Generation-heavy speed-up",
+    ], lines
+    assert all("limit" in line and "of it)" in line for line in lines[1:]), lines
 
 
 def test_quickstart_notebook():
