@@ -1,8 +1,9 @@
 """What this machine offers to llama.cpp: CPU, instruction sets, memory and NVIDIA GPUs.
 
 ``hardware_profile()`` mirrors localLLM's ``hardware_profile()``: one call, one small report,
-readable in a notebook. The engine uses :func:`physical_cores` and :func:`cpu_has_amx` to size
-its defaults. Every probe is best effort: a probe that fails leaves its field ``None`` (or an
+readable in a notebook. The engine uses :func:`physical_cores` (the one thread policy),
+:func:`cpu_has_amx` and :func:`available_memory` (the one memory probe) to size its defaults.
+Every probe is best effort: a probe that fails leaves its field ``None`` (or an
 empty list) and never raises.
 
 GPU details come from NVIDIA's management library when the optional ``nvidia-ml-py`` package is
@@ -25,7 +26,14 @@ from typing import Any
 
 import psutil
 
-__all__ = ["HardwareProfile", "cpu_has_amx", "hardware_profile", "nvml", "physical_cores"]
+__all__ = [
+    "HardwareProfile",
+    "available_memory",
+    "cpu_has_amx",
+    "hardware_profile",
+    "nvml",
+    "physical_cores",
+]
 
 # CPU features that decide which llama.cpp kernels run (x86 names as /proc/cpuinfo spells them,
 # then ARM ones). Other flags are left out of the profile to keep it short.
@@ -189,6 +197,12 @@ def physical_cores() -> int:
     logical = _safe(lambda: psutil.cpu_count(logical=True)) or os.cpu_count() or 1
     physical = _safe(lambda: psutil.cpu_count(logical=False)) or logical
     return max(1, min(physical, _usable_cpus() or physical))
+
+
+def available_memory() -> int:
+    """Bytes the OS can give a new allocation now (``psutil.virtual_memory().available``):
+    what the model-file and context memory checks compare their estimates with. Not cached."""
+    return int(psutil.virtual_memory().available)
 
 
 # --- probes ------------------------------------------------------------------------------

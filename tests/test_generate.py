@@ -15,7 +15,7 @@ import pytest
 from conftest import chat, run_python
 
 import jupyter_localllm as ll
-from jupyter_localllm import models
+from jupyter_localllm import hardware
 from jupyter_localllm.errors import (
     AmbiguousModelError,
     InsufficientMemoryError,
@@ -183,7 +183,7 @@ def test_model_load_rejects_bad_files(model, tmp_path, kind, error, phrases):
 
 @pytest.mark.usefixtures("still_generates")
 def test_model_load_refuses_a_model_larger_than_memory(monkeypatch):
-    monkeypatch.setattr(models, "available_memory_bytes", lambda: 10 * 2**20)
+    monkeypatch.setattr(hardware, "available_memory", lambda: 10 * 2**20)
     with pytest.raises(InsufficientMemoryError) as info:
         ll.model_load("default")
     message = str(info.value)

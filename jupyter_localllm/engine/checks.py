@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import InvalidParameterError
 
-__all__ = ["UINT32_MAX", "available_memory", "check_int", "default_threads"]
+__all__ = ["UINT32_MAX", "check_int", "default_threads"]
 
 UINT32_MAX = 2**32 - 1  # the range of llama.cpp's n_ctx, n_batch, n_ubatch
 
@@ -29,10 +29,3 @@ def default_threads() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
-
-
-def available_memory() -> int:
-    """Bytes the OS can give a new allocation now (``psutil.virtual_memory().available``)."""
-    import psutil
-
-    return int(psutil.virtual_memory().available)

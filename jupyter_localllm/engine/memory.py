@@ -9,7 +9,7 @@ context larger than the free memory gets the process killed (the kernel dies wit
 from __future__ import annotations
 
 from ..errors import InsufficientMemoryError
-from .checks import available_memory
+from ..hardware import available_memory
 
 __all__ = [
     "TOO_LONG_MEMORY",
