@@ -27,6 +27,7 @@ from typing import Any
 import llama_cpp as _ll
 import numpy as np
 
+from .. import hardware
 from ..errors import (
     ContextFullError,
     DecodeError,
@@ -36,7 +37,7 @@ from ..errors import (
     PromptError,
 )
 from .backend import MAX_SEQUENCES, ModelUser
-from .checks import UINT32_MAX, check_int, default_threads
+from .checks import UINT32_MAX, check_int
 from .grammar import Alphabet, alphabet_from_pieces, check_grammar
 from .interrupts import HeldInterrupts, interrupt_pending
 from .memory import check_context_memory, kv_cache_bytes
@@ -502,7 +503,7 @@ class Context(_Native):
         check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
         check_int("n_batch", n_batch, 1, UINT32_MAX)
         if n_threads is None:
-            n_threads = default_threads()
+            n_threads = hardware.physical_cores()  # the one thread policy
         check_int("n_threads", n_threads, 1, 1024)
         model._check_memory(n_ctx, n_seq_max, n_batch, kv_unified)
         params = _ll.llama_context_default_params()

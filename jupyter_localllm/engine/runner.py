@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .. import hardware
 from ..errors import (
     GrammarError,
     InsufficientMemoryError,
@@ -220,8 +221,9 @@ class GenerationContext:
                 f"n_batch ({n_batch}) must be at least n_seq_max ({n_seq_max}) so every "
                 "parallel row gets a token in each step."
             )
-        if n_threads is not None:
-            check_int("n_threads", n_threads, 1, 1024)
+        if n_threads is None:
+            n_threads = hardware.physical_cores()  # the one thread policy
+        check_int("n_threads", n_threads, 1, 1024)
         if not isinstance(flash_attn, bool):
             raise InvalidParameterError(f"flash_attn must be True or False, got {flash_attn!r}.")
         self.model = model

@@ -95,11 +95,9 @@ def _is_default_model(path: Path) -> bool:
 
 
 def open_context(model: Model, **options: Any) -> GenerationContext:
-    """A generation context on ``model`` sized for this machine (threads = physical cores
-    unless ``n_threads`` is given); ``options`` as for
+    """A generation context on ``model`` (threads: ``n_threads``, else the physical cores,
+    :func:`~jupyter_localllm.hardware.physical_cores`); ``options`` as for
     :func:`~jupyter_localllm.context_create`."""
-    if options.get("n_threads") is None:
-        options["n_threads"] = hardware.physical_cores()
     return GenerationContext(model, **options)
 
 
@@ -201,13 +199,14 @@ class ModelManager:
         """A cached context for the model under ``alias`` with ``n_seq_max`` slots (both
         default to the values given when the model was loaded)."""
         entry = self.entry(alias)
-        n_seq_max = n_seq_max or entry.n_seq_max or 1
-        n_ctx = n_ctx or entry.n_ctx
+        # a 0 is refused by the context, never taken for "not given"
+        n_seq_max = first_given(n_seq_max, entry.n_seq_max, 1)
+        n_ctx = first_given(n_ctx, entry.n_ctx)
         key = (n_seq_max, n_ctx)
         with self._lock:
             ctx = entry.contexts.get(key)
             if ctx is None:
-                ctx = open_context(entry.model, n_ctx=n_ctx, n_seq_max=max(1, n_seq_max))
+                ctx = open_context(entry.model, n_ctx=n_ctx, n_seq_max=n_seq_max)
                 entry.contexts[key] = ctx
             return ctx
 
@@ -326,9 +325,15 @@ def resolve_context(
     entry = manager.entry(alias)
     return manager.context(
         alias,
-        n_seq_max=n_seq_max or entry.n_seq_max or default_n_seq_max,
-        n_ctx=entry.n_ctx or n_ctx,
+        n_seq_max=first_given(n_seq_max, entry.n_seq_max, default_n_seq_max),
+        n_ctx=first_given(entry.n_ctx, n_ctx),
     )
+
+
+def first_given(*values: Any) -> Any:
+    """The first of ``values`` that is not ``None`` (``None`` when none is): a 0 is a value
+    given, refused where it is checked, never replaced by a default as ``or`` would."""
+    return next((value for value in values if value is not None), None)
 
 
 _manager: ModelManager | None = None
