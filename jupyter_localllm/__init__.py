@@ -47,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     "compute_confusion_matrices": "analysis.evaluation",
     "intercoder_reliability": "analysis.evaluation",
     "validate": "analysis.evaluation",
+    "download_model": "models.download",
     "list_cached_models": "models",
     "list_ollama_models": "models",
     "Result": "types",
@@ -90,6 +91,7 @@ __all__ = [
     "detokenize",
     "document_end",
     "document_start",
+    "download_model",
     "errors",
     "explore",
     "extract",
@@ -185,6 +187,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .engine.sampling import SamplingParams
     from .engine.text import clean
     from .models import list_cached_models, list_ollama_models
+    from .models.download import download_model
     from .notebook.widgets import AccuracyPanel, HardwarePanel, ModelPanel, ProgressPanel, dashboard
     from .session.cache import clear_cache
     from .session.jobs import Job, start_job

@@ -59,15 +59,14 @@ def resolve_model(
         return paths.gemma_model_path(cache)
     if lowered.startswith("ollama:"):
         return resolve_ollama(ref[len("ollama:") :])
-    if lowered.startswith("hf://"):
-        return _download.download_hf(
-            ref, cache, token=hf_token, force=force_redownload, show_progress=show_progress
+    if lowered.startswith(("hf://", "https://", "http://")):
+        return _download.download_model(
+            ref,
+            cache_dir=cache,
+            hf_token=hf_token,
+            force_redownload=force_redownload,
+            show_progress=show_progress,
         )
-    if lowered.startswith(("https://", "http://")):
-        dest = _download.url_destination(ref, cache)
-        return _download.download_url(
-            ref, dest, force=force_redownload, show_progress=show_progress
-        ).absolute()
     if _URL_SCHEME.match(ref):
         raise InvalidParameterError(
             f"Cannot download {ref!r}: only https://, http:// and hf:// addresses are "
