@@ -54,7 +54,7 @@ _EXPORTS: dict[str, str] = {
     "SamplingParams": "engine.sampling",
     "Progress": "types",
     "clean": "engine.text",
-    "set_verbosity": "engine.llama",
+    "set_verbosity": "engine.factory",
     "Job": "session.jobs",
     "start_job": "session.jobs",
     "confusion_matrix_figure": "analysis.charts",
@@ -183,7 +183,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .analysis.charts import confusion_matrix_figure, model_comparison_figure, per_class_figure
     from .analysis.evaluation import compute_confusion_matrices, intercoder_reliability, validate
     from .analysis.repro import document_end, document_start
-    from .engine.llama import set_verbosity
+    from .engine.factory import set_verbosity
     from .engine.sampling import SamplingParams
     from .engine.text import clean
     from .models import list_cached_models, list_ollama_models

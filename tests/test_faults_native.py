@@ -242,6 +242,7 @@ def test_recreating_a_context_in_a_loop_keeps_rss_flat():
     code = """
 import json, psutil
 import jupyter_localllm as ll
+from jupyter_localllm.session.manager import kv_cache_bytes
 m = ll.model_load("default")
 ps = [ll.apply_chat_template(m, f"Name a fruit number {i}.") for i in range(8)]
 proc = psutil.Process()
@@ -250,7 +251,7 @@ for _ in range(20):
     ctx = ll.context_create(m, n_seq_max=8)
     ll.generate_parallel(ctx, ps, max_tokens=4, progress=False, cache=False)
     rss.append(proc.memory_info().rss)
-print(json.dumps({"rss": rss, "live": len(m._contexts), "kv": m.kv_cache_bytes(ctx.n_ctx)}))
+print(json.dumps({"rss": rss, "live": len(m._contexts), "kv": kv_cache_bytes(m, ctx.n_ctx)}))
 """
     proc = run_python(code, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

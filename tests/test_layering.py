@@ -328,6 +328,14 @@ def _frontend_engine_rule(imp: Import) -> bool:
 
 
 FRONTENDS = ("notebook", "cli")
+BINDING = f"{PKG}.engine.llama"
+
+
+def _binding_rule(imp: Import) -> bool:
+    """(h) Only the engine imports the llama.cpp binding (engine/llama.py): every floor above
+    types models against the backend protocol and opens them with ``engine.factory``."""
+    named = imp.target == BINDING or imp.target.startswith(BINDING + ".")
+    return named and not _in(imp.importer, "engine")
 
 
 def _frontend_rule(imp: Import) -> bool:
@@ -362,6 +370,7 @@ RULES = {
     "f: front-ends import no engine module": _frontend_engine_rule,
     "f: no private names across sub-packages": _private_rule,
     "g: a front-end imports no other front-end": _frontend_rule,
+    "h: only the engine imports engine/llama.py": _binding_rule,
 }
 
 # One violation per rule, written the way a slip would look: (module, is_package, source).
@@ -394,7 +403,7 @@ VIOLATIONS = {
     "f: front-ends import no engine module": (
         "jupyter_localllm.notebook.widgets.models",
         False,
-        "from ...engine import llama",
+        "from ...engine import runner",
     ),
     "f: no private names across sub-packages": (
         "jupyter_localllm.notebook.magics",
@@ -405,6 +414,11 @@ VIOLATIONS = {
         "jupyter_localllm.cli.run",
         False,
         "def f():\n    from ..notebook.config import get_settings",
+    ),
+    "h: only the engine imports engine/llama.py": (
+        "jupyter_localllm.tasks.generation",
+        False,
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..engine.llama import Model",
     ),
 }
 

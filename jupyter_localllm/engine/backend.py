@@ -5,6 +5,13 @@
 these protocols, so another backend (a CUDA build, llama-server over HTTP) is one new module
 whose model satisfies :class:`BackendModel`.
 
+Everything above the engine types models against :class:`BackendModel` and gets them from
+:func:`~jupyter_localllm.engine.factory.open_model`, the one place that names a backend's
+classes. This module imports nothing of the package but the errors, so a backend module needs
+nothing else of the engine: it receives :class:`SamplerSettings` (a
+:class:`~jupyter_localllm.engine.sampling.SamplingParams`) and checks its arguments with
+:func:`check_int`.
+
 A context holds the KV cache of up to ``n_seq_max`` sequences (ids ``0..n_seq_max-1``). A
 batch holds tokens, each at a position of one sequence; decoding it appends their cells to
 the cache and leaves logits for the tokens that asked for them, addressed by the token's index
@@ -14,22 +21,88 @@ in the batch ("output row").
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .sampling import SamplingParams
+from ..errors import InvalidParameterError
 
 __all__ = [
     "MAX_SEQUENCES",
+    "UINT32_MAX",
     "BackendBatch",
     "BackendContext",
     "BackendModel",
     "BackendSampler",
     "ModelUser",
+    "SamplerSettings",
+    "check_int",
 ]
 
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: the most sequences one context may hold
+UINT32_MAX = 2**32 - 1  # the range of llama.cpp's n_ctx, n_batch, n_ubatch
+
+
+def check_int(name: str, value: Any, low: int, high: int | None) -> None:
+    """Raise :class:`InvalidParameterError` unless ``value`` is an int in ``[low, high]``
+    (``high=None``: no upper bound)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise InvalidParameterError(f"{name} must be an integer {bound}, got {value!r}.")
+
+
+class SamplerSettings(Protocol):
+    """What a backend reads to build a sampler (a
+    :class:`~jupyter_localllm.engine.sampling.SamplingParams` is one)."""
+
+    @property
+    def grammar(self) -> str | None:
+        """GBNF grammar the output must follow (checked before), or None."""
+        ...
+
+    @property
+    def greedy(self) -> bool:
+        """True for the most likely token, no randomness."""
+        ...
+
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature."""
+        ...
+
+    @property
+    def top_k(self) -> int:
+        """Keep the k most likely tokens (0: all)."""
+        ...
+
+    @property
+    def top_p(self) -> float:
+        """Nucleus sampling threshold (1: off)."""
+        ...
+
+    @property
+    def min_p(self) -> float:
+        """Drop tokens below this share of the most likely one (0: off)."""
+        ...
+
+    @property
+    def repeat_penalty(self) -> float:
+        """Penalty on repeated tokens (1: off)."""
+        ...
+
+    @property
+    def repeat_last_n(self) -> int:
+        """How many recent tokens the penalty looks at (0: off)."""
+        ...
+
+    @property
+    def seed(self) -> int:
+        """The random stream when none is given."""
+        ...
 
 
 class BackendBatch(Protocol):
@@ -120,17 +193,50 @@ class ModelUser(Protocol):
     lock: Any
 
 
+@runtime_checkable
 class BackendModel(Protocol):
-    """A loaded model: its vocabulary, and the factory of its contexts, batches and samplers."""
+    """A loaded model: its vocabulary, what it says about itself, and the factory of its
+    contexts, batches and samplers. ``isinstance(x, BackendModel)`` tells a model from a
+    reference or a context."""
 
     name: str
     """The model's name (for display)."""
 
+    path: Path
+    """The model file."""
+
+    size_bytes: int
+    """Size of the model file."""
+
+    metadata: dict[str, str]
+    """The file's metadata key/values, as strings."""
+
+    chat_template: str | None
+    """The chat template the file carries (Jinja), or None."""
+
     n_vocab: int
     """Tokens in the vocabulary."""
 
+    bos_token: int
+    """The beginning-of-sequence token (-1: none)."""
+
+    eos_token: int
+    """The end-of-sequence token (-1: none)."""
+
+    add_bos: bool
+    """Whether tokenizing with ``add_special`` puts the BOS token first."""
+
+    @property
+    def offloads_to_gpu(self) -> bool:
+        """True when its contexts' caches live on a GPU (so host memory does not bound them)."""
+        ...
+
     def require_open(self) -> None:
         """Raise :class:`~jupyter_localllm.errors.InvalidParameterError` once closed."""
+        ...
+
+    def close(self) -> None:
+        """Free the model and its contexts (refused while a context of it runs)."""
         ...
 
     def add_user(self, user: ModelUser) -> None:
@@ -138,8 +244,14 @@ class BackendModel(Protocol):
         ...
 
     def check_grammar(self, grammar: str) -> None:
-        """Raise :class:`~jupyter_localllm.errors.GrammarError` unless this model can be
-        sampled under ``grammar`` to its end without the backend aborting."""
+        """Raise :class:`~jupyter_localllm.errors.GrammarError` unless the backend accepts
+        ``grammar`` (its parser; whether the model can finish it is checked by
+        :func:`~jupyter_localllm.engine.grammar.check_model_grammar`)."""
+        ...
+
+    def grammar_pieces(self) -> list[tuple[int, bytes]]:
+        """Every token a grammar may emit before its end (not end-of-generation), with its
+        bytes as rendered with control tokens as text."""
         ...
 
     def tokenize(
@@ -150,6 +262,14 @@ class BackendModel(Protocol):
 
     def token_bytes(self, token: int, *, special: bool = False) -> bytes:
         """The raw bytes of one token (possibly part of a UTF-8 character)."""
+        ...
+
+    def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
+        """The text of ``tokens``; ``special=True`` renders control tokens as text."""
+        ...
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary entry of ``token`` (for display and prompt templates)."""
         ...
 
     def is_eog(self, token: int) -> bool:
@@ -174,6 +294,6 @@ class BackendModel(Protocol):
         """An empty batch of ``capacity`` tokens for sequences ``0..n_seq_max-1``."""
         ...
 
-    def new_sampler(self, params: SamplingParams, seed: int) -> BackendSampler:
+    def new_sampler(self, params: SamplerSettings, seed: int) -> BackendSampler:
         """A sampler that chooses tokens as ``params`` say, with random stream ``seed``."""
         ...

@@ -16,17 +16,22 @@ the process later, while sampling:
 :class:`~jupyter_localllm.errors.GrammarError` for each of these, naming the rule. What a model
 can produce is an :class:`Alphabet`; :func:`alphabet_from_pieces` builds one from a model's
 token pieces, and :data:`ANY_MODEL` assumes every character but NUL.
+:func:`check_model_grammar` runs both checks for a backend model: this one with the model's
+alphabet (built once per model), then the backend's own parser.
 """
 
 from __future__ import annotations
 
 import bisect
 import re
+import threading
+import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import GrammarError
+from .backend import BackendModel
 from .gbnf import (
     MAX_REPETITION,
     AnyChar,
@@ -49,6 +54,7 @@ __all__ = [
     "Alphabet",
     "alphabet_from_pieces",
     "check_grammar",
+    "check_model_grammar",
     "check_schema_size",
 ]
 
@@ -373,6 +379,54 @@ def alphabet_from_pieces(
     if all(b in singles for b in range(0x80, 0xC0)):  # continuation bytes exist
         spans += [iv for b in singles if (iv := _lead_interval(b)) is not None]
     return Alphabet(chars=_merge(spans), token_ok=token_ok, token_id=token_id)
+
+
+@dataclass
+class _ModelGrammars:
+    """What is known of one model: its alphabet and the grammars that passed (bounded)."""
+
+    alphabet: Alphabet
+    passed: set[str] = field(default_factory=set)
+
+
+_checked: weakref.WeakKeyDictionary[Any, _ModelGrammars] = weakref.WeakKeyDictionary()
+_checked_lock = threading.Lock()
+
+
+def model_alphabet(model: BackendModel) -> Alphabet:
+    """What ``model`` can write under a grammar (built once per model from its vocabulary)."""
+    with _checked_lock:
+        known = _checked.get(model)
+    if known is not None:
+        return known.alphabet
+    pieces = model.grammar_pieces()
+
+    def single_token(text: str) -> int | None:
+        tokens = model.tokenize(text, add_special=False, parse_special=True)
+        return tokens[0] if len(tokens) == 1 else None
+
+    usable = {token for token, piece in pieces if piece and piece[0] != 0}
+    alphabet = alphabet_from_pieces(
+        (piece for _, piece in pieces), token_ok=usable.__contains__, token_id=single_token
+    )
+    with _checked_lock:
+        return _checked.setdefault(model, _ModelGrammars(alphabet)).alphabet
+
+
+def check_model_grammar(model: BackendModel, grammar: str) -> None:
+    """Raise :class:`GrammarError` unless ``model`` can be sampled under ``grammar`` to its
+    end: :func:`check_grammar` with the model's alphabet, then the backend's own parser
+    (``model.check_grammar``). A grammar that passed is remembered for the model."""
+    alphabet = model_alphabet(model)
+    known = _checked[model]
+    if grammar in known.passed:
+        return
+    check_grammar(grammar, alphabet)
+    model.check_grammar(grammar)
+    with _checked_lock:
+        if len(known.passed) > 256:
+            known.passed.clear()
+        known.passed.add(grammar)
 
 
 # -- JSON schema sizes ---------------------------------------------------------------------

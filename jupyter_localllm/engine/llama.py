@@ -9,7 +9,11 @@ generation contexts runs. Nothing above this module sees a ctypes object. Every 
 could make llama.cpp abort the process (sequence ids, batch sizes, token ids, context sizes,
 grammars) is checked here in Python first. :class:`Model` implements
 :class:`~jupyter_localllm.engine.backend.BackendModel`: it creates its contexts, batches and
-samplers, so the runner never names these classes.
+samplers, so the runner never names these classes, and only
+:mod:`~jupyter_localllm.engine.factory` does. Of the package this module imports only the
+backend contract (:mod:`.backend`), the errors, the machine probes and the Ctrl-C guard
+(:mod:`.interrupts`): what a model can write under a grammar, how much memory a context
+needs and whether a file is safe to load are decided above it, through the protocol.
 """
 
 from __future__ import annotations
@@ -36,20 +40,15 @@ from ..errors import (
     ModelLoadError,
     PromptError,
 )
-from .backend import MAX_SEQUENCES, ModelUser
-from .checks import UINT32_MAX, check_int
-from .grammar import Alphabet, alphabet_from_pieces, check_grammar
+from .backend import MAX_SEQUENCES, UINT32_MAX, ModelUser, SamplerSettings, check_int
 from .interrupts import HeldInterrupts, interrupt_pending
-from .memory import check_context_memory, kv_cache_bytes
-from .probe import probe_model_file
-from .sampling import SamplingParams
 
 __all__ = [
     "Batch",
     "Context",
     "Model",
     "Sampler",
-    "json_schema_to_grammar",
+    "json_schema_to_gbnf",
     "set_verbosity",
     "supports_gpu_offload",
 ]
@@ -157,10 +156,8 @@ class Model(_Native):
     """A GGUF model loaded by llama.cpp (weights memory-mapped by default).
 
     Use :func:`jupyter_localllm.model_load` rather than this class directly: it resolves
-    references and validates the file before llama.cpp sees it. With ``probe=True`` the file is
-    first loaded once in a subprocess (:mod:`.probe`; verdicts kept in ``probe_cache``, a
-    folder), so a file that crashes llama.cpp is refused instead of ending this process;
-    ``model_load`` probes every file but the packaged default. Ctrl-C during the load cancels
+    references, validates the file before llama.cpp sees it and probes it in a subprocess
+    (:func:`~jupyter_localllm.engine.factory.open_model`). Ctrl-C during the load cancels
     it and raises KeyboardInterrupt.
     """
 
@@ -172,13 +169,9 @@ class Model(_Native):
         use_mmap: bool = True,
         use_mlock: bool = False,
         use_extra_bufts: bool = False,
-        probe: bool = True,
-        probe_cache: Path | None = None,
     ):
         _ensure_backend()
         self.path = Path(path)
-        if probe:  # an unknown file is loaded once in a subprocess first (engine/probe.py)
-            probe_model_file(self.path, probe_cache)
         params = _ll.llama_model_default_params()
         params.n_gpu_layers = _resolve_gpu_layers(n_gpu_layers)
         params.load_mode = {
@@ -219,8 +212,6 @@ class Model(_Native):
         self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
         self._users: weakref.WeakSet[ModelUser] = weakref.WeakSet()
         self._piece_cache: dict[tuple[int, bool], bytes] = {}
-        self._alphabet: Alphabet | None = None
-        self._grammars_ok: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
     def add_user(self, user: ModelUser) -> None:
@@ -289,25 +280,11 @@ class Model(_Native):
         """Raise :class:`InvalidParameterError` once the model was closed."""
         self._require_open()
 
-    # -- memory ----------------------------------------------------------------------------
-    def kv_cache_bytes(self, n_ctx: int) -> int:
-        """Bytes of an f16 KV cache of ``n_ctx`` cells (from the GGUF metadata; 0 when the
-        metadata lacks the sizes)."""
-        return kv_cache_bytes(self.metadata, n_ctx)
-
-    def _check_memory(self, n_ctx: int, n_seq_max: int, n_batch: int, kv_unified: bool) -> None:
-        """Raise :class:`InsufficientMemoryError` when a CPU context of this size would not
-        fit in the memory available now (llama.cpp would be killed filling it)."""
-        if self.n_gpu_layers != 0 and supports_gpu_offload():
-            return  # the cache goes to the GPU, where a failed allocation is a NULL context
-        check_context_memory(
-            self.metadata,
-            n_ctx,
-            n_vocab=self.n_vocab,
-            n_seq_max=n_seq_max,
-            n_batch=n_batch,
-            kv_unified=kv_unified,
-        )
+    @property
+    def offloads_to_gpu(self) -> bool:
+        """True when its contexts' KV caches go to a GPU (where a failed allocation is a
+        NULL context, not a killed process)."""
+        return self.n_gpu_layers != 0 and supports_gpu_offload()
 
     # -- factories (the backend protocol) --------------------------------------------------
     def new_context(
@@ -336,17 +313,15 @@ class Model(_Native):
         """An empty :class:`Batch` of ``capacity`` tokens for this model's vocabulary."""
         return Batch(capacity, n_seq_max, self.n_vocab)
 
-    def new_sampler(self, params: SamplingParams, seed: int) -> Sampler:
+    def new_sampler(self, params: SamplerSettings, seed: int) -> Sampler:
         """A :class:`Sampler` for ``params`` with random stream ``seed``."""
         return Sampler(self, params, seed)
 
     # -- grammars --------------------------------------------------------------------------
     def check_grammar(self, grammar: str) -> None:
-        """Raise :class:`GrammarError` unless llama.cpp can sample ``grammar`` with this
-        model to its end (see :mod:`~jupyter_localllm.engine.grammar`)."""
-        if grammar in self._grammars_ok:
-            return
-        check_grammar(grammar, self._grammar_alphabet())
+        """Raise :class:`GrammarError` unless llama.cpp's parser accepts ``grammar`` (whether
+        this model can finish it is :func:`~jupyter_localllm.engine.grammar.check_model_grammar`'s
+        question, asked first)."""
         with self._lock:
             self._require_open()
             handle = _ll.llama_sampler_init_grammar(self._vocab, grammar.encode("utf-8"), b"root")
@@ -356,32 +331,18 @@ class Model(_Native):
                     "syntax and that it defines a rule named root."
                 )
             _ll.llama_sampler_free(handle)
-        if len(self._grammars_ok) > 256:
-            self._grammars_ok.clear()
-        self._grammars_ok.add(grammar)
 
-    def _grammar_alphabet(self) -> Alphabet:
-        """What this model can write under a grammar (built once from the vocabulary)."""
+    def grammar_pieces(self) -> list[tuple[int, bytes]]:
+        """Every token but the end-of-generation ones (a grammar allows those only at its
+        end), with its bytes as llama.cpp renders it (control tokens as text)."""
         with self._lock:
             self._require_open()
             vocab = self._vocab
-            if self._alphabet is None:
-                pieces, usable = [], set()
-                for token in range(self.n_vocab):
-                    if _ll.llama_vocab_is_eog(vocab, token):
-                        continue  # the grammar allows these only at its end
-                    piece = _piece(vocab, token, special=True)
-                    if piece and piece[0] != 0:
-                        pieces.append(piece)
-                        usable.add(token)
-                self._alphabet = alphabet_from_pieces(
-                    pieces, token_ok=usable.__contains__, token_id=self._single_token
-                )
-            return self._alphabet
-
-    def _single_token(self, text: str) -> int | None:
-        tokens = self.tokenize(text, add_special=False, parse_special=True)
-        return tokens[0] if len(tokens) == 1 else None
+            return [
+                (token, _piece(vocab, token, special=True))
+                for token in range(self.n_vocab)
+                if not _ll.llama_vocab_is_eog(vocab, token)
+            ]
 
     # -- tokens ----------------------------------------------------------------------------
     def tokenize(
@@ -505,7 +466,6 @@ class Context(_Native):
         if n_threads is None:
             n_threads = hardware.physical_cores()  # the one thread policy
         check_int("n_threads", n_threads, 1, 1024)
-        model._check_memory(n_ctx, n_seq_max, n_batch, kv_unified)
         params = _ll.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -719,7 +679,7 @@ class Batch:
 class Sampler(_Native):
     """A llama.cpp sampler chain built from :class:`SamplingParams` (one per request)."""
 
-    def __init__(self, model: Model, params: SamplingParams, seed: int | None = None):
+    def __init__(self, model: Model, params: SamplerSettings, seed: int | None = None):
         model._require_open()
         chain_params = _ll.llama_sampler_chain_default_params()
         chain_params.no_perf = True
@@ -734,7 +694,7 @@ class Sampler(_Native):
     def _add(self, sampler: Any) -> None:
         _ll.llama_sampler_chain_add(self._handle, sampler)  # the chain owns it from here
 
-    def _build(self, model: Model, p: SamplingParams, seed: int) -> None:
+    def _build(self, model: Model, p: SamplerSettings, seed: int) -> None:
         if p.grammar is not None:
             grammar = _ll.llama_sampler_init_grammar(
                 model._vocab, p.grammar.encode("utf-8"), b"root"
@@ -767,25 +727,9 @@ class Sampler(_Native):
         return int(_ll.llama_sampler_sample(self._handle, ctx._require_open(), index))
 
 
-def json_schema_to_grammar(schema: dict) -> str:
-    """A GBNF grammar accepting exactly the JSON documents of ``schema`` (llama-cpp-python's
-    converter), checked by parsing it before any sampler sees it."""
-    import json
+def json_schema_to_gbnf(schema_json: str) -> str:
+    """llama-cpp-python's converter: the GBNF grammar of a JSON schema (given as JSON text);
+    it raises bare errors on schemas it does not support."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf as convert
 
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    try:
-        grammar = json_schema_to_gbnf(json.dumps(schema))
-    except Exception as exc:  # the converter raises bare errors on unsupported schemas
-        raise GrammarError(
-            f"The JSON schema cannot be turned into a grammar ({exc}); simplify it "
-            "(plain objects, arrays, strings, numbers, enums)."
-        ) from exc
-    if not grammar.strip():
-        raise GrammarError("The JSON schema produced an empty grammar; give it some properties.")
-    check_grammar(
-        grammar,
-        subject="The grammar of this JSON schema",
-        fix="change the schema (its const, enum and pattern values)",
-    )
-    return grammar
+    return convert(schema_json)

@@ -134,16 +134,18 @@ def _reason(stderr: str) -> str:
 
 def _main(path: str) -> None:
     """The child: load ``path`` on the CPU, create a small context, tokenize a text."""
-    from .llama import Context, Model
+    from .factory import open_model
 
     try:
-        model = Model(path, n_gpu_layers=0, probe=False)
+        model = open_model(path, probe=False, n_gpu_layers=0)
     except Exception:
         return  # a clean refusal: the real load reports it
-    with model:
+    try:
         model.tokenize("Hello, world!\n", add_special=True, parse_special=True)
-        with Context(model, n_ctx=64, n_seq_max=1, n_batch=8, n_threads=1):
-            pass
+        context = model.new_context(n_ctx=64, n_seq_max=1, n_batch=8, n_threads=1, kv_unified=True)
+        context.close()
+    finally:
+        model.close()
 
 
 if __name__ == "__main__":

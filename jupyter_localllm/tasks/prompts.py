@@ -12,7 +12,7 @@ from ..session.pipeline import input_problem
 from .chat import render_chat
 
 if TYPE_CHECKING:
-    from ..engine.llama import Model
+    from ..engine.backend import BackendModel
 
 __all__ = [
     "FORMATS",
@@ -38,7 +38,7 @@ def as_texts(texts: Any, what: str = "prompts") -> list[Any]:
     return list(texts)
 
 
-def resolve_format(model: Model, fmt: str) -> str:
+def resolve_format(model: BackendModel, fmt: str) -> str:
     """``fmt`` checked, with ``"auto"`` made ``"chat"`` for models with a chat template."""
     if fmt not in FORMATS:
         raise InvalidParameterError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
@@ -48,7 +48,7 @@ def resolve_format(model: Model, fmt: str) -> str:
 
 
 def model_chat(
-    model: Model,
+    model: BackendModel,
     messages: str | Sequence[Mapping[str, Any]],
     *,
     template: str | None = None,
@@ -71,7 +71,7 @@ def model_chat(
 
 
 def render_prompt(
-    model: Model,
+    model: BackendModel,
     fmt: str,
     text: str,
     instruction: str | None,
@@ -101,7 +101,7 @@ def render_prompt(
 
 
 def render_rows(
-    model: Model,
+    model: BackendModel,
     fmt: str,
     texts: Sequence[Any],
     instruction: str | None,
@@ -121,7 +121,10 @@ def render_rows(
 
 
 def chat_prompts(
-    model: Model, texts: Sequence[Any], system_prompt: str | None, instruction: str | None = None
+    model: BackendModel,
+    texts: Sequence[Any],
+    system_prompt: str | None,
+    instruction: str | None = None,
 ) -> list[Any]:
     """Each text as a user turn (after ``instruction``) in the model's chat template (ChatML
     when it has none) after ``system_prompt``; texts that cannot run stay as they are (their
