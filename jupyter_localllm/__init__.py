@@ -51,6 +51,8 @@ _EXPORTS: dict[str, str] = {
     "list_cached_models": "models",
     "list_ollama_models": "models",
     "Result": "types",
+    "FinishReason": "types",
+    "BatchInterrupted": "errors",
     "SamplingParams": "engine.sampling",
     "Progress": "types",
     "clean": "engine.text",
@@ -70,7 +72,9 @@ _SUBMODULES = ("datasets", "errors")
 
 __all__ = [
     "AccuracyPanel",
+    "BatchInterrupted",
     "Exploration",
+    "FinishReason",
     "HardwarePanel",
     "Job",
     "ModelPanel",
@@ -186,6 +190,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .engine.factory import set_verbosity
     from .engine.sampling import SamplingParams
     from .engine.text import clean
+    from .errors import BatchInterrupted
     from .models import list_cached_models, list_ollama_models
     from .models.download import download_model
     from .notebook.widgets import AccuracyPanel, HardwarePanel, ModelPanel, ProgressPanel, dashboard
@@ -206,4 +211,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         quick_llama,
         tokenize,
     )
-    from .types import Progress, Result
+    from .types import FinishReason, Progress, Result

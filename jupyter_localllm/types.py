@@ -1,24 +1,48 @@
-"""The public value types every layer shares: a row's :class:`Result`, a batch's
-:class:`Results`, a :class:`Progress` event and :class:`BatchInterrupted`. This module imports
+"""The public value types every layer shares: a row's :class:`Result` and its
+:class:`FinishReason`, a batch's :class:`Results`, a :class:`Progress` event and
+:class:`BatchInterrupted`. This module imports
 nothing above :mod:`jupyter_localllm.errors`, so the engine, the session and the front-ends can
 all use it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from .errors import BatchInterrupted
 
-__all__ = ["BatchInterrupted", "Progress", "Result", "Results"]
+__all__ = ["BatchInterrupted", "FinishReason", "Progress", "Result", "Results"]
+
+
+class FinishReason(str, Enum):
+    """Why a row ended; a ``str``, so ``result.finish_reason == "stop"`` holds."""
+
+    STOP = "stop"
+    """A stop string was generated (label scoring: the row was scored)."""
+    LENGTH = "length"
+    """``max_tokens`` or the end of the context was reached."""
+    EOG = "eog"
+    """The model ended its turn (an end-of-generation token)."""
+    ERROR = "error"
+    """The row failed; ``result.error`` says why."""
+    CANCELLED = "cancelled"
+    """An interrupted run never finished the row."""
+
+    def __str__(self) -> str:  # the plain value in f-strings, CSV files and logs
+        return self.value
+
+    __format__ = str.__format__
 
 
 class Result(str):
     """One generated text, a ``str`` carrying how it was produced.
 
-    Attributes: ``finish_reason`` (``"stop"`` a stop string, ``"length"`` max_tokens or the
-    context was reached, ``"eog"`` the model ended its turn, ``"error"``, ``"cancelled"`` an
-    interrupted run never finished the row), ``n_prompt_tokens``, ``n_tokens`` (generated),
+    A result is immutable: :meth:`replace` gives a changed copy. Attributes:
+    ``finish_reason`` (a :class:`FinishReason`, equal to its string: ``"stop"`` a stop
+    string, ``"length"`` max_tokens or the context was reached, ``"eog"`` the model ended its
+    turn, ``"error"``, ``"cancelled"`` an interrupted run never finished the row),
+    ``n_prompt_tokens``, ``n_tokens`` (generated),
     ``error`` (message or ``None``), ``row`` (position in the input). A failed row's text is
     ``"Error: <message>"``, as localLLM users check for.
 
@@ -27,7 +51,7 @@ class Result(str):
     extraction (:func:`~jupyter_localllm.extract`) keeps the parsed JSON in ``value``.
     """
 
-    finish_reason: str
+    finish_reason: FinishReason
     n_prompt_tokens: int
     n_tokens: int
     error: str | None
@@ -40,7 +64,7 @@ class Result(str):
         cls,
         text: str,
         *,
-        finish_reason: str,
+        finish_reason: FinishReason | str,
         n_prompt_tokens: int = 0,
         n_tokens: int = 0,
         error: str | None = None,
@@ -50,15 +74,29 @@ class Result(str):
         value: Any = None,
     ) -> Result:
         obj = super().__new__(cls, text)
-        obj.finish_reason = finish_reason
-        obj.n_prompt_tokens = n_prompt_tokens
-        obj.n_tokens = n_tokens
-        obj.error = error
-        obj.row = row
-        obj.probs = probs
-        obj.logprobs = logprobs
-        obj.value = value
+        attrs = obj.__dict__  # written once here; __setattr__ refuses later changes
+        attrs["finish_reason"] = FinishReason(finish_reason)
+        attrs["n_prompt_tokens"] = n_prompt_tokens
+        attrs["n_tokens"] = n_tokens
+        attrs["error"] = error
+        attrs["row"] = row
+        attrs["probs"] = probs
+        attrs["logprobs"] = logprobs
+        attrs["value"] = value
         return obj
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(
+            f"A Result is immutable; use result.replace({name}=...) for a changed copy."
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"A Result is immutable; {name} cannot be deleted.")
+
+    def replace(self, **changes: Any) -> Result:
+        """A copy of this result with ``changes`` (``text=`` and any attribute)."""
+        attrs = {**self.__dict__, **changes}
+        return Result(attrs.pop("text", str(self)), **attrs)
 
     @classmethod
     def failed(cls, message: str, *, row: int = 0, n_prompt_tokens: int = 0) -> Result:
@@ -74,9 +112,7 @@ class Result(str):
     @classmethod
     def cancelled(cls, row: int) -> Result:
         """The place of a row that an interrupted run never finished."""
-        result = cls.failed("cancelled", row=row)
-        result.finish_reason = "cancelled"
-        return result
+        return cls.failed("cancelled", row=row).replace(finish_reason=FinishReason.CANCELLED)
 
     @property
     def ok(self) -> bool:

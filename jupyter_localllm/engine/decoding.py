@@ -11,11 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import (
-    BatchInterrupted,
-    DecodeError,
-    LocalLLMError,
-)
+from ..errors import DecodeError, LocalLLMError
 from ..types import Progress, Result
 from .sampling import SamplingParams, derive_seed
 from .scheduler import Request, Scheduler, StepPlan
@@ -70,14 +66,14 @@ class GenerationRun:
                 self.results[i] = early
 
     def run(self) -> list[Result]:
-        """Run every row to its end; results in input order."""
+        """Run every row to its end; results in input order. A KeyboardInterrupt (or the
+        cancel event) ends the run and goes on up as it is: the rows finished went to
+        ``on_result``, and the session's run ledger makes the interrupt of the run."""
         try:
             self._start()
             self._loop()
         except BaseException as exc:
             self._tear_down(exc)
-            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, BatchInterrupted):
-                raise self._interrupted() from exc
             raise
         return self._complete()
 
@@ -204,11 +200,3 @@ class GenerationRun:
                 sampler.close()
         if isinstance(exc, DecodeError):
             self.owner.clear_cache()  # the cache may hold half a step
-
-    def _interrupted(self) -> BatchInterrupted:
-        ordered = [self.results[i] for i in range(len(self.prompts))]
-        return BatchInterrupted(
-            f"Interrupted after {sum(r.ok for r in ordered)} of {len(self.prompts)} rows; "
-            "the finished rows are in .results.",
-            ordered,
-        )

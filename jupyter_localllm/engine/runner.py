@@ -504,7 +504,7 @@ class GenerationContext:
         the seed derived from ``seed_rows[i]`` (default ``i``): a subset of a larger input keeps
         its rows' random streams. A KeyboardInterrupt (or
         ``cancel`` being set) stops between steps, leaves the context usable and raises
-        :class:`BatchInterrupted` holding the partial results.
+        KeyboardInterrupt (the rows finished so far went to ``on_result``).
         """
         n = len(prompts)
         per_row = [params] * n if isinstance(params, SamplingParams) else list(params)

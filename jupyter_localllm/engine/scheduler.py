@@ -309,10 +309,13 @@ class Scheduler:
     def cancel_all(self, message: str = "cancelled") -> list[int]:
         """End every waiting and running request as cancelled; returns the freed slots."""
         freed = []
+        ended = []
         for i, slot in enumerate(self.slots):
             if slot is not None:
-                self.fail_slot(i, message).finish_reason = "cancelled"
+                ended.append(self.fail_slot(i, message))
                 freed.append(i)
         while self.waiting:
-            self._finish_early(self.waiting.popleft(), message).finish_reason = "cancelled"
+            ended.append(self._finish_early(self.waiting.popleft(), message))
+        for res in ended:  # results are immutable: keep cancelled copies
+            self.finished[res.row] = res.replace(finish_reason="cancelled")
         return freed

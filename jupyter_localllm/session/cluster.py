@@ -38,15 +38,16 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import models
-from ..engine.backend import BackendModel
+from ..engine.backend import MAX_SEQUENCES, BackendModel, check_int
 from ..engine.runner import GenerationContext
-from ..errors import BatchInterrupted, ClusterError
+from ..errors import ClusterError
 from ..types import Progress, Result, Results
 from .cache import cache_enabled
 from .cluster_worker import PROGRESS_TOPIC, PartResult, WorkerSpec, run_part
 from .executors import BackgroundExecutor, ForegroundExecutor, Plan
-from .manager import get_manager
-from .pipeline import BatchRequest, interrupted_after, record_run
+from .ledger import RunLedger
+from .manager import first_given, get_manager
+from .pipeline import BatchRequest, record_run
 from .sinks import ProgressArg
 
 __all__ = ["DaskExecutor", "DaskRunner", "dask_client", "model_spec", "partitions", "spec_of"]
@@ -141,11 +142,12 @@ def model_spec(
     elif isinstance(alias, str) and alias in manager.aliases:
         entry = manager.entry(alias)
         path, options = entry.model.path, _options(entry.load_options)
-        n_seq_max, n_ctx = n_seq_max or entry.n_seq_max, entry.n_ctx or n_ctx
+        n_seq_max, n_ctx = first_given(n_seq_max, entry.n_seq_max), first_given(entry.n_ctx, n_ctx)
     else:
         path = models.validate_model_file(models.resolve_model(model or default_model))
         options = _options(load_options)
-    slots = n_seq_max or default_n_seq_max
+    slots = first_given(n_seq_max, default_n_seq_max)
+    check_int("n_seq_max", slots, 1, MAX_SEQUENCES)  # before any worker sees it
     return WorkerSpec(os.path.abspath(path), options, n_ctx, slots, max(512, slots))
 
 
@@ -226,7 +228,7 @@ class DaskRunner:
             run.wait(cancel)
         except KeyboardInterrupt as exc:
             run.cancel()
-            raise run.interrupted() from exc
+            raise run.ledger.interrupted() from exc
         except BaseException:
             run.cancel()
             raise
@@ -236,15 +238,15 @@ class DaskRunner:
 
 
 class _DaskRun:
-    """One request on the cluster: its tasks, the rows back so far, the live counts."""
+    """One request on the cluster: its tasks, the ledger of rows back so far, the live
+    counts."""
 
     def __init__(self, client: Any, request: BatchRequest, on_result: Any, on_progress: Any):
         self.client, self.request = client, request
         self.on_result, self.on_progress = on_result, on_progress
         self.n = len(request.rows)
         self.run_id = uuid.uuid4().hex
-        self.results: dict[int, Result] = {}
-        self.errors = self.tokens = 0
+        self.ledger = RunLedger(self.n, on_result=on_result)
         self.pending: dict[int, Any] = {}  # part -> future
         self.starts: dict[int, int] = {}
         self.live: dict[int, tuple[int, int, int]] = {}  # part -> (done, errors, tokens)
@@ -308,32 +310,20 @@ class _DaskRun:
 
     def _collect(self, part: int, done: PartResult) -> None:
         self.live.pop(part, None)
-        start = self.starts[part]
-        for res in done.results:
-            if res.finish_reason != "cancelled":
-                res.row += start
-                self.deliver(res)
+        start = self.starts[part]  # the ledger numbers the rows in the request, keeps each once
+        self.ledger.record_all(done.results, range(start, start + len(done.results)))
         self.emit()
         if done.interrupted:  # the task was cancelled on the worker, not by this run
             raise KeyboardInterrupt
-
-    def deliver(self, res: Result) -> None:
-        """Keep a finished row (numbered in the request) once, and pass it on."""
-        if res.row in self.results:
-            return
-        self.results[res.row] = res
-        self.errors += res.error is not None
-        self.tokens += res.n_tokens
-        if self.on_result is not None:
-            self.on_result(res)
 
     def emit(self) -> None:
         """A progress event: the rows back, plus those done in running partitions."""
         if self.on_progress is None:
             return
-        done = len(self.results) + sum(d for d, _, _ in self.live.values())
-        errors = self.errors + sum(e for _, e, _ in self.live.values())
-        tokens = self.tokens + sum(t for _, _, t in self.live.values())
+        ledger = self.ledger
+        done = len(ledger) + sum(d for d, _, _ in self.live.values())
+        errors = ledger.errors + sum(e for _, e, _ in self.live.values())
+        tokens = ledger.tokens + sum(t for _, _, t in self.live.values())
         elapsed = time.perf_counter() - self.t_start
         self.on_progress(Progress(min(done, self.n), self.n, errors, tokens, elapsed))
 
@@ -344,16 +334,9 @@ class _DaskRun:
             with contextlib.suppress(Exception):  # a closed client: nothing left to stop
                 self.client.cancel(futures)
 
-    def interrupted(self) -> BatchInterrupted:
-        """The run's interrupt: the finished rows, the rest cancelled."""
-        return interrupted_after(self.results, self.n)
-
     def finish(self) -> Results:
         """The rows in order, hashed and logged here as one call."""
-        for i in range(self.n):
-            if i not in self.results:
-                self.deliver(Result.failed("the row did not run", row=i))
-        results = Results(self.results[i] for i in range(self.n))
+        results = self.ledger.complete()
         results.hashes = record_run(self.request, results, time.perf_counter() - self.t_start)
         self.emit()
         return results

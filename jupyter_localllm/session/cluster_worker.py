@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import hardware
-from ..errors import BatchInterrupted, ModelNotFoundError
+from ..errors import BatchInterrupted, ClusterError, ModelNotFoundError
 from ..types import Progress, Results
 from .manager import model_load, open_context
 from .pipeline import BatchRequest, run_batch
@@ -217,15 +217,22 @@ def run_part(spec: WorkerSpec, request: BatchRequest, part: int, run_id: str) ->
 
 
 def run_plan_here(plan: Plan[Any], row_offset: int = 0) -> Any:
-    """Run ``plan``'s requests in this process and return its value; each request's rows
-    take their seeds from their place in the whole input (``row_offset`` onwards), as if
-    the partition were part of one run."""
-    steps = plan.steps
+    """Run ``plan`` in this process through the foreground executor (the session's run
+    ledger, its activity) and return its value; each request's rows take their seeds from
+    their place in the whole input (``row_offset`` onwards), as if the partition were part
+    of one run. A cancelled Dask task stops between decode steps with a
+    :class:`ClusterError` (never a KeyboardInterrupt out of a task)."""
+    from .executors import ForegroundExecutor
+
+    def run(request: BatchRequest, **options: Any) -> Results:
+        seeds = request.seed_rows if request.seed_rows is not None else range(len(request.rows))
+        shifted = dataclasses.replace(request, seed_rows=[row_offset + s for s in seeds])
+        return run_batch(shifted, **options)
+
     try:
-        request = next(steps)
-        while True:
-            seeds = request.seed_rows or range(len(request.rows))
-            request.seed_rows = [row_offset + s for s in seeds]
-            request = steps.send(run_batch(request))
-    except StopIteration as stop:
-        return stop.value
+        return ForegroundExecutor(run).submit(plan, progress=False, cancel=_TaskCancelled())
+    except KeyboardInterrupt as exc:
+        raise ClusterError(
+            f"The partition's task was cancelled on worker {worker_name()}; its rows did not "
+            "finish. Compute the frame again for them."
+        ) from exc

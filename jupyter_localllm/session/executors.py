@@ -38,6 +38,7 @@ from ..errors import BatchInterrupted
 from ..types import Progress, Result, Results
 from . import activity
 from .jobs import Job, start_job
+from .ledger import RunLedger
 from .pipeline import BatchRequest, run_batch
 from .sinks import ProgressArg, ProgressSink, make_sink
 
@@ -117,8 +118,8 @@ def single(
 
 
 class _Driver:
-    """Runs a plan's requests one after the other, numbering rows and counting progress
-    across them."""
+    """Runs a plan's requests one after the other, keeping their rows in one ledger
+    (numbered across the requests) and counting progress across them."""
 
     def __init__(
         self,
@@ -130,8 +131,8 @@ class _Driver:
     ):
         self.plan, self.report, self.cancel, self.keep = plan, report, cancel, keep
         self.run_request = run
-        self.finished: list[Result] = []  # rows of the requests done so far
-        self.done = self.errors = self.tokens = 0
+        self.ledger = RunLedger(plan.total)
+        self.done = self.errors = self.tokens = 0  # over the requests done so far
         self.t_start = time.perf_counter()
 
     def run(self) -> Any:
@@ -141,7 +142,6 @@ class _Driver:
             request = next(steps)
             while True:
                 results = self._run(request)
-                self.finished += results
                 self.done += len(results)
                 self.errors += sum(r.error is not None for r in results)
                 try:
@@ -149,36 +149,28 @@ class _Driver:
                 except KeyboardInterrupt as exc:  # Ctrl-C between two requests
                     if isinstance(exc, BatchInterrupted):
                         raise
-                    raise self._interrupted([]) from exc
+                    raise self.ledger.interrupted() from exc
         except StopIteration as stop:
             return stop.value
 
     def _run(self, request: BatchRequest) -> Results:
-        offset = len(self.finished)
+        """One request's results; its rows go into the ledger after the requests before."""
+        rows = range(self.done, self.done + len(request.rows))
+        record = self.ledger.mapped(rows)
 
         def on_result(result: Result) -> None:
-            if self.keep is not None:
-                self.keep(offset + result.row, self.plan.view(request, result))
+            if record(result) is not None and self.keep is not None:
+                self.keep(rows[result.row], self.plan.view(request, result))
 
         try:
-            return self.run_request(
+            results = self.run_request(
                 request, on_result=on_result, on_progress=self._progress, cancel=self.cancel
             )
-        except BatchInterrupted as exc:
-            raise self._interrupted(exc.results) from exc
-
-    def _interrupted(self, current: list[Result]) -> BatchInterrupted:
-        """The plan's interrupt: rows of the finished requests, then ``current``'s, then
-        cancelled rows up to the plan's total, numbered across the plan."""
-        rows = [*self.finished, *current]
-        rows += [Result.cancelled(i) for i in range(len(rows), self.plan.total)]
-        for i, res in enumerate(rows):
-            res.row = i
-        done = sum(r.finish_reason != "cancelled" for r in rows)
-        return BatchInterrupted(
-            f"Interrupted after {done} of {len(rows)} rows; the finished rows are in .results.",
-            rows,
-        )
+        except BatchInterrupted as exc:  # the request's finished rows, if not reported yet
+            self.ledger.record_all(exc.results, rows)
+            raise self.ledger.interrupted() from exc
+        self.ledger.record_all(results, rows)
+        return results
 
     def _progress(self, event: Progress) -> None:
         if self.report is None:

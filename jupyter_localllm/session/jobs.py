@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BatchInterrupted, InvalidParameterError, JobTimeoutError
 from ..types import Progress
 from . import activity
+from .ledger import RunLedger
 from .sinks import CallbackSink, ProgressArg, ProgressSink, TqdmSink, frontend
 
 if TYPE_CHECKING:
@@ -247,8 +248,8 @@ class Job:
         queue = self._queue
         try:
             if queue is not None and not queue.acquire(self, self._cancel, self._queued):
-                raise BatchInterrupted(
-                    f"The {self.desc} job was cancelled before it started; nothing ran.", []
+                raise self._interrupted(
+                    f"The {self.desc} job was cancelled before it started; nothing ran."
                 )
             try:
                 lock = self.context.lock if self.context is not None else contextlib.nullcontext()
@@ -268,12 +269,10 @@ class Job:
         except BaseException as exc:  # the thread's end: keep it for result()
             if isinstance(exc, KeyboardInterrupt) and self._cancel.is_set():
                 self.status = "cancelled"
-                if not isinstance(exc, BatchInterrupted):  # label scoring stops with a bare one
-                    rows = self.partial()
-                    exc = BatchInterrupted(
-                        f"The {self.desc} job was cancelled after {len(rows)} of "
-                        f"{self.total} rows; the finished rows are in job.partial().",
-                        list(rows.values()),
+                if not isinstance(exc, BatchInterrupted):  # a job function's bare one
+                    exc = self._interrupted(
+                        f"The {self.desc} job was cancelled after {len(self.partial())} of "
+                        f"{self.total} rows; the finished rows are in job.partial()."
                     )
             else:
                 self.status = "failed"
@@ -293,6 +292,15 @@ class Job:
             _jobs.discard(self)
             self._done.set()
             activity.run_ended(self)
+
+    def _interrupted(self, message: str) -> BatchInterrupted:
+        """The end of a job cancelled outside a batch run: the rows it delivered, kept in a
+        ledger of the job's rows, the others cancelled."""
+        rows = {row: value for row, value in self.partial().items() if row >= 0}
+        ledger = RunLedger(max([self.total, *(row + 1 for row in rows)]))
+        for row, value in rows.items():
+            ledger.record(value, row)
+        return ledger.interrupted(message)
 
     def _queued(self, ahead: int) -> None:
         self._note(f"queued behind {ahead} job(s) on this context")

@@ -4,8 +4,9 @@ through a model, whatever the entry point (``generate_parallel``, ``classify``, 
 
 It alone turns bad rows into error results in place, looks rows up in the result cache and
 stores finished ones, maps rows to their seeds, hands progress events (counting the caller's
-rows only) to a sink, turns Ctrl-C or a cancel into :class:`BatchInterrupted` holding every
-finished row, and writes the run log and hashes. The engine does the decoding; a
+rows only) to a sink, and writes the run log and hashes. Its rows are kept in a
+:class:`~jupyter_localllm.session.ledger.RunLedger`, which turns Ctrl-C or a cancel into
+:class:`BatchInterrupted` holding every finished row. The engine does the decoding; a
 :class:`BatchRequest` says what to decode.
 """
 
@@ -22,9 +23,10 @@ import numpy as np
 
 from ..analysis.repro import file_sha256, log_call
 from ..engine.sampling import SamplingParams
-from ..errors import BatchInterrupted, InvalidParameterError
+from ..errors import InvalidParameterError
 from ..types import Progress, Result, Results
 from .cache import cache_enabled, get_cache
+from .ledger import RunLedger
 
 if TYPE_CHECKING:
     from ..engine.runner import GenerationContext
@@ -33,7 +35,6 @@ __all__ = [
     "KINDS",
     "BatchRequest",
     "input_problem",
-    "interrupted_after",
     "prompt_tokens",
     "record_run",
     "resolve_sampling",
@@ -162,12 +163,12 @@ def run_batch(
         if run.todo:
             _ENGINES[request.kind](run, cancel)
     except KeyboardInterrupt as exc:
-        raise run.interrupted() from exc
+        raise run.ledger.interrupted() from exc
     return run.finish()
 
 
 class _BatchRun:
-    """The state of one :func:`run_batch` call: finished rows, counts, the cache."""
+    """The state of one :func:`run_batch` call: its ledger of rows, counts, the cache."""
 
     def __init__(
         self,
@@ -178,14 +179,14 @@ class _BatchRun:
         self.request = request
         self.model = request.context.model
         self.n = len(request.rows)
-        self.results: dict[int, Result] = {}
+        self.ledger = RunLedger(self.n, prepare=self._prepare, on_result=on_result)
         self.todo: list[int] = []
-        self.n_errors = 0
         self.tokens = 0
-        self.on_result, self.on_progress = on_result, on_progress
+        self.on_progress = on_progress
         self.t_start = time.perf_counter()
         self.store: Any = None
         self.keys: dict[int, str] = {}
+        self.cached: set[int] = set()
 
     # -- set-up ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -198,11 +199,12 @@ class _BatchRun:
                 bad[i] = problem
         cached = self._from_cache(bad)
         self.todo = [i for i in range(self.n) if i not in bad and i not in cached]
-        for res in cached.values():
-            self.deliver(res, store=False)
+        self.cached = set(cached)
+        for i, res in cached.items():
+            self.ledger.record(res, i)
         self.emit()  # rows from the cache count as done from the start
         for i, message in bad.items():
-            self.deliver(Result.failed(message, row=i))
+            self.ledger.record(Result.failed(message, row=i))
 
     def _from_cache(self, bad: Mapping[int, str]) -> dict[int, Result]:
         req = self.request
@@ -218,7 +220,6 @@ class _BatchRun:
             self.keys[i] = self.store.key(digest, params, req.context.n_seq_max, row)
             hit = self.store.get(self.keys[i])
             if hit is not None:
-                hit.row = i
                 found[i] = hit
         return found
 
@@ -236,21 +237,17 @@ class _BatchRun:
                 problem = f"the {self.request.what} is not valid text ({exc.reason})"
                 out.append([])
             if problem is not None and i >= 0:
-                self.deliver(Result.failed(problem, row=i))
+                self.ledger.record(Result.failed(problem, row=i))
         return out
 
     # -- rows ------------------------------------------------------------------------------
-    def deliver(self, res: Result, *, store: bool = True) -> None:
-        """Keep a finished row (its row number is the request's), post-processed."""
-        if res.row in self.results:
-            return
-        if store and self.store is not None and res.ok and res.row in self.keys:
+    def _prepare(self, res: Result) -> Result:
+        """A new row as the ledger keeps it: stored in the cache (unless it came from
+        there), post-processed."""
+        fresh = res.row not in self.cached
+        if fresh and self.store is not None and res.ok and res.row in self.keys:
             self.store.put(self.keys[res.row], res)
-        res = _FINISHERS[self.request.kind](self.request, res)
-        self.results[res.row] = res
-        self.n_errors += res.error is not None
-        if self.on_result is not None:
-            self.on_result(res)
+        return _FINISHERS[self.request.kind](self.request, res)
 
     def engine_progress(self, event: Progress) -> None:
         """An engine event, re-counted over the request's rows."""
@@ -261,35 +258,17 @@ class _BatchRun:
         """Send a progress event over the request's rows."""
         if self.on_progress is not None:
             elapsed = time.perf_counter() - self.t_start
-            self.on_progress(
-                Progress(len(self.results), self.n, self.n_errors, self.tokens, elapsed)
-            )
+            ledger = self.ledger
+            self.on_progress(Progress(len(ledger), self.n, ledger.errors, self.tokens, elapsed))
 
     # -- the end ---------------------------------------------------------------------------
-    def interrupted(self) -> BatchInterrupted:
-        """The exception of an interrupted run: finished rows, the rest cancelled."""
-        return interrupted_after(self.results, self.n)
-
     def finish(self) -> Results:
         """The results in row order, hashed and logged."""
         req = self.request
-        for i in range(self.n):  # rows the engine could not start (e.g. too long)
-            if i not in self.results:
-                self.deliver(Result.failed("the row did not run", row=i))
-        results = Results(self.results[i] for i in range(self.n))
+        results = self.ledger.complete()  # rows the engine could not start (e.g. too long)
         results.hashes = record_run(req, results, time.perf_counter() - self.t_start, self.model)
         self.emit()
         return results
-
-
-def interrupted_after(finished: Mapping[int, Result], n: int) -> BatchInterrupted:
-    """The exception of a run of ``n`` rows interrupted with ``finished`` ({row: result}) done:
-    its ``results`` hold one result per row, ``"cancelled"`` for the rows not finished."""
-    rows = [finished.get(i) or Result.cancelled(i) for i in range(n)]
-    return BatchInterrupted(
-        f"Interrupted after {len(finished)} of {n} rows; the finished rows are in .results.",
-        rows,
-    )
 
 
 def record_run(request: BatchRequest, results: Results, seconds: float, model: Any = None) -> dict:
@@ -310,7 +289,7 @@ def record_run(request: BatchRequest, results: Results, seconds: float, model: A
 def _generate(run: _BatchRun, cancel: threading.Event | None) -> None:
     req, todo = run.request, run.todo
     tokens = run.tokens_of(todo, [req.rows[i] for i in todo])
-    keep = [k for k, i in enumerate(todo) if i not in run.results]
+    keep = [k for k, i in enumerate(todo) if i not in run.ledger]
     rows = [todo[k] for k in keep]
     if not rows:
         return
@@ -322,16 +301,12 @@ def _generate(run: _BatchRun, cancel: threading.Event | None) -> None:
         def on_text(k: int, piece: str) -> None:
             stream(rows[k], piece)
 
-    def from_engine(res: Result) -> None:
-        res.row = rows[res.row]
-        run.deliver(res)
-
     seeds = req.seed_rows
     req.context.run(
         [tokens[k] for k in keep],
         params if isinstance(req.sampling, list) else req.sampling,
         on_progress=run.engine_progress,
-        on_result=from_engine,
+        on_result=run.ledger.mapped(rows),
         on_text=on_text,
         cancel=cancel,
         seed_rows=[seeds[i] for i in rows] if seeds is not None else rows,
@@ -356,7 +331,7 @@ def _score(run: _BatchRun, cancel: threading.Event | None) -> None:
             prior = np.log(dist.mean(axis=0))
         for k in wave:
             if k < n_rows:
-                run.deliver(_label_result(by_row[k] - prior, req.labels, todo[k]))
+                run.ledger.record(_label_result(by_row[k] - prior, req.labels, todo[k]))
 
     invalid = {k: "skipped" for k, t in enumerate(tokens) if not t}
     _, errors = req.context.score_labels(
@@ -371,8 +346,7 @@ def _score(run: _BatchRun, cancel: threading.Event | None) -> None:
     )
     for k, res in errors.items():
         if k < n_rows and k not in invalid:
-            res.row = todo[k]
-            run.deliver(res)
+            run.ledger.record(res, todo[k])
 
 
 _ENGINES = {"generate": _generate, "extract": _generate, "score": _score}
@@ -421,8 +395,7 @@ def _finish_extracted(request: BatchRequest, res: Result) -> Result:
         jsonschema.validate(value, request.schema or {})
     except jsonschema.ValidationError as exc:
         return Result.failed(f"the JSON does not match the schema: {exc.message}", row=res.row)
-    res.value = value
-    return res
+    return res.replace(value=value)
 
 
 _FINISHERS = {
