@@ -25,7 +25,7 @@ def ip(model):
     assert alias == ALIAS
     shell.run_line_magic("config", "LocalLLM.max_tokens = 16")
     yield shell
-    shell.run_line_magic("config", "LocalLLM.max_tokens = 256")
+    shell.run_line_magic("config", "LocalLLM.max_tokens = 100")  # the defaults table's
     shell.run_line_magic("config", "LocalLLM.max_history = 2")
     shell.run_line_magic("config", "LocalLLM.chat = False")
     conversations().reset()

@@ -32,7 +32,7 @@ def loaded(ip):
     ok(ip, "%llm load default --alias smol")
     ok(ip, "%config LocalLLM.max_tokens = 24")
     yield ip
-    ip.run_line_magic("config", "LocalLLM.max_tokens = 256")
+    ip.run_line_magic("config", "LocalLLM.max_tokens = 100")  # the defaults table's
 
 
 def ok(ip, code: str):

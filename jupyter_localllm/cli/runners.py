@@ -61,13 +61,17 @@ def _run(spec: RunSpec, rows: Any, progress: Callable[[Progress], Any], stop: St
 
 def _job(spec: RunSpec) -> Any:
     """The DataFrame task ``spec`` asks for."""
+    from ..tasks.classification import LabelSpec
+    from ..tasks.extraction import ExtractSpec
     from ..tasks.frames import FrameJob
 
     if spec.task == "classify":
-        return FrameJob("classify", spec.template, (list(spec.labels or ()),), {"probs": True})
+        return FrameJob("classify", spec.template, (LabelSpec(spec.labels),), {"probs": True})
     if spec.task == "extract":
-        return FrameJob("extract", spec.template, (spec.schema,), spec.sampling)
-    return FrameJob("generate", spec.template, options={"clean": defaults.CLEAN, **spec.sampling})
+        extract = ExtractSpec(spec.schema or {}, sampling=spec.sampling)
+        return FrameJob("extract", spec.template, (extract,))
+    options = {"clean": defaults.CLEAN, "sampling": spec.sampling}
+    return FrameJob("generate", spec.template, options=options)
 
 
 def _generated(spec: RunSpec, answers: pd.Series) -> pd.DataFrame:

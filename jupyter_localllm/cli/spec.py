@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import defaults
+
+if TYPE_CHECKING:
+    from .. import SamplingParams
 
 __all__ = [
     "DEFAULT_COLUMNS",
@@ -92,13 +95,11 @@ class RunSpec:
         return [*self.output_columns, self.error_column]
 
     @property
-    def sampling(self) -> dict[str, Any]:
-        """The sampling options of generate and extract (temperature: the defaults')."""
-        return {
-            "max_tokens": self.max_tokens,
-            "seed": self.seed,
-            "temperature": defaults.TEMPERATURE,
-        }
+    def sampling(self) -> SamplingParams:
+        """The sampling of generate and extract (the rest: the defaults table's)."""
+        from .. import SamplingParams
+
+        return SamplingParams(max_tokens=self.max_tokens, seed=self.seed)
 
 
 def template_of(template: str | None, column: str | None) -> str:
@@ -114,14 +115,13 @@ def parse_labels(text: str | None) -> tuple[str, ...] | None:
     """``"A,B,C"`` as labels, checked as :func:`~jupyter_localllm.classify` checks them."""
     if text is None:
         return None
-    from ..tasks.classification import check_label_options
+    from ..tasks.classification import LabelSpec
 
     labels = [part.strip() for part in text.split(",")]
     try:
-        checked, _, _ = check_label_options(labels)
+        return LabelSpec(labels).labels
     except ValueError as exc:
         raise BadInput(f"--labels {text!r}: {exc}") from None
-    return tuple(checked)
 
 
 def load_schema(path: str | None) -> dict[str, Any] | None:

@@ -1,8 +1,9 @@
 """Sampling parameters: one validated dataclass shared by every generation call.
 
 Keyword names follow llama-cpp-python (``max_tokens``, ``temperature``, ``top_k``, ``top_p``,
-``min_p``, ``repeat_penalty``, ``seed``, ``stop``, ``grammar``); defaults follow localLLM
-(greedy decoding, seed 1234) so its tutorials translate line by line.
+``min_p``, ``repeat_penalty``, ``seed``, ``stop``, ``grammar``); ``max_tokens``, ``temperature``
+and ``seed`` come from the defaults table (:mod:`jupyter_localllm.defaults`: 100 tokens, greedy,
+seed 1234, as localLLM) so its tutorials translate line by line.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import defaults
 from ..errors import InvalidParameterError
 
 __all__ = ["DEFAULT_SEED", "SamplingParams", "derive_seed"]
 
-DEFAULT_SEED = 1234
+DEFAULT_SEED = defaults.SEED
 _UINT32 = 2**32
 
 
@@ -29,11 +31,11 @@ class SamplingParams:
     with :func:`dataclasses.replace`.
     """
 
-    max_tokens: int = 100
+    max_tokens: int = defaults.MAX_TOKENS
     """Most tokens to generate; generation also ends at an end-of-generation token or a stop
     string."""
 
-    temperature: float = 0.0
+    temperature: float = defaults.TEMPERATURE
     """0 means greedy decoding (the most likely token, no randomness); higher is more random."""
 
     top_k: int = 40

@@ -207,12 +207,14 @@ class _Accessor:
         ``background=True`` returns a :class:`~jupyter_localllm.Job` and ``cluster`` runs on
         a Dask cluster (see :meth:`generate`); ``sink`` as there.
         """
+        from ..tasks.classification import LabelSpec
         from ..tasks.frames import classify_rows
 
+        spec = LabelSpec.from_kwargs(labels, **options)  # checked before the model loads
         rows, ctx = self._rows(template, model, n_seq_max)
-        plan = classify_rows(ctx, rows, labels, probs=probs, name=out, sink=sink, **options)
+        plan = classify_rows(ctx, rows, spec, probs=probs, name=out, sink=sink)
         pick = lambda rec: pd.NA if rec["label"] is None else rec["label"]  # noqa: E731
-        plan = self._writing(plan.then(self._recorded), out, pick, [str(x) for x in labels])
+        plan = self._writing(plan.then(self._recorded), out, pick, list(spec.labels))
         return _run(plan, background, progress, cluster)
 
     def extract(
@@ -223,21 +225,27 @@ class _Accessor:
         model: Any = None,
         n_seq_max: int | None = None,
         progress: bool | Any | None = None,
+        cache: bool | None = None,
         background: bool = False,
         cluster: Any = None,
         sink: Any = None,
         **options: Any,
     ) -> pd.DataFrame | Job:
         """Extract the fields of ``schema`` (JSON schema or pydantic model) from every row;
-        other keywords (``instruction``, ``system_prompt``, sampling options) as in
-        :func:`~jupyter_localllm.extract`. Returns a DataFrame aligned to the index: one
-        column per top-level property and ``error`` (``None``, or why the row failed).
+        other keywords (``instruction``, ``system_prompt``, ``format``, sampling options,
+        which default to ``%config LocalLLM``) as in :func:`~jupyter_localllm.extract`.
+        Returns a DataFrame aligned to the index: one column per top-level property and
+        ``error`` (``None``, or why the row failed).
         ``background=True`` returns a :class:`~jupyter_localllm.Job` and ``cluster`` runs on
         a Dask cluster (see :meth:`generate`); ``sink`` as there."""
+        from ..tasks.extraction import ExtractSpec
         from ..tasks.frames import extract_rows
 
+        if "sampling" not in options:
+            options = get_settings().sampling(**options)
+        spec = ExtractSpec.from_kwargs(schema, **options)  # checked before the model loads
         rows, ctx = self._rows(template, model, n_seq_max)
-        plan = extract_rows(ctx, rows, schema, sink=sink, **options)
+        plan = extract_rows(ctx, rows, spec, cache=_cache(cache), sink=sink)
         return _run(plan.then(self._recorded), background, progress, cluster)
 
 

@@ -28,7 +28,7 @@ class LocalLLM(Configurable):
         "model is loaded: 'default', a path, a cache name, 'ollama:NAME' or 'hf://...'.",
     ).tag(config=True)
     n_ctx = Int(
-        None, allow_none=True, help="Context size in tokens; None sizes it from the work."
+        None, allow_none=True, min=16, help="Context size in tokens; None sizes it from the work."
     ).tag(config=True)
     n_seq_max = Int(
         defaults.N_SEQ_MAX, min=1, help="Rows generated in parallel by batch runs."
@@ -42,9 +42,12 @@ class LocalLLM(Configurable):
     temperature = Float(
         defaults.TEMPERATURE, min=0.0, help="Sampling temperature; 0 is greedy."
     ).tag(config=True)
-    seed = Int(defaults.SEED, help="Random seed of sampling (each row derives its own).").tag(
-        config=True
-    )
+    seed = Int(
+        defaults.SEED,
+        min=0,
+        max=2**32 - 1,
+        help="Random seed of sampling (each row derives its own).",
+    ).tag(config=True)
     progress = Bool(True, help="Show progress for batch runs.").tag(config=True)
     cache = Bool(True, help="Reuse finished rows from the on-disk result cache.").tag(config=True)
     chat = Bool(

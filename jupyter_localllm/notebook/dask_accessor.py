@@ -101,12 +101,11 @@ class _DaskAccessor:
         """A lazy Series of labels (``<NA>`` where a row could not run), or with
         ``probs=True`` a DataFrame with ``label``, a probability per label and ``error``
         (see ``df.llm.classify``)."""
-        from ..tasks.classification import check_label_options
+        from ..tasks.classification import LabelSpec
 
-        names, _, _ = check_label_options(
-            labels, options.get("examples"), options.get("calibrate", False)
-        )
-        job = FrameJob("classify", template, (list(labels),), {**options, "probs": probs})
+        spec = LabelSpec.from_kwargs(labels, **options)  # checked now, not on the workers
+        names = spec.labels
+        job = FrameJob("classify", template, (spec,), {"probs": probs})
         if probs:
             meta: Any = pd.DataFrame(
                 {"label": pd.Series(dtype=object)}
@@ -124,15 +123,18 @@ class _DaskAccessor:
         *,
         model: Any = None,
         n_seq_max: int | None = None,
+        cache: bool | None = None,
         **options: Any,
     ) -> Any:
         """A lazy DataFrame with a column per top-level property of ``schema`` and
         ``error`` (see ``df.llm.extract``)."""
-        from ..tasks.extraction import json_schema
+        from ..tasks.extraction import ExtractSpec
 
-        schema = json_schema(schema)
-        props = list(schema.get("properties", {}))
-        job = FrameJob("extract", template, (schema,), options)
+        if "sampling" not in options:
+            options = get_settings().sampling(**options)
+        spec = ExtractSpec.from_kwargs(schema, **options)  # checked now, not on the workers
+        props = spec.properties
+        job = FrameJob("extract", template, (spec,), {"cache": _cache(cache)})
         meta = pd.DataFrame({c: pd.Series(dtype=object) for c in [*props, "error"]})
         return self._map(job, self._spec(model, n_seq_max), meta)
 

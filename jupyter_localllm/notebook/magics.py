@@ -23,6 +23,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
+from .. import defaults
 from ..errors import BatchInterrupted, LocalLLMError, column_not_found
 from ..tasks.rows import render, template_fields
 from .config import get_settings
@@ -139,7 +140,7 @@ def _cell_parser() -> MagicArgumentParser:
     p = _parser("%%llm", "Send the cell to the model as the user's message.")
     p.add_argument("-m", "--model", help="alias of a loaded model (default: the default one)")
     p.add_argument("-s", "--system", help="system prompt")
-    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--max-tokens", type=_int_at_least(1))
     p.add_argument("--temperature", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("-f", "--format", choices=_FORMATS, default="markdown")
@@ -162,8 +163,8 @@ def _batch_parser() -> MagicArgumentParser:
     p.add_argument("-s", "--system", help="system prompt")
     p.add_argument("--labels", help='classify into these comma-separated labels: "A,B,C"')
     p.add_argument("--calibrate", action="store_true", help="with --labels: contextual calibration")
-    p.add_argument("--max-tokens", type=int)
-    p.add_argument("--n-seq-max", type=int)
+    p.add_argument("--max-tokens", type=_int_at_least(1))
+    p.add_argument("--n-seq-max", type=_int_at_least(1))
     p.add_argument("--background", action="store_true", help="run as a job; the kernel stays free")
     p.add_argument("--cluster", help="run on the Dask cluster at this scheduler address")
     return p
@@ -350,7 +351,7 @@ class LLMMagics(Magics):
         t0 = time.perf_counter()
         prompt, history = cell_prompt(ctx, alias, text, args.system, sampling, chat)
         stream = None if args.no_stream else _StreamDisplay(display, args.format)
-        result = generate(ctx, prompt, clean=True, stream=stream, **sampling)
+        result = generate(ctx, prompt, clean=defaults.CLEAN, stream=stream, **sampling)
         if stream is not None:
             stream.close()
         answer = str(result).strip()

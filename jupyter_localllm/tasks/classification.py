@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,14 +21,15 @@ from ..session.pipeline import BatchRequest
 from ..session.sinks import rows_to_sink
 from ..types import Progress, Result, Results
 from .generation import check_context
-from .prompts import as_texts, render_prompt, render_rows, resolve_format
+from .options import check_text_option, checked_names, field_names
+from .prompts import as_texts, check_format, render_prompt, render_rows, resolve_format
 
 if TYPE_CHECKING:
     from ..session.jobs import Job
 
 __all__ = [
     "CONTENT_FREE",
-    "check_label_options",
+    "LabelSpec",
     "classify",
     "classify_plan",
     "label_frame",
@@ -117,42 +119,84 @@ def _check_labels(labels: Any) -> list[str]:
     return labels
 
 
-def check_label_options(
-    labels: Any, examples: Any = None, calibrate: Any = False, scoring: str = "constrained"
-) -> tuple[list[str], list[tuple[str, str]], list[str]]:
-    """The options of :func:`classify` that need no model, checked: the labels, the examples
-    as ``(text, label)`` pairs and the content-free texts (``explore`` checks them before it
-    loads any model)."""
-    labels = _check_labels(labels)
-    check_scoring(scoring)
-    return labels, _normalize_examples(examples, labels), _content_free(calibrate)
+@dataclass(frozen=True)
+class LabelSpec:
+    """What :func:`classify` asks of every row, checked once when built (a bad option is an
+    :class:`InvalidParameterError` before any model runs). Each public function that labels
+    (``classify``, ``explore``, ``df.llm.classify``, ``ddf.llm.classify``, the command) builds
+    one and passes it down; copy it with :func:`dataclasses.replace`. Picklable, so Dask
+    sends it to workers."""
+
+    labels: tuple[str, ...]
+    """The label names: at least two, distinct, none blank (ints become strings)."""
+
+    examples: tuple[tuple[str, str], ...] = ()
+    """Few-shot examples as ``(text, label)`` pairs; given as pairs, dicts with ``text`` and
+    ``label``, or a DataFrame with those columns. Each label must be one of ``labels``."""
+
+    instruction: str | None = None
+    """The instruction before each text; ``None`` is one naming the labels (none for
+    ``format="raw"``)."""
+
+    system_prompt: str | None = None
+    """The system prompt (``"chat"``), or the first paragraph (``"plain"``)."""
+
+    format: str = "auto"
+    """``"chat"``, ``"plain"``, ``"raw"``, or ``"auto"``: chat when the model has a template."""
+
+    calibrate: tuple[str, ...] = ()
+    """The content-free texts of contextual calibration: ``True`` is ``("N/A",)``, ``False``
+    none (no calibration)."""
+
+    scoring: str = "constrained"
+    """``"constrained"`` gives each label the probability that decoding constrained to the
+    labels produces it: only the points where labels part count, so labels that differ in
+    their first token cost one prompt pass and nothing more. ``"joint"`` uses each label's
+    full token-sequence probability (a decode step per extra token; longer labels score
+    lower)."""
+
+    def __post_init__(self) -> None:
+        labels = _check_labels(self.labels)
+        object.__setattr__(self, "labels", tuple(labels))
+        object.__setattr__(self, "examples", tuple(_normalize_examples(self.examples, labels)))
+        object.__setattr__(self, "calibrate", tuple(_content_free(self.calibrate)))
+        check_text_option("instruction", self.instruction)
+        check_text_option("system_prompt", self.system_prompt)
+        check_format(self.format)
+        check_scoring(self.scoring)
+
+    @classmethod
+    def from_kwargs(cls, labels: Any, **options: Any) -> LabelSpec:
+        """The spec of ``labels`` with ``options`` by name (a front-end's keywords); an
+        unknown name is an :class:`InvalidParameterError` naming the accepted ones."""
+        return cls(labels, **checked_names("classify", field_names(cls), options))
+
+
+def _instruction(spec: LabelSpec, fmt: str) -> str | None:
+    """The instruction used in format ``fmt``: the spec's, or one naming the labels."""
+    if spec.instruction is None and fmt != "raw":
+        return (
+            "Classify the text into exactly one of these categories: "
+            f"{', '.join(spec.labels)}. Answer with the category name only."
+        )
+    return spec.instruction
 
 
 def label_request(
     context: GenerationContext,
     texts: Sequence[Any],
-    labels: Sequence[Any],
+    spec: LabelSpec,
     *,
-    examples: Any = None,
-    instruction: str | None = None,
-    system_prompt: str | None = None,
-    format: str = "auto",
-    calibrate: bool | Sequence[str] = False,
-    scoring: str = "constrained",
     errors: Mapping[int, str] | None = None,
 ) -> BatchRequest:
-    """The label-scoring request of :func:`classify` (arguments as there; ``errors`` marks
-    rows known to be bad, with their messages)."""
+    """The label-scoring request of :func:`classify` (``errors`` marks rows known to be bad,
+    with their messages)."""
     check_context(context)
     model = context.model
     texts = as_texts(texts)
-    labels, shots, content_free = check_label_options(labels, examples, calibrate, scoring)
-    fmt = resolve_format(model, format)
-    if instruction is None and fmt != "raw":
-        instruction = (
-            "Classify the text into exactly one of these categories: "
-            f"{', '.join(labels)}. Answer with the category name only."
-        )
+    labels, shots, system_prompt = list(spec.labels), list(spec.examples), spec.system_prompt
+    fmt = resolve_format(model, spec.format)
+    instruction = _instruction(spec, fmt)
     _check_shared_part(context, fmt, instruction, system_prompt, shots)
     rows, bad = render_rows(model, fmt, texts, instruction, system_prompt, shots)
     # Chat replies start right after the template's newline; plain prompts end with "Answer:"
@@ -165,9 +209,9 @@ def label_request(
         kind="score",
         labels=labels,
         label_prefix="" if glued else " ",
-        scoring=scoring,
+        scoring=spec.scoring,
         calibration=[
-            render_prompt(model, fmt, t, instruction, system_prompt, shots) for t in content_free
+            render_prompt(model, fmt, t, instruction, system_prompt, shots) for t in spec.calibrate
         ],
         errors={**bad, **(errors or {})},
         what="text",
@@ -178,8 +222,8 @@ def label_request(
             "system_prompt": system_prompt,
             "examples": shots,
             "format": fmt,
-            "calibrate": content_free,
-            "scoring": scoring,
+            "calibrate": list(spec.calibrate),
+            "scoring": spec.scoring,
             "n_seq_max": context.n_seq_max,
         },
         tag={"texts": texts},
@@ -237,11 +281,15 @@ def label_frame(request: BatchRequest, results: Results) -> pd.DataFrame:
 
 
 def classify_plan(
-    context: GenerationContext, texts: Sequence[Any], labels: Sequence[Any], **options: Any
+    context: GenerationContext,
+    texts: Sequence[Any],
+    spec: LabelSpec,
+    *,
+    errors: Mapping[int, str] | None = None,
 ) -> Plan[pd.DataFrame]:
     """The plan of :func:`classify` (for front-ends that run it their own way): rows are
     seen as records (``label``, probabilities, ``error``)."""
-    request = label_request(context, texts, labels, **options)
+    request = label_request(context, texts, spec, errors=errors)
     return single(
         request,
         lambda results: label_frame(request, results),
@@ -283,11 +331,8 @@ def classify(
     as ``calibrate`` uses the mean over them): contextual calibration (Zhao et al. 2021),
     which removes a small model's bias towards one label word.
 
-    ``scoring="constrained"`` (default) gives each label the probability that decoding
-    constrained to the labels produces it: only the points where labels part count, so
-    labels that differ in their first token cost one prompt pass and nothing more.
-    ``"joint"`` uses each label's full token-sequence probability (a decode step per extra
-    token; longer labels score lower).
+    ``scoring``: ``"constrained"`` (default; one prompt pass when labels differ in their
+    first token) or ``"joint"`` (longer labels score lower), see :class:`LabelSpec`.
 
     Returns a DataFrame in input order: ``label`` (the most probable), one probability column
     per label (summing to 1), and ``error`` (``None`` or why the row failed).
@@ -298,10 +343,17 @@ def classify(
     ``cluster`` scores on a Dask cluster and ``sink`` appends each scored row to a CSV file
     (see :func:`~jupyter_localllm.annotation_sink_csv`), as in ``generate_parallel``.
     """
-    shown = ("examples", "instruction", "system_prompt", "format", "calibrate", "scoring")
-    options = {k: v for k, v in locals().items() if k in shown}  # the plan's, by name
-    plan = classify_plan(context, prompts, labels, **options)
-    plan = rows_to_sink(plan, sink, ["label", *map(str, labels), "error"])
+    spec = LabelSpec(
+        labels,
+        examples=examples,
+        instruction=instruction,
+        system_prompt=system_prompt,
+        format=format,
+        calibrate=calibrate,
+        scoring=scoring,
+    )
+    plan = classify_plan(context, prompts, spec)
+    plan = rows_to_sink(plan, sink, ["label", *spec.labels, "error"])
     if on_result is not None:
         plan = plan.also_on_result(lambda row, rec: on_result({"row": row, **rec}))
     return execute(plan, background=background, progress=progress, cancel=cancel, cluster=cluster)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from .. import defaults
 from ..engine.backend import BackendModel
 from ..engine.runner import GenerationContext
 from ..engine.sampling import SamplingParams
@@ -24,17 +25,17 @@ from ..session.manager import get_manager, model_load, open_context
 from ..session.pipeline import BatchRequest
 from ..session.sinks import AnnotationSink, annotation_sink_csv
 from ..types import Progress, Result, Results
-from .classification import check_label_options, label_frame, label_request
+from .classification import LabelSpec, label_frame, label_request
 from .generation import check_model, generation_request
-from .prompts import FORMATS, as_texts, chat_prompts
+from .options import check_count, check_text_option
+from .prompts import as_texts, chat_prompts, check_format
 
 if TYPE_CHECKING:
     from ..session.jobs import Job
 
-__all__ = ["Exploration", "exploration_plan", "explore"]
+__all__ = ["Exploration", "ExploreSpec", "Samples", "exploration_plan", "explore", "samples_of"]
 
 _ENGINES = ("auto", "parallel", "single")
-_RUN_ARGUMENTS = ("progress", "cancel", "background", "cluster")  # how explore() runs its plan
 
 
 @dataclass
@@ -110,13 +111,18 @@ def _checked_models(models: list[tuple[str, Any]], reuse_models: bool) -> list[t
     return out
 
 
-def _texts(
+Samples = tuple[list[Any], list[Any], list[Any]]
+"""The texts of an exploration, their sample ids and their gold labels."""
+
+
+def samples_of(
     prompts: Sequence[Any] | None,
     data: pd.DataFrame | None,
     text_column: str,
     truth: str | Sequence[Any] | None,
-) -> tuple[list[Any], list[Any], list[Any]]:
-    """The texts, their sample ids and their gold labels."""
+) -> Samples:
+    """The texts, their sample ids and their gold labels (arguments as for :func:`explore`);
+    no text at all is an :class:`InvalidParameterError`."""
     if (prompts is None) == (data is None):
         raise InvalidParameterError("Give either prompts or data (with text_column), not both.")
     if data is not None:
@@ -136,6 +142,8 @@ def _texts(
         gold = list(truth) if truth is not None else [None] * len(texts)
     if len(gold) != len(texts):
         raise InvalidParameterError(f"truth has {len(gold)} values for {len(texts)} texts.")
+    if not texts:
+        raise InvalidParameterError("There are no texts to annotate; give at least one.")
     return texts, sample_ids, gold
 
 
@@ -157,25 +165,111 @@ def _annotation(request: BatchRequest, result: Result) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ExploreSpec:
+    """How :func:`explore` annotates (its options, under the same names), checked once when
+    built, before any model loads, and passed down; copy it with :func:`dataclasses.replace`."""
+
+    labels: Sequence[str] | None = None
+    """Label each text with one of these by label scoring (:func:`classify`, always a valid
+    label); ``None`` generates an answer and takes the first line of the cleaned answer."""
+
+    examples: Any = None
+    """Labels: few-shot examples, as for :func:`classify`."""
+
+    instruction: str | None = None
+    """The instruction before each text (labels: one naming them when ``None``)."""
+
+    system_prompt: str | None = None
+    """The system prompt of a chat model."""
+
+    calibrate: bool | Sequence[str] = False
+    """Labels: contextual calibration, as for :func:`classify`."""
+
+    scoring: str = "constrained"
+    """Labels: ``"constrained"`` or ``"joint"``, as for :func:`classify`."""
+
+    format: str = "auto"
+    """Labels: the prompt format, as for :func:`classify`."""
+
+    engine: str = "auto"
+    """``"single"`` runs one row at a time, ``"parallel"``/``"auto"`` ``n_seq_max`` at a time."""
+
+    n_seq_max: int = defaults.N_SEQ_MAX
+    """Rows run in parallel on each model (the defaults table's)."""
+
+    batch_size: int | None = None
+    """Rows per chunk (a request each); ``None`` is all rows in one."""
+
+    reuse_models: bool = True
+    """Keep loaded models in the session's model manager for later calls."""
+
+    clean: bool = defaults.CLEAN
+    """Generation: chat-template markers removed before the first line is taken."""
+
+    max_tokens: int = defaults.MAX_TOKENS
+    """Generation: most tokens per answer (the defaults table's)."""
+
+    cache: bool | None = None
+    """Generation: reuse finished rows from the result cache (``None``: the environment's)."""
+
+    label_spec: LabelSpec | None = field(init=False, default=None, repr=False)
+    """The label options as one :class:`LabelSpec` (``None`` when generating)."""
+
+    def __post_init__(self) -> None:
+        if self.engine not in _ENGINES:
+            raise InvalidParameterError(
+                f"engine must be one of {', '.join(_ENGINES)}, got {self.engine!r}."
+            )
+        for name in ("n_seq_max", "max_tokens"):
+            check_count(name, getattr(self, name))
+        if self.batch_size is not None:
+            check_count("batch_size", self.batch_size)
+        check_format(self.format)
+        check_scoring(self.scoring)
+        check_text_option("instruction", self.instruction)
+        check_text_option("system_prompt", self.system_prompt)
+        if self.labels is not None:
+            spec = LabelSpec(
+                self.labels,
+                examples=self.examples,
+                instruction=self.instruction,
+                system_prompt=self.system_prompt,
+                format=self.format,
+                calibrate=self.calibrate,
+                scoring=self.scoring,
+            )
+            object.__setattr__(self, "label_spec", spec)
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """The sampling of a generating exploration."""
+        return SamplingParams(max_tokens=self.max_tokens)
+
+    @property
+    def slots(self) -> int:
+        """The sequence slots of each model's context."""
+        return 1 if self.engine == "single" else self.n_seq_max
+
+
 class _Chunks:
     """The requests of one exploration, model by model and chunk by chunk."""
 
-    def __init__(self, texts, sample_ids, gold, labels, options, chunk, slots):
-        self.texts, self.sample_ids, self.gold = texts, sample_ids, gold
-        self.labels, self.options, self.chunk, self.slots = labels, options, chunk, slots
+    def __init__(self, texts, sample_ids, gold, spec: ExploreSpec):
+        self.texts, self.sample_ids, self.gold, self.spec = texts, sample_ids, gold, spec
+        self.chunk = spec.batch_size or len(texts)
 
     def request(self, ctx: GenerationContext, name: str, start: int) -> BatchRequest:
         """The request for ``texts[start:start + chunk]`` on ``ctx``."""
         part = self.texts[start : start + self.chunk]
-        opts = self.options
-        if self.labels is not None:
-            keys = ("instruction", "examples", "system_prompt", "calibrate", "scoring", "format")
-            request = label_request(ctx, part, self.labels, **{k: opts[k] for k in keys})
+        spec = self.spec
+        if spec.label_spec is not None:
+            request = label_request(ctx, part, spec.label_spec)
         else:
             if ctx.model.chat_template:
-                part = chat_prompts(ctx.model, part, opts["system_prompt"], opts["instruction"])
+                part = chat_prompts(ctx.model, part, spec.system_prompt, spec.instruction)
             request = generation_request(
-                ctx, part, max_tokens=opts["max_tokens"], clean=opts["clean"], cache=opts["cache"]
+                ctx, part, sampling=spec.sampling, clean=spec.clean, cache=spec.cache
             )
         request.tag.update(
             model_id=name,
@@ -242,9 +336,9 @@ class _Collected:
 def _steps(
     models: list[tuple[str, Any]],
     chunks: _Chunks,
-    reuse_models: bool,
     collected: _Collected,
 ) -> Generator[BatchRequest, Results, Exploration]:
+    reuse_models = chunks.spec.reuse_models
     for name, ref in models:
         try:
             model, owned = _open(name, ref, reuse_models)
@@ -253,7 +347,7 @@ def _steps(
         except LocalLLMError as exc:  # llama.cpp refused a file that passed the checks
             collected.failed(name, exc)
             continue
-        ctx = open_context(model, n_seq_max=chunks.slots)
+        ctx = open_context(model, n_seq_max=chunks.spec.slots)
         try:
             for start in range(0, len(chunks.texts), chunks.chunk):
                 request = chunks.request(ctx, name, start)
@@ -265,53 +359,21 @@ def _steps(
     return collected.exploration()
 
 
-def _check_options(
-    labels: Any, engine: str, n_seq_max: Any, batch_size: Any, options: dict[str, Any]
-) -> None:
-    """The options that need no model, checked before any model loads."""
-    if engine not in _ENGINES:
-        raise InvalidParameterError(f"engine must be one of {', '.join(_ENGINES)}, got {engine!r}.")
-    if options["format"] not in FORMATS:
-        raise InvalidParameterError(
-            f"format must be one of {', '.join(FORMATS)}, got {options['format']!r}."
-        )
-    for name, value in (("n_seq_max", n_seq_max), ("batch_size", batch_size or 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}.")
-    if labels is not None:
-        check_label_options(labels, options["examples"], options["calibrate"], options["scoring"])
-    else:
-        check_scoring(options["scoring"])
-        SamplingParams(max_tokens=options["max_tokens"])
-
-
 def exploration_plan(
     models: Any,
-    prompts: Sequence[str] | None = None,
+    samples: Samples,
+    spec: ExploreSpec,
     *,
-    data: pd.DataFrame | None = None,
-    text_column: str = "text",
-    truth: str | Sequence[Any] | None = None,
-    labels: Sequence[str] | None = None,
-    engine: str = "auto",
-    n_seq_max: int = 8,
-    batch_size: int | None = None,
-    reuse_models: bool = True,
     sink: str | os.PathLike | AnnotationSink | None = None,
     on_result: Callable[[pd.DataFrame], Any] | None = None,
-    **options: Any,
 ) -> Plan[Exploration]:
-    """The plan of :func:`explore` (arguments as there; ``options`` are its instruction,
-    examples, system_prompt, calibrate, scoring, format, clean, max_tokens and cache)."""
-    _check_options(labels, engine, n_seq_max, batch_size, options)  # before any model loads
-    texts, sample_ids, gold = _texts(prompts, data, text_column, truth)
-    if not texts:
-        raise InvalidParameterError("There are no texts to annotate; give at least one.")
-    model_list = _checked_models(_models(models), reuse_models)
-    slots = 1 if engine == "single" else n_seq_max
-    chunks = _Chunks(texts, sample_ids, gold, labels, options, batch_size or len(texts), slots)
+    """The plan of :func:`explore` over ``samples`` (:func:`samples_of` its texts) as
+    ``spec`` says (other arguments as there)."""
+    texts, sample_ids, gold = samples
+    model_list = _checked_models(_models(models), spec.reuse_models)
+    chunks = _Chunks(texts, sample_ids, gold, spec)
     plan = Plan(
-        _steps(model_list, chunks, reuse_models, _Collected(on_result)),
+        _steps(model_list, chunks, _Collected(on_result)),
         total=len(model_list) * len(texts),
         desc="explore",
         view=_annotation,
@@ -337,12 +399,12 @@ def explore(
     scoring: str = "constrained",
     format: str = "auto",
     engine: str = "auto",
-    n_seq_max: int = 8,
+    n_seq_max: int = defaults.N_SEQ_MAX,
     batch_size: int | None = None,
     reuse_models: bool = True,
     sink: str | os.PathLike | AnnotationSink | None = None,
-    clean: bool = True,
-    max_tokens: int = 16,
+    clean: bool = defaults.CLEAN,
+    max_tokens: int = defaults.MAX_TOKENS,
     cache: bool | None = None,
     progress: bool | Callable[[Progress], Any] | None = None,
     on_result: Callable[[pd.DataFrame], Any] | None = None,
@@ -350,35 +412,35 @@ def explore(
     background: bool = False,
     cluster: Any = None,
 ) -> Exploration | Job:
-    """Annotate the same texts with every model in ``models``.
+    """Annotate the same texts with every model in ``models`` (references such as
+    ``"default"``, paths, ``ollama:…``; loaded models; or a dict ``{name: model}``).
 
-    ``models``: references (``"default"``, paths, ``ollama:…``), loaded models, or a dict
-    ``{name: model}``. Texts come from ``prompts`` or ``data[text_column]``; ``truth`` (a
-    column of ``data`` or a list) fills the ``truth`` column for validation.
-
-    With ``labels``, each model labels by label scoring (:func:`classify`, always a valid
-    label, with ``instruction``, ``examples``, ``calibrate``, ``scoring`` and ``format`` as
-    there); without, it generates (``max_tokens``)
-    and the first line of the cleaned answer is the label. ``engine="single"`` runs one row
-    at a time, ``"parallel"``/``"auto"`` ``n_seq_max`` at a time. Rows go in chunks of
-    ``batch_size`` (default: all); ``sink`` (a CSV path or :func:`annotation_sink_csv`)
-    gets each annotation row as it finishes; a re-run appends only the rows it lacks.
-    ``reuse_models`` keeps loaded models in the session's model manager for later calls.
-
-    Every model reference is resolved and its file checked before the first model runs, so a
-    missing or truncated file fails the call at once. A model that llama.cpp then refuses to
-    load is skipped with a warning and named in :attr:`Exploration.errors`; the other models'
-    results are kept (the call raises only when no model ran).
-
-    ``progress`` shows one bar over all models (see :func:`generate_parallel`);
-    ``on_result`` is called with each finished chunk's annotations (long format); setting
-    ``cancel`` (or Ctrl-C) stops the run with :class:`BatchInterrupted` whose ``results``
-    hold one result per annotation row. ``background=True`` returns a
-    :class:`~jupyter_localllm.Job` at once: ``job.partial()`` holds the finished
-    annotation rows (``{row: dict}``, numbered as in ``annotations``), ``job.result()`` the
-    :class:`Exploration`; ``cluster`` runs each model's chunks on a Dask cluster's workers.
+    Texts come from ``prompts`` or ``data[text_column]``; ``truth`` (a column of ``data`` or
+    a list) fills the ``truth`` column. How each model annotates (``labels`` and their
+    options, or generation) is documented on :class:`ExploreSpec`. ``sink`` (a CSV path or
+    :func:`annotation_sink_csv`) gets each annotation row as it finishes. Every model file is
+    checked before the first model runs; one that llama.cpp then refuses is skipped with a
+    warning and named in :attr:`Exploration.errors`. ``progress``, ``cancel``, ``background``
+    and ``cluster`` as in :func:`generate_parallel` (one result per annotation row);
+    ``on_result`` gets each finished chunk's annotations (long format).
     """
-    # every other argument is the plan's, under the same name
-    options = {k: v for k, v in locals().items() if k not in _RUN_ARGUMENTS}
-    plan = exploration_plan(**options)
+    spec = ExploreSpec(
+        labels,
+        examples=examples,
+        instruction=instruction,
+        system_prompt=system_prompt,
+        calibrate=calibrate,
+        scoring=scoring,
+        format=format,
+        engine=engine,
+        n_seq_max=n_seq_max,
+        batch_size=batch_size,
+        reuse_models=reuse_models,
+        clean=clean,
+        max_tokens=max_tokens,
+        cache=cache,
+    )
+    plan = exploration_plan(
+        models, samples_of(prompts, data, text_column, truth), spec, sink=sink, on_result=on_result
+    )
     return execute(plan, background=background, progress=progress, cancel=cancel, cluster=cluster)

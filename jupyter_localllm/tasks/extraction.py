@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..engine.grammar import check_schema_size
@@ -20,12 +21,13 @@ from ..session.pipeline import BatchRequest, resolve_sampling
 from ..session.sinks import rows_to_sink
 from ..types import Progress, Result, Results
 from .generation import SamplingArg, check_context
-from .prompts import as_texts, render_rows, resolve_format
+from .options import check_text_option, checked_names, field_names
+from .prompts import as_texts, check_format, render_rows, resolve_format
 
 if TYPE_CHECKING:
     from ..session.jobs import Job
 
-__all__ = ["extract", "extraction_plan", "json_schema"]
+__all__ = ["ExtractSpec", "extract", "extraction_plan", "json_schema"]
 
 
 def json_schema(schema: Mapping[str, Any] | type) -> dict[str, Any]:
@@ -37,6 +39,61 @@ def json_schema(schema: Mapping[str, Any] | type) -> dict[str, Any]:
     return dict(schema)
 
 
+@dataclass(frozen=True)
+class ExtractSpec:
+    """What :func:`extract` asks of every row, checked once when built: each public function
+    that extracts (``extract``, ``%%llm -f json``, ``df.llm.extract``, ``ddf.llm.extract``,
+    the command) builds one and passes it down; copy it with :func:`dataclasses.replace`.
+    Picklable, so Dask sends it to workers."""
+
+    schema: Mapping[str, Any]
+    """The JSON schema each answer must match (a pydantic model class gives its schema)."""
+
+    instruction: str | None = None
+    """The instruction before each text; ``None`` is one giving the schema (none for
+    ``format="raw"``)."""
+
+    system_prompt: str | None = None
+    """The system prompt (``"chat"``), or the first paragraph (``"plain"``)."""
+
+    format: str = "auto"
+    """``"chat"``, ``"plain"``, ``"raw"``, or ``"auto"``: chat when the model has a template."""
+
+    sampling: SamplingParams | tuple[SamplingParams, ...] = field(default_factory=SamplingParams)
+    """How tokens are chosen (the defaults table's ``max_tokens``), or one per row; the
+    schema's grammar is added to it when the rows run."""
+
+    def __post_init__(self) -> None:
+        schema = json_schema(self.schema)
+        check_schema_size(schema)  # before the converter writes every repetition out
+        object.__setattr__(self, "schema", schema)
+        check_text_option("instruction", self.instruction)
+        check_text_option("system_prompt", self.system_prompt)
+        check_format(self.format)
+        params = resolve_sampling(self.sampling, {})
+        object.__setattr__(
+            self, "sampling", params if isinstance(params, SamplingParams) else tuple(params)
+        )
+
+    @property
+    def properties(self) -> list[str]:
+        """The schema's top-level properties (the columns of a DataFrame run)."""
+        return list(self.schema.get("properties", {}))
+
+    @classmethod
+    def from_kwargs(
+        cls, schema: Mapping[str, Any] | type, *, sampling: SamplingArg = None, **options: Any
+    ) -> ExtractSpec:
+        """The spec of ``schema`` from a front-end's keywords: the prompt's by name, the rest
+        sampling keywords (an unknown one is an :class:`InvalidParameterError` naming the
+        accepted ones)."""
+        own = set(field_names(cls)) - {"schema", "sampling"}
+        checked_names("extract", [*sorted(own), *SamplingParams.field_names()], options)
+        prompt = {k: v for k, v in options.items() if k in own}
+        shorthand = {k: v for k, v in options.items() if k not in own}
+        return cls(schema, sampling=resolve_sampling(sampling, shorthand), **prompt)
+
+
 def _value(request: BatchRequest, result: Result) -> dict | Result:
     """A row as :func:`extract` returns it: the parsed dict, or the error result."""
     return result.value if result.ok else result
@@ -45,32 +102,25 @@ def _value(request: BatchRequest, result: Result) -> dict | Result:
 def extraction_plan(
     context: GenerationContext,
     texts: Sequence[Any],
-    schema: Mapping[str, Any] | type,
+    spec: ExtractSpec,
     *,
-    instruction: str | None = None,
-    system_prompt: str | None = None,
-    format: str = "auto",
-    sampling: SamplingArg = None,
     cache: bool | None = None,
     errors: Mapping[int, str] | None = None,
-    **sampling_kwargs: Any,
 ) -> Plan[list[dict | Result]]:
     """The plan of :func:`extract` (for front-ends that run it their own way); rows are
     seen as the parsed dict or the error result."""
     check_context(context)
     texts = as_texts(texts)
-    schema = json_schema(schema)
-    check_schema_size(schema)  # before the converter writes every repetition out
+    schema = spec.schema
     grammar = json_schema_to_grammar(schema)
-    fmt = resolve_format(context.model, format)
+    fmt = resolve_format(context.model, spec.format)
+    instruction = spec.instruction
     if instruction is None and fmt != "raw":
         instruction = (
             f"Extract the information from the text as JSON with this schema: {json.dumps(schema)}"
         )
-    rows, bad = render_rows(context.model, fmt, texts, instruction, system_prompt)
-    params = resolve_sampling(
-        sampling, {**sampling_kwargs, "grammar": grammar}, base=SamplingParams(max_tokens=256)
-    )
+    rows, bad = render_rows(context.model, fmt, texts, instruction, spec.system_prompt)
+    params = resolve_sampling(spec.sampling, {"grammar": grammar})
     shown = (
         params.as_dict()
         if isinstance(params, SamplingParams)
@@ -118,7 +168,8 @@ def extract(
     grammar built from the schema, in the batched engine; each output is parsed and checked
     against the schema. Returns, in input order, a dict per row, or an error
     :class:`Result` (text ``"Error: …"``) in place of a row whose output is not valid.
-    Sampling as in :func:`~jupyter_localllm.generate` (``max_tokens`` defaults to 256).
+    Sampling as in :func:`~jupyter_localllm.generate` (``max_tokens`` defaults to the
+    table's 100, see :mod:`~jupyter_localllm.defaults`).
 
     A KeyboardInterrupt (or setting ``cancel``) raises :class:`BatchInterrupted` whose
     ``results`` hold every finished row (``value``: the parsed dict). ``background=True``
@@ -130,17 +181,13 @@ def extract(
     ``model``, one column per top-level property, lists and objects as JSON, ``error``,
     ``prompt_hash``); a re-run appends only the rows it lacks.
     """
-    plan = extraction_plan(
-        context,
-        prompts,
+    spec = ExtractSpec(
         schema,
         instruction=instruction,
         system_prompt=system_prompt,
         format=format,
-        sampling=sampling,
-        cache=cache,
-        **sampling_kwargs,
+        sampling=resolve_sampling(sampling, sampling_kwargs),
     )
-    properties = list(json_schema(schema).get("properties", {}))
-    plan = rows_to_sink(plan, sink, [*properties, "error"])
+    plan = extraction_plan(context, prompts, spec, cache=cache)
+    plan = rows_to_sink(plan, sink, [*spec.properties, "error"])
     return execute(plan, background=background, progress=progress, cancel=cancel, cluster=cluster)

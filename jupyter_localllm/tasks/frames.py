@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from ..engine.runner import GenerationContext
     from ..session.executors import Plan
     from ..types import Results
+    from .classification import LabelSpec
+    from .extraction import ExtractSpec
 
 __all__ = [
     "FrameJob",
@@ -80,29 +82,28 @@ def generate_rows(
 def classify_rows(
     context: GenerationContext,
     rows: FrameRows,
-    labels: Sequence[str],
+    spec: LabelSpec,
     *,
     probs: bool = False,
     name: Hashable = None,
     sink: Any = None,
-    **options: Any,
 ) -> Plan[pd.Series | pd.DataFrame]:
-    """The run labelling every row with one of ``labels`` by label scoring (``options`` as
-    for :func:`~jupyter_localllm.classify`). Its value is a Series of labels named ``name``
-    (default ``"label"``; ``<NA>`` where a row could not run), or with ``probs`` the
-    DataFrame of ``label``, one probability per label and ``error``. ``sink`` as for
-    :func:`generate_rows`."""
+    """The run labelling every row with one of ``spec.labels`` by label scoring (the
+    options of :func:`~jupyter_localllm.classify`, as one value). Its value is a Series of
+    labels named ``name`` (default ``"label"``; ``<NA>`` where a row could not run), or with
+    ``probs`` the DataFrame of ``label``, one probability per label and ``error``. ``sink``
+    as for :func:`generate_rows`."""
     from .classification import classify_plan
 
-    plan = classify_plan(context, rows.texts, labels, errors=rows.errors, **options)
-    plan = rows_to_sink(plan, sink, ["label", *map(str, labels), "error"], ids=rows.index)
+    plan = classify_plan(context, rows.texts, spec, errors=rows.errors)
+    plan = rows_to_sink(plan, sink, ["label", *spec.labels, "error"], ids=rows.index)
 
     def finish(scored: pd.DataFrame) -> pd.Series | pd.DataFrame:
         scored.index = rows.index
         label = scored["label"].astype(object).where(scored["label"].notna(), pd.NA)
         label.name = _name(name, "label")
         info = run_info("classify", context, rows, scored["error"])
-        info["labels"] = [str(x) for x in labels]
+        info["labels"] = list(spec.labels)
         info["hashes"] = scored.attrs.get("hashes", {})
         result = scored if probs else label
         result.attrs["llm"] = info
@@ -114,19 +115,19 @@ def classify_rows(
 def extract_rows(
     context: GenerationContext,
     rows: FrameRows,
-    schema: Mapping[str, Any] | type,
+    spec: ExtractSpec,
     *,
+    cache: bool | None = None,
     sink: Any = None,
-    **options: Any,
 ) -> Plan[pd.DataFrame]:
-    """The run extracting the fields of ``schema`` (a JSON schema or a pydantic model) from
-    every row (``options`` as for :func:`~jupyter_localllm.extract`). Its value is a
-    DataFrame of one column per top-level property and ``error`` (``None``, or why the row
-    failed). ``sink`` as for :func:`generate_rows`."""
-    from .extraction import extraction_plan, json_schema
+    """The run extracting the fields of ``spec.schema`` from every row (the options of
+    :func:`~jupyter_localllm.extract`, as one value). Its value is a DataFrame of one column
+    per top-level property and ``error`` (``None``, or why the row failed). ``sink`` as for
+    :func:`generate_rows`."""
+    from .extraction import extraction_plan
 
-    plan = extraction_plan(context, rows.texts, schema, errors=rows.errors, **options)
-    props = list(json_schema(schema).get("properties", {}))
+    plan = extraction_plan(context, rows.texts, spec, cache=cache, errors=rows.errors)
+    props = spec.properties
     plan = rows_to_sink(plan, sink, [*props, "error"], ids=rows.index)
 
     def finish(values: list[Any]) -> pd.DataFrame:
@@ -184,8 +185,9 @@ class FrameJob:
     task: str
     """``"generate"``, ``"classify"`` or ``"extract"``."""
     template: str
+    """The prompt template: ``{column}`` placeholders over the frame's columns."""
     args: tuple[Any, ...] = ()
-    """classify: ``(labels,)``; extract: ``(schema,)``."""
+    """classify: ``(LabelSpec,)``; extract: ``(ExtractSpec,)``."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """The keywords of :func:`generate_rows`, :func:`classify_rows` or :func:`extract_rows`."""
 

@@ -11,9 +11,9 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .. import hardware
-from ..engine.factory import set_verbosity
+from .. import defaults, hardware
 from ..engine.backend import MAX_SEQUENCES, UINT32_MAX, BackendModel, check_int
+from ..engine.factory import set_verbosity
 from ..engine.runner import GenerationContext
 from ..engine.sampling import SamplingParams
 from ..errors import InvalidParameterError, PromptError
@@ -134,7 +134,7 @@ def generate(
     prompt: str,
     *,
     sampling: SamplingParams | None = None,
-    clean: bool = False,
+    clean: bool = defaults.GENERATE_CLEAN,
     stream: Callable[[str], Any] | None = None,
     **sampling_kwargs: Any,
 ) -> Result:
@@ -145,8 +145,9 @@ def generate(
     ``repeat_last_n``, ``seed`` 1234, ``stop``, ``grammar``); the same call gives the same
     text every time, also when sampling with a fixed ``seed``. ``stream`` is called with each
     new piece of text as it is generated. ``clean=True`` strips chat control tokens and
-    ``<think>`` blocks. Returns a :class:`Result` (a ``str`` with ``finish_reason``,
-    ``n_prompt_tokens`` and ``n_tokens``). Raises :class:`PromptError` for an empty or too long
+    ``<think>`` blocks (off by default, as in localLLM; see :mod:`~jupyter_localllm.defaults`).
+    Returns a :class:`Result` (a ``str`` with ``finish_reason``, ``n_prompt_tokens`` and
+    ``n_tokens``). Raises :class:`PromptError` for an empty or too long
     prompt. The run shows in the session's activity (JupyterLab's status bar) while it runs;
     Ctrl-C (a kernel interrupt) stops it with :class:`BatchInterrupted`.
     """
@@ -174,7 +175,7 @@ def generation_request(
     prompts: Sequence[Any],
     *,
     sampling: SamplingArg = None,
-    clean: bool = False,
+    clean: bool = defaults.GENERATE_CLEAN,
     cache: bool | None = None,
     errors: Mapping[int, str] | None = None,
     **sampling_kwargs: Any,
@@ -208,7 +209,7 @@ def generate_parallel(
     prompts: Sequence[str],
     *,
     sampling: SamplingArg = None,
-    clean: bool = False,
+    clean: bool = defaults.GENERATE_CLEAN,
     progress: bool | Callable[[Progress], Any] | None = None,
     on_error: str = "return",
     on_result: Callable[[Result], Any] | None = None,
@@ -291,13 +292,13 @@ def check_context(context: Any) -> None:
 def quick_llama(
     prompt: str | Sequence[str],
     *,
-    model: str = "default",
+    model: str = defaults.DEFAULT_MODEL,
     system_prompt: str | None = "You are a helpful assistant.",
     auto_format: bool = True,
     n_ctx: int | None = None,
-    n_seq_max: int = 16,
+    n_seq_max: int = defaults.N_SEQ_MAX,
     n_gpu_layers: int | str = "auto",
-    clean: bool = True,
+    clean: bool = defaults.CLEAN,
     progress: bool | Callable[[Progress], Any] | None = None,
     stream: Callable[[str], Any] | None = None,
     **sampling: Any,
@@ -308,7 +309,8 @@ def quick_llama(
 
     A string gives one :class:`Result`; a list runs through :func:`generate_parallel`,
     ``n_seq_max`` at a time, and gives a list in the same order. Other keywords are sampling
-    options of :func:`generate` (``max_tokens`` defaults to 100).
+    options of :func:`generate`; the defaults (``max_tokens``, ``n_seq_max``, ``clean``) are
+    the table's (:mod:`~jupyter_localllm.defaults`).
     """
     if n_ctx is not None:
         check_int("n_ctx", n_ctx, 16, UINT32_MAX)

@@ -18,6 +18,7 @@ __all__ = [
     "FORMATS",
     "as_texts",
     "chat_prompts",
+    "check_format",
     "model_chat",
     "render_prompt",
     "render_rows",
@@ -38,10 +39,15 @@ def as_texts(texts: Any, what: str = "prompts") -> list[Any]:
     return list(texts)
 
 
-def resolve_format(model: BackendModel, fmt: str) -> str:
-    """``fmt`` checked, with ``"auto"`` made ``"chat"`` for models with a chat template."""
+def check_format(fmt: Any) -> None:
+    """Raise :class:`InvalidParameterError` unless ``fmt`` is one of :data:`FORMATS`."""
     if fmt not in FORMATS:
         raise InvalidParameterError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
+
+
+def resolve_format(model: BackendModel, fmt: str) -> str:
+    """``fmt`` checked, with ``"auto"`` made ``"chat"`` for models with a chat template."""
+    check_format(fmt)
     if fmt == "auto":
         return "chat" if model.chat_template else "plain"
     return fmt
