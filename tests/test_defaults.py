@@ -114,3 +114,14 @@ def test_a_zero_n_seq_max_is_refused_by_the_session_not_replaced(model):
 def test_the_table_lists_every_default():
     public = {k: v for k, v in vars(defaults).items() if k.isupper() and k != "TABLE"}
     assert sorted(map(repr, public.values())) == sorted(map(repr, defaults.TABLE.values()))
+
+
+@pytest.mark.parametrize("value", [0, -2])
+def test_a_bad_n_seq_max_is_refused_by_the_accessor_before_a_model_loads(value):
+    import pandas as pd
+
+    manager = get_manager()
+    manager.unload_all()
+    with pytest.raises(InvalidParameterError, match=r"^n_seq_max must be a positive integer"):
+        pd.DataFrame({"text": ["a", "b"]}).llm.generate("{text}", n_seq_max=value)
+    assert manager.aliases == []

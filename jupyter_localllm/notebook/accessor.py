@@ -25,6 +25,7 @@ import pandas as pd
 
 from .. import defaults
 from ..errors import InvalidParameterError
+from ..tasks.options import check_count
 from ..tasks.rows import frame_rows
 from .config import get_settings
 from .out_column import OutColumn
@@ -124,6 +125,8 @@ class _Accessor:
         """The frame's rows rendered (before the model loads: a bad template costs nothing),
         and the context."""
         rows = frame_rows(self._frame(), template)
+        if n_seq_max is not None:  # refused before a model loads, never replaced by a default
+            check_count("n_seq_max", n_seq_max)
         return rows, resolve_context(model, n_seq_max=n_seq_max)
 
     def generate(
