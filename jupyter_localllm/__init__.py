@@ -42,6 +42,11 @@ _EXPORTS: dict[str, str] = {
     "document_start": "analysis.repro",
     "document_end": "analysis.repro",
     "clear_cache": "session.cache",
+    "replay": "session.runlog",
+    "run": "session.runlog",
+    "run_log": "session.runlog",
+    "runs": "session.runlog",
+    "runs_clear": "session.runlog",
     "annotation_sink_csv": "session.sinks",
     "extract": "tasks.extraction",
     "compute_confusion_matrices": "analysis.evaluation",
@@ -109,6 +114,11 @@ __all__ = [
     "model_load",
     "per_class_figure",
     "quick_llama",
+    "replay",
+    "run",
+    "run_log",
+    "runs",
+    "runs_clear",
     "set_verbosity",
     "start_job",
     "tokenize",
@@ -196,6 +206,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .notebook.widgets import AccuracyPanel, HardwarePanel, ModelPanel, ProgressPanel, dashboard
     from .session.cache import clear_cache
     from .session.jobs import Job, start_job
+    from .session.runlog import replay, run, run_log, runs, runs_clear
     from .session.sinks import annotation_sink_csv
     from .tasks.classification import classify
     from .tasks.exploration import Exploration, explore

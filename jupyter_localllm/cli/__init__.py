@@ -1,4 +1,4 @@
-"""The command line: ``jupyter-localllm run | demo | hardware | models`` (also
+"""The command line: ``jupyter-localllm run | demo | hardware | models | log`` (also
 ``python -m jupyter_localllm ...``).
 
 A front-end beside the notebook, over the tasks: ``run`` (in :mod:`.run`) runs the DataFrame
@@ -32,6 +32,7 @@ from ..errors import (
     PromptError,
 )
 from . import basic
+from .log import log
 from .run import run
 from .spec import BadInput, RunFailed
 
@@ -90,16 +91,20 @@ def models() -> int:
 
 
 cli.add_command(run)
+cli.add_command(log)
 
 
 def main(argv: Sequence[str] | None = None, prog_name: str = "jupyter-localllm") -> int:
     """Entry point of ``jupyter-localllm`` and ``python -m jupyter_localllm``: the exit code."""
+    from ..session.runlog import front_end
+
     try:
-        code = cli.main(
-            args=list(argv) if argv is not None else None,
-            prog_name=prog_name,
-            standalone_mode=False,
-        )
+        with front_end("cli"):  # the run log names the command as the runs' front-end
+            code = cli.main(
+                args=list(argv) if argv is not None else None,
+                prog_name=prog_name,
+                standalone_mode=False,
+            )
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         return _fail(exc.format_message() + hint, 2)

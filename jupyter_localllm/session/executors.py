@@ -40,6 +40,7 @@ from . import activity
 from .jobs import Job, start_job
 from .ledger import RunLedger
 from .pipeline import BatchRequest, run_batch
+from .runlog import RunRecorder
 from .sinks import ProgressArg, ProgressSink, make_sink
 
 BatchRunner = Callable[..., Results]
@@ -134,9 +135,19 @@ class _Driver:
         self.ledger = RunLedger(plan.total)
         self.done = self.errors = self.tokens = 0  # over the requests done so far
         self.t_start = time.perf_counter()
+        self.log = RunRecorder(plan.desc, run)
 
     def run(self) -> Any:
-        """The plan's value, after every request ran."""
+        """The plan's value, after every request ran; the run is logged however it ends."""
+        try:
+            value = self._steps()
+        except BaseException as exc:
+            self.log.end(self.ledger, exc)
+            raise
+        self.log.end(self.ledger)
+        return value
+
+    def _steps(self) -> Any:
         steps = self.plan.steps
         try:
             request = next(steps)
@@ -157,6 +168,7 @@ class _Driver:
         """One request's results; its rows go into the ledger after the requests before."""
         rows = range(self.done, self.done + len(request.rows))
         record = self.ledger.mapped(rows)
+        self.log.request(request, self.done)
 
         def on_result(result: Result) -> None:
             if record(result) is not None and self.keep is not None:
