@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -208,8 +209,10 @@ def test_a_replay_of_a_greedy_run_matches_every_row(model, logdir):
 def test_a_replay_reports_a_row_that_differs(model, rctx, logdir):
     ll.generate_parallel(rctx, prompts(model)[:2], max_tokens=6, progress=False)
     run_id = ll.runs().iloc[0].run_id
-    with runlog.get_log()._connect(create=True) as con:  # as if the model had answered so
+    con = sqlite3.connect(logdir / "runs.sqlite")  # as if the model had answered so
+    with con:
         con.execute("UPDATE rows SET output = 'tampered' WHERE run_id = ? AND row = 1", (run_id,))
+    con.close()
     report = ll.replay(run_id)
     assert report["match"].tolist() == [True, False]
     assert report["logged"].iloc[1] == "tampered"

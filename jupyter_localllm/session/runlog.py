@@ -152,24 +152,43 @@ class RunLog:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._warned: set[str] = set()  # messages warned about (each once per process)
+        self._local = threading.local()
 
     def _connect(self, create: bool) -> sqlite3.Connection | None:
-        if not create and not self.path.exists():
-            return None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=30)
-        try:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(_SCHEMA)
-        except Exception:
-            con.close()
-            raise
+        """This thread's connection (kept: opening one costs more than a run's write), a
+        new one when the file went away; ``None`` when there is no log and ``create`` is
+        false."""
+        if not self.path.exists():
+            self._drop()
+            if not create:
+                return None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = getattr(self._local, "con", None)
+        if getattr(self._local, "pid", None) != os.getpid():  # a forked child: its own
+            con = None
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=30)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=NORMAL")  # WAL: durable but for power loss
+                con.executescript(_SCHEMA)
+            except Exception:
+                con.close()
+                raise
+            self._local.con, self._local.pid = con, os.getpid()
         return con
+
+    def _drop(self) -> None:
+        """Close this thread's connection (after a fault, or when the file went away)."""
+        con, self._local.con = getattr(self._local, "con", None), None
+        if con is not None:
+            with contextlib.suppress(Exception):
+                con.close()
 
     def write(self, run: dict[str, Any], rows: list[tuple]) -> None:
         """Add one run and its rows, then delete the oldest runs beyond the bound."""
         try:
-            with self._lock, contextlib.closing(self._connect(create=True)) as con, con:
+            with self._lock, self._connect(create=True) as con:
                 names = ", ".join(RUN_COLUMNS)
                 marks = ", ".join("?" * len(RUN_COLUMNS))
                 con.execute(f"INSERT INTO runs ({names}) VALUES ({marks})", _values(run))
@@ -177,12 +196,11 @@ class RunLog:
                 con.executemany(
                     f"INSERT INTO rows VALUES ({marks})", ([_text(v) for v in r] for r in rows)
                 )
-                con.execute(
-                    "DELETE FROM runs WHERE seq <= (SELECT seq FROM runs ORDER BY seq DESC "
-                    "LIMIT 1 OFFSET ?)",
-                    (_max_runs(),),
-                )
-                con.execute("DELETE FROM rows WHERE run_id NOT IN (SELECT run_id FROM runs)")
+                old = con.execute(
+                    "SELECT run_id FROM runs ORDER BY seq DESC LIMIT -1 OFFSET ?", (_max_runs(),)
+                ).fetchall()  # beyond the bound: deleted by key (rows: their index's prefix)
+                con.executemany("DELETE FROM rows WHERE run_id = ?", old)
+                con.executemany("DELETE FROM runs WHERE run_id = ?", old)
         except Exception as exc:  # never fatal: the run's results are the user's already
             self.fault(exc)
 
@@ -190,10 +208,7 @@ class RunLog:
         """The rows of a read (none when the log does not exist or fails, with a warning)."""
         try:
             con = self._connect(create=False)
-            if con is None:
-                return []
-            with contextlib.closing(con):
-                return con.execute(sql, args).fetchall()
+            return [] if con is None else con.execute(sql, args).fetchall()
         except Exception as exc:
             self.fault(exc)
             return []
@@ -201,7 +216,7 @@ class RunLog:
     def clear(self) -> int:
         """Delete every run; returns how many there were."""
         try:
-            with self._lock, contextlib.closing(self._connect(create=True)) as con, con:
+            with self._lock, self._connect(create=True) as con:
                 n = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
                 con.execute("DELETE FROM rows")
                 con.execute("DELETE FROM runs")
@@ -212,6 +227,7 @@ class RunLog:
 
     def fault(self, exc: Exception, fix: str = "runs go on without being logged") -> None:
         """Warn about a fault, once per message."""
+        self._drop()
         message = f"{type(exc).__name__}: {exc}"
         if message in self._warned:
             return
