@@ -249,3 +249,16 @@ def test_bad_rows_are_logged_with_their_errors(model, rctx, logdir):
     assert logged["error"].isna().tolist() == [True, False, False, False]
     assert logged["prompt"].iloc[2] == "bad \\ud800 text" and pd.isna(logged["prompt"].iloc[3])
     assert ll.runs().iloc[0].n_errors == 3
+
+
+def test_a_document_names_the_runs_logged_meanwhile(model, rctx, logdir, tmp_path):
+    path = ll.document_start(tmp_path / "doc.jsonl")
+    try:
+        ll.generate(rctx, prompts(model)[0], max_tokens=2)
+        ll.generate_parallel(rctx, prompts(model)[:2], max_tokens=2, progress=False)
+    finally:
+        ll.document_end()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["event"] for r in records] == ["start", "call", "call", "end"]
+    assert records[-1]["run_ids"] == ll.runs()["run_id"].tolist()[::-1]
+    assert [len(ll.run(r)) for r in records[-1]["run_ids"]] == [1, 2]

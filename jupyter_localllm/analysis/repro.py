@@ -9,7 +9,9 @@ Run log (``document_start(path)`` … ``document_end()``): a JSON-lines file. Th
 ``{"event": "start", "time", "package_version", "python", "platform", "hardware"}``; each call
 of a logged function adds ``{"event": "call", "time", "function", "model", "model_sha256",
 "params", "n_inputs", "input_sha256", "output_sha256", "wall_s"}``; ``document_end()`` writes
-``{"event": "end", "time", "n_calls"}``.
+``{"event": "end", "time", "n_calls", "run_ids"}``: ``run_ids`` names the runs of the run log
+(:mod:`~jupyter_localllm.session.runlog`) made meanwhile, each row of which
+``ll.run(run_id)`` or ``jupyter-localllm log export`` gives back.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ __all__ = [
     "document_start",
     "file_sha256",
     "log_call",
+    "note_run",
     "sha256_json",
 ]
 
 _digests: dict[tuple[str, int, int], str] = {}
 _log_lock = threading.Lock()
-_log: dict[str, Any] = {"path": None, "n_calls": 0}
+_log: dict[str, Any] = {"path": None, "n_calls": 0, "run_ids": []}
 
 
 def canonical_json(value: Any) -> str:
@@ -84,7 +87,7 @@ def document_start(path: str | os.PathLike) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     hw = hardware_profile()
     with _log_lock:
-        _log.update(path=str(p), n_calls=0)
+        _log.update(path=str(p), n_calls=0, run_ids=[])
         _append(
             {
                 "event": "start",
@@ -103,9 +106,17 @@ def document_end() -> Path | None:
     with _log_lock:
         if _log["path"] is None:
             return None
-        _append({"event": "end", "time": _now(), "n_calls": _log["n_calls"]})
+        end = {"event": "end", "time": _now(), "n_calls": _log["n_calls"]}
+        _append({**end, "run_ids": _log["run_ids"]})
         path, _log["path"] = Path(_log["path"]), None
     return path
+
+
+def note_run(run_id: str) -> None:
+    """A run was written to the run log: the open document (if any) names it at its end."""
+    with _log_lock:
+        if _log["path"] is not None:
+            _log["run_ids"].append(run_id)
 
 
 def log_call(

@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..analysis.repro import canonical_json, file_sha256, sha256_json
+from ..analysis.repro import canonical_json, file_sha256, note_run, sha256_json
 from ..engine.sampling import derive_seed
 from ..errors import InvalidParameterError
 from ..types import Result
@@ -185,8 +185,9 @@ class RunLog:
             with contextlib.suppress(Exception):
                 con.close()
 
-    def write(self, run: dict[str, Any], rows: list[tuple]) -> None:
-        """Add one run and its rows, then delete the oldest runs beyond the bound."""
+    def write(self, run: dict[str, Any], rows: list[tuple]) -> bool:
+        """Add one run and its rows, then delete the oldest runs beyond the bound; returns
+        whether the run was written."""
         try:
             with self._lock, self._connect(create=True) as con:
                 names = ", ".join(RUN_COLUMNS)
@@ -203,6 +204,8 @@ class RunLog:
                 con.executemany("DELETE FROM runs WHERE run_id = ?", old)
         except Exception as exc:  # never fatal: the run's results are the user's already
             self.fault(exc)
+            return False
+        return True
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
         """The rows of a read (none when the log does not exist or fails, with a warning)."""
@@ -286,7 +289,8 @@ class RunRecorder:
         except Exception as fault:  # a model without a file, say: the run itself is fine
             log.fault(fault)
             return
-        log.write(run, rows)
+        if log.write(run, rows):
+            note_run(run["run_id"])  # document_start()'s file names the runs logged meanwhile
 
     def _record(self, ledger: Any, exc: BaseException | None) -> tuple[dict, list[tuple]]:
         run_id = uuid.uuid4().hex[:12]
