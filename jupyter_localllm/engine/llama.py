@@ -1,30 +1,26 @@
 """The backend: the only module that touches llama_cpp's ctypes API.
 
 One small class per native handle — :class:`Model`, :class:`Context`, :class:`Batch`,
-:class:`Sampler` — each freed once: by ``close()`` (children before parents), at the end of a
-``with`` block, or when the Python object is garbage-collected (a ``weakref.finalize`` that
-keeps the parent model alive until its children are freed; nothing is freed at interpreter
-exit, where the OS takes the memory back). A model refuses to close while one of its
-generation contexts runs. Nothing above this module sees a ctypes object. Every input that
-could make llama.cpp abort the process (sequence ids, batch sizes, token ids, context sizes,
-grammars) is checked here in Python first. :class:`Model` implements
+:class:`Sampler` — each freed once, children before parents, by the pure-Python lifecycle of
+:mod:`.handles` (a model refuses to close while one of its generation contexts runs).
+:class:`Batch` adds the native struct to :mod:`.batch`'s numpy arrays. Nothing above this module
+sees a ctypes object. Every input that could make llama.cpp abort the process is checked in
+Python first (:mod:`.guards`). :class:`Model` implements
 :class:`~jupyter_localllm.engine.backend.BackendModel`: it creates its contexts, batches and
 samplers, so the runner never names these classes, and only
 :mod:`~jupyter_localllm.engine.factory` does. Of the package this module imports only the
-backend contract (:mod:`.backend`), the errors, the machine probes and the Ctrl-C guard
-(:mod:`.interrupts`): what a model can write under a grammar, how much memory a context
-needs and whether a file is safe to load are decided above it, through the protocol.
+backend contract and its pure-Python helpers (:mod:`.backend`, :mod:`.handles`, :mod:`.batch`,
+:mod:`.guards`), the errors, the machine probes and the Ctrl-C guard (:mod:`.interrupts`): what
+a model can write under a grammar, how much memory a context needs and whether a file is safe
+to load are decided above it, through the protocol.
 """
 
 from __future__ import annotations
 
 import _thread
-import contextlib
 import ctypes
 import os
 import threading
-import weakref
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +28,18 @@ import llama_cpp as _ll
 import numpy as np
 
 from .. import hardware
-from ..errors import (
-    ContextFullError,
-    DecodeError,
-    GrammarError,
-    InvalidParameterError,
-    ModelLoadError,
-    PromptError,
+from ..errors import DecodeError, GrammarError, InvalidParameterError, ModelLoadError
+from .backend import SamplerSettings
+from .batch import TokenBatch
+from .guards import (
+    batch_size_error,
+    check_context_sizes,
+    check_seq,
+    check_seq_copy,
+    check_tokens,
+    decode_error,
 )
-from .backend import MAX_SEQUENCES, UINT32_MAX, ModelUser, SamplerSettings, check_int
+from .handles import ModelHandle, NativeHandle
 from .interrupts import HeldInterrupts, interrupt_pending
 
 __all__ = [
@@ -108,51 +107,7 @@ def supports_gpu_offload() -> bool:
     return bool(_ll.llama_supports_gpu_offload())
 
 
-def _release(free: Callable[[Any], None], handle: Any, *keep: Any) -> None:
-    """Free ``handle``; ``keep`` (the parent model) only stays alive until then."""
-    free(handle)
-
-
-class _Native:
-    """Lifecycle shared by the wrappers: one native handle, freed once by :meth:`close`
-    (also at the end of a ``with`` block) or when the object is garbage-collected."""
-
-    _handle: Any = None
-    _finalizer: weakref.finalize | None = None
-    _closed_message = "This object was closed; create a new one."
-
-    def _own(self, handle: Any, free: Callable[[Any], None], *keep: Any) -> None:
-        """Hold ``handle``, freed by ``free(handle)`` exactly once; ``keep`` (a parent)
-        outlives it."""
-        self._handle = handle
-        self._finalizer = weakref.finalize(self, _release, free, handle, *keep)
-        # At exit the OS frees everything, and a daemon job thread may still be decoding.
-        self._finalizer.atexit = False
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` freed the native object."""
-        return self._handle is None
-
-    def close(self) -> None:
-        """Free the native object (safe to call twice)."""
-        self._handle = None
-        if self._finalizer is not None:
-            self._finalizer()  # a no-op once it has run
-
-    def _require_open(self) -> Any:
-        if self._handle is None:
-            raise InvalidParameterError(self._closed_message)
-        return self._handle
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Model(_Native):
+class Model(ModelHandle):
     """A GGUF model loaded by llama.cpp (weights memory-mapped by default).
 
     Use :func:`jupyter_localllm.model_load` rather than this class directly: it resolves
@@ -198,8 +153,7 @@ class Model(_Native):
                 "quantisation this llama-cpp-python build does not support (upgrade it) — "
                 "set_verbosity(2) shows llama.cpp's reason."
             )
-        self._own(handle, _ll.llama_model_free)
-        self._lock = threading.RLock()  # held while contexts are made and while closing
+        self._own(handle, _ll.llama_model_free)  # also its lock, contexts and users
         self._vocab = _ll.llama_model_get_vocab(handle)
         self.n_vocab = int(_ll.llama_vocab_n_tokens(self._vocab))
         self.size_bytes = self.path.stat().st_size
@@ -209,44 +163,7 @@ class Model(_Native):
         self.bos_token = int(_ll.llama_vocab_bos(self._vocab))
         self.eos_token = int(_ll.llama_vocab_eos(self._vocab))
         self.add_bos = bool(_ll.llama_vocab_get_add_bos(self._vocab))
-        self._contexts: weakref.WeakSet[Context] = weakref.WeakSet()
-        self._users: weakref.WeakSet[ModelUser] = weakref.WeakSet()
         self._piece_cache: dict[tuple[int, bool], bytes] = {}
-
-    # -- lifecycle -------------------------------------------------------------------------
-    def add_user(self, user: ModelUser) -> None:
-        """Register a generation context whose ``lock`` is held while it runs: the model
-        will not close under it."""
-        self._users.add(user)
-
-    def close(self) -> None:
-        """Free the model and its contexts (safe to call twice). Raises
-        :class:`InvalidParameterError` while one of its generation contexts is running."""
-        with self._lock:
-            if self._handle is None:
-                return
-            with self._users_idle():
-                for ctx in list(self._contexts):  # children before their parent
-                    ctx.close()
-                super().close()
-
-    @contextlib.contextmanager
-    def _users_idle(self) -> Iterator[None]:
-        """Hold the lock of every user of this model, or raise if one is running."""
-        held = []
-        try:
-            for user in list(self._users):
-                if not user.lock.acquire(blocking=False):
-                    raise InvalidParameterError(
-                        f"Model {self.name!r} is in use by a running generation (a background "
-                        "job or a call in another thread); cancel the job (job.cancel(); "
-                        "job.wait()) or let it finish, then close the model."
-                    )
-                held.append(user.lock)
-            yield
-        finally:
-            for lock in held:
-                lock.release()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.size_bytes / 2**20:.0f} MiB"
@@ -372,7 +289,7 @@ class Model(_Native):
         piece = self._piece_cache.get(key)
         if piece is None:
             self._require_open()
-            self._check_tokens((token,))
+            check_tokens((token,), self.n_vocab)
             piece = self._piece_cache[key] = _piece(self._vocab, token, special=special)
         return piece
 
@@ -381,7 +298,7 @@ class Model(_Native):
         self._require_open()
         if not tokens:
             return ""
-        self._check_tokens(tokens)
+        check_tokens(tokens, self.n_vocab)
         arr = (_ll.llama_token * len(tokens))(*tokens)
         n_max = max(64, len(tokens) * 16)
         buf = ctypes.create_string_buffer(n_max)
@@ -398,17 +315,9 @@ class Model(_Native):
     def token_text(self, token: int) -> str:
         """The vocabulary entry of ``token`` (for display)."""
         self._require_open()
-        self._check_tokens((token,))
+        check_tokens((token,), self.n_vocab)
         raw = _ll.llama_vocab_get_text(self._vocab, token)
         return raw.decode("utf-8", "replace") if raw else ""
-
-    def _check_tokens(self, tokens: Any) -> None:
-        arr = np.asarray(tokens)
-        if arr.size and (arr.min() < 0 or arr.max() >= self.n_vocab):
-            raise InvalidParameterError(
-                f"Token ids must be in [0, {self.n_vocab}) for this model; "
-                f"got {int(arr.min())}..{int(arr.max())}."
-            )
 
 
 def _piece(vocab: Any, token: int, *, special: bool) -> bytes:
@@ -431,7 +340,7 @@ def _resolve_gpu_layers(n_gpu_layers: int | str) -> int:
     return n_gpu_layers
 
 
-class Context(_Native):
+class Context(NativeHandle):
     """A llama.cpp context on a :class:`Model`: the KV cache of up to ``n_seq_max`` sequences.
 
     With ``kv_unified=True`` the sequences share all ``n_ctx`` cells, so a prefix copied to
@@ -460,12 +369,9 @@ class Context(_Native):
         flash_attn: bool = False,
     ):
         model._require_open()
-        check_int("n_ctx", n_ctx, 16, UINT32_MAX)
-        check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
-        check_int("n_batch", n_batch, 1, UINT32_MAX)
         if n_threads is None:
             n_threads = hardware.physical_cores()  # the one thread policy
-        check_int("n_threads", n_threads, 1, 1024)
+        check_context_sizes(n_ctx, n_seq_max, n_batch, n_threads)
         params = _ll.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -501,7 +407,7 @@ class Context(_Native):
         self.flash_attn = bool(flash_attn)
         # Tokens per sequence: the whole cache when unified, else its share.
         self.n_ctx_seq = int(_ll.llama_n_ctx_seq(handle))
-        model._contexts.add(self)
+        model.adopt(self)
 
     _closed_message = "This context was closed; create a new one."
 
@@ -520,33 +426,15 @@ class Context(_Native):
     def decode(self, batch: Batch) -> None:
         """Run the model on ``batch``; map llama_decode's return code to an exception."""
         handle = self._require_open()
-        if batch.n_tokens == 0:
+        n = batch.n_tokens
+        if n == 0:
             return
-        if batch.n_tokens > self.n_batch:  # llama.cpp would abort the process
-            raise InvalidParameterError(
-                f"A batch of {batch.n_tokens} tokens exceeds this context's n_batch "
-                f"({self.n_batch}); split it."
-            )
+        if not 0 < n <= self.n_batch or n > batch.capacity:  # llama.cpp would abort
+            raise batch_size_error(n, self.n_batch, batch.capacity)
+        batch._struct.n_tokens = n  # once per decode, not per add()
         rc = _ll.llama_decode(handle, batch._struct)
-        if rc == 0:
-            return
-        if rc == 1:
-            raise ContextFullError(
-                f"No room in the KV cache for {batch.n_tokens} tokens (n_ctx={self.n_ctx}); "
-                "use a larger n_ctx or fewer parallel sequences.",
-                rc,
-            )
-        if rc == 2:
-            raise DecodeError("Decoding was aborted; run the call again.", rc)
-        if rc == -1:
-            raise DecodeError(
-                "llama.cpp rejected the batch as invalid; this is a bug, please report it.", rc
-            )
-        raise DecodeError(
-            f"llama_decode failed with code {rc}; the context may be out of memory, "
-            "recreate it with a smaller n_ctx or n_batch.",
-            rc,
-        )
+        if rc:
+            raise decode_error(rc, n, self.n_ctx)
 
     def logits(self, index: int) -> np.ndarray:
         """A copy of the logits of output row ``index`` of the last decode."""
@@ -564,12 +452,6 @@ class Context(_Native):
         return int(np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).argmax())
 
     # -- memory (KV cache) -----------------------------------------------------------------
-    def _check_seq(self, seq: int) -> None:
-        if not (-1 <= seq < self.n_seq_max):
-            raise InvalidParameterError(
-                f"Sequence id {seq} is out of range for n_seq_max={self.n_seq_max}."
-            )
-
     def memory_clear(self) -> None:
         """Empty the KV cache of every sequence."""
         self._require_open()
@@ -578,38 +460,23 @@ class Context(_Native):
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
         """Remove positions [p0, p1) of sequence ``seq`` (-1 = all sequences / open end)."""
         self._require_open()
-        self._check_seq(seq)
+        check_seq(seq, self.n_seq_max)
         _ll.llama_memory_seq_rm(self._memory, seq, p0, p1)
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         """Give sequence ``dst`` positions [p0, p1) of ``src``: shared cells in a unified
         cache; between per-sequence streams only whole copies (p0 = p1 = -1) exist."""
         self._require_open()
-        self._check_seq(src)
-        self._check_seq(dst)
-        if not self.kv_unified and src != dst and (p0 > 0 or p1 >= 0):
-            # llama.cpp asserts (aborting the process) on partial cross-stream copies.
-            raise InvalidParameterError(
-                "Without a unified KV cache, seq_cp copies whole sequences only; pass p0=-1, p1=-1."
-            )
+        check_seq_copy(src, dst, p0, p1, n_seq_max=self.n_seq_max, unified=self.kv_unified)
         _ll.llama_memory_seq_cp(self._memory, src, dst, p0, p1)
 
 
-class Batch:
-    """A reusable llama_batch backed by numpy arrays (one sequence id per token).
-
-    Filling numpy slices instead of ctypes elements keeps the Python time per step small.
-    """
+class Batch(TokenBatch):
+    """A reusable llama_batch whose arrays are a :class:`~.batch.TokenBatch`'s (one sequence
+    id per token); :meth:`Context.decode` sets its token count."""
 
     def __init__(self, capacity: int, n_seq_max: int, n_vocab: int):
-        check_int("capacity", capacity, 1, None)
-        self.capacity = capacity
-        self.n_seq_max = n_seq_max
-        self.n_vocab = n_vocab
-        self.token = np.zeros(capacity, dtype=np.int32)
-        self.pos = np.zeros(capacity, dtype=np.int32)
-        self.seq = np.zeros(capacity, dtype=np.int32)
-        self.logits = np.zeros(capacity, dtype=np.int8)
+        super().__init__(capacity, n_seq_max, n_vocab)
         self._n_seq_id = np.ones(capacity, dtype=np.int32)
         # seq_id is an array of pointers; each points at this token's slot in self.seq.
         seq_ptr_t = ctypes.POINTER(_ll.llama_seq_id)
@@ -624,59 +491,10 @@ class Batch:
         self._struct.n_seq_id = self._n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
         self._struct.seq_id = self._seq_ptrs
         self._struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
-        self.n_tokens = 0
-
-    def clear(self) -> None:
-        """Empty the batch."""
-        self.n_tokens = 0
         self._struct.n_tokens = 0
 
-    @property
-    def free(self) -> int:
-        """How many more tokens fit."""
-        return self.capacity - self.n_tokens
 
-    def add(
-        self,
-        tokens: Any,
-        start_pos: int,
-        seq: int,
-        *,
-        want_last_logits: bool,
-        want_all_logits: bool = False,
-    ) -> int:
-        """Append ``tokens`` of sequence ``seq`` at positions ``start_pos...``.
-
-        ``want_last_logits`` asks for the last token's logits, ``want_all_logits`` for every
-        token's. Returns the output index of the last token when it has logits (else -1).
-        """
-        tokens = np.asarray(tokens, dtype=np.int32)
-        n = int(tokens.size)
-        if n == 0:
-            raise PromptError("Cannot add an empty token list to a batch.")
-        if n > self.free:
-            raise InvalidParameterError(
-                f"{n} tokens do not fit in a batch with {self.free} free places."
-            )
-        if not 0 <= seq < self.n_seq_max:
-            raise InvalidParameterError(
-                f"Sequence id {seq} is out of range for n_seq_max={self.n_seq_max}."
-            )
-        if tokens.min() < 0 or tokens.max() >= self.n_vocab:
-            raise InvalidParameterError(f"Token ids must be in [0, {self.n_vocab}).")
-        i = self.n_tokens
-        self.token[i : i + n] = tokens
-        self.pos[i : i + n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
-        self.seq[i : i + n] = seq
-        self.logits[i : i + n] = want_all_logits
-        if want_last_logits:
-            self.logits[i + n - 1] = 1
-        self.n_tokens = i + n
-        self._struct.n_tokens = self.n_tokens
-        return i + n - 1 if want_last_logits or want_all_logits else -1
-
-
-class Sampler(_Native):
+class Sampler(NativeHandle):
     """A llama.cpp sampler chain built from :class:`SamplingParams` (one per request)."""
 
     def __init__(self, model: Model, params: SamplerSettings, seed: int | None = None):
