@@ -73,7 +73,10 @@ def test_generate_classify_and_df_llm_are_logged(model, rctx, logdir):
     ll.generate(rctx, prompts(model)[0], max_tokens=4)
     ll.classify(rctx, ["I love it.", "I hate it."], ["positive", "negative"], progress=False)
     pd.DataFrame({"text": PROMPTS[:2]}).llm.generate("{text}", model=model, max_tokens=4)
-    table = ll.runs()
+    job = ll.generate_parallel(rctx, PROMPTS[:3], max_tokens=2, background=True, progress=False)
+    job.result()
+    table = ll.runs().iloc[1:]  # the background job's run first
+    assert ll.runs().iloc[0].n_done == 3
     assert table["function"].tolist()[::-1][:2] == ["generate", "classify"]
     assert len(table) == 3 and (table["status"] == "finished").all()
     labels = ll.run(table.iloc[1].run_id)["output"].tolist()

@@ -283,7 +283,11 @@ class RunRecorder:
         it early (``None``: finished). Never raises."""
         if not self.enabled or not self.requests:
             return
-        log = get_log()
+        try:
+            log = get_log()
+        except Exception as fault:  # no cache folder to name: as a log that cannot be written
+            warnings.warn(f"The run log failed ({fault}).", RunLogWarning, stacklevel=2)
+            return
         try:
             run, rows = self._record(ledger, exc)
         except Exception as fault:  # a model without a file, say: the run itself is fine
@@ -424,8 +428,8 @@ def _run_record(run_id: str) -> dict[str, Any]:
     if len(found) != 1:
         what = "No run" if not found else f"{len(found)} runs match"
         raise InvalidParameterError(
-            f"{what} {run_id!r} in the run log {log.path}; ll.runs() lists the runs "
-            "(give the whole run_id)."
+            f"{what} {run_id!r} in the run log {log.path}; give a whole run id as "
+            "ll.runs() or the command 'jupyter-localllm log' lists them."
         )
     return dict(zip(RUN_COLUMNS, found[0], strict=True))
 
