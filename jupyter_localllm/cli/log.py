@@ -14,7 +14,9 @@ _LIST_COLUMNS += ["n_done", "n_errors", "n_tokens", "seconds"]
 
 
 @click.group(invoke_without_command=True)
-@click.option("-n", "--limit", type=click.IntRange(1), default=20, show_default=True)
+@click.option(
+    "-n", "--limit", type=click.IntRange(1), default=20, show_default=True, help="Runs listed."
+)
 @click.pass_context
 def log(ctx: click.Context, limit: int) -> int:
     """List the recent runs (newest first); see the subcommands for more."""
