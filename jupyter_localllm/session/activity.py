@@ -22,6 +22,7 @@ import itertools
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -90,11 +91,19 @@ class ForegroundRun:
     background = False
 
     def __init__(self, desc: str, total: int, context: Any = None):
-        self.desc, self.total, self.context = desc, int(total), context
+        self.desc, self.total = desc, int(total)
+        # Weakly: a finished run stays listed for KEEP_FINISHED_S and must not keep its context
+        # (and the context's KV memory) alive when the user drops or recreates it.
+        self._context = weakref.ref(context) if context is not None else None
         self.status = "running"
         self.progress: Progress | None = None
         self.ended_at: float | None = None
         self.id = _register(self)
+
+    @property
+    def context(self) -> Any:
+        """The context the run uses, or None once the user's program has let go of it."""
+        return self._context() if self._context is not None else None
 
     def report(self, event: Progress) -> None:
         """A progress event of the run."""

@@ -162,9 +162,13 @@ def run_batch(
         run.start()
         if run.todo:
             _ENGINES[request.kind](run, cancel)
+        return run.finish()
     except KeyboardInterrupt as exc:
         raise run.ledger.interrupted() from exc
-    return run.finish()
+    finally:
+        # The ledger calls back into the run: without this the cycle keeps the request (and
+        # its context's KV memory) alive until the garbage collector happens to run.
+        run.ledger.prepare = run.ledger.on_result = None
 
 
 class _BatchRun:
