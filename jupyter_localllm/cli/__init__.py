@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 import click
 
-from .. import defaults
 from ..errors import (
     AmbiguousModelError,
     GrammarError,
@@ -33,7 +32,7 @@ from ..errors import (
 )
 from . import basic
 from .log import log
-from .run import run
+from .run import max_tokens_option, model_option, run
 from .spec import BadInput, RunFailed
 
 __all__ = ["main"]
@@ -63,16 +62,8 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option(
-    "-m", "--model", default=defaults.DEFAULT_MODEL, show_default=True, help="Model reference."
-)
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(1),
-    default=defaults.MAX_TOKENS,
-    show_default=True,
-    help="Most tokens per answer.",
-)
+@model_option
+@max_tokens_option
 def demo(model: str, max_tokens: int) -> int:
     """Answer a few questions with the default model, then label a news sample."""
     return basic.demo(model, max_tokens)

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from .spec import BadInput, RunFailed, reason
-from .tables import Table, check_format
+from .tables import Piece, Table, check_format
 
 __all__ = ["cell_text", "check_writable", "replace_file", "write_output"]
 
@@ -92,6 +92,14 @@ def _csv_fields(values: Iterable[Any]) -> str:
     return buffer.getvalue()[:-2]
 
 
+def _splice(table: Table, row: Callable[[Piece], str]) -> str:
+    """The input file's own text with each row piece (and the header, row -1) written by
+    ``row``; the pieces between rows (blank lines, comments) as they stand."""
+    return "".join(
+        piece.body + piece.end if piece.row is None else row(piece) for piece in table.pieces
+    )
+
+
 def _csv_text(table: Table, added: pd.DataFrame) -> str:
     names = [str(c) for c in added.columns]
     new = added.to_numpy(dtype=object)
@@ -100,14 +108,12 @@ def _csv_text(table: Table, added: pd.DataFrame) -> str:
         lines = [_csv_fields([*table.frame.columns, *names])]
         lines += [_csv_fields([*rows[i], *new[i]]) for i in range(len(rows))]
         return "".join(line + "\n" for line in lines)
-    out = []
-    for piece in table.pieces:
-        if piece.row is None:
-            out.append(piece.body + piece.end)
-            continue
+
+    def row(piece: Piece) -> str:
         cells = names if piece.row < 0 else new[piece.row]
-        out.append(f"{piece.body},{_csv_fields(cells)}{piece.end}")
-    return "".join(out)
+        return f"{piece.body},{_csv_fields(cells)}{piece.end}"
+
+    return _splice(table, row)
 
 
 # --- JSON Lines --------------------------------------------------------------------------
@@ -144,17 +150,15 @@ def _jsonl_text(table: Table, added: pd.DataFrame) -> str:
             "{" + _members([*columns, *names], [*rows[i], *new[i]]) + "}" for i in range(len(rows))
         ]
         return "".join(line + "\n" for line in lines)
-    out = []
-    for piece in table.pieces:
-        if piece.row is None:
-            out.append(piece.body + piece.end)
-            continue
+
+    def row(piece: Piece) -> str:
         # The record's own text up to its closing brace, then the new members.
         body = piece.body.rstrip()
         comma = ", " if table.records[piece.row] else ""
         members = _members(names, new[piece.row])
-        out.append(f"{body[:-1]}{comma}{members}}}{piece.body[len(body) :]}{piece.end}")
-    return "".join(out)
+        return f"{body[:-1]}{comma}{members}}}{piece.body[len(body) :]}{piece.end}"
+
+    return _splice(table, row)
 
 
 # --- Parquet -----------------------------------------------------------------------------

@@ -21,6 +21,18 @@ from .tables import Table, check_encoding, check_format, read_table
 
 __all__ = ["execute", "run"]
 
+# The options ``run`` and the other commands share (one declaration, one help text).
+model_option = click.option(
+    "-m", "--model", default=defaults.DEFAULT_MODEL, show_default=True, help="Model reference."
+)
+max_tokens_option = click.option(
+    "--max-tokens",
+    type=click.IntRange(1),
+    default=defaults.MAX_TOKENS,
+    show_default=True,
+    help="Most tokens per answer.",
+)
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("input_path", metavar="INPUT")
@@ -29,9 +41,7 @@ __all__ = ["execute", "run"]
 @click.option("-c", "--column", help="Use this column as the prompt (default: text).")
 @click.option("--labels", metavar="A,B,C", help="Classify each row into one of these labels.")
 @click.option("--schema", metavar="FILE", help="Extract the fields of this JSON schema.")
-@click.option(
-    "-m", "--model", default=defaults.DEFAULT_MODEL, show_default=True, help="Model reference."
-)
+@model_option
 @click.option(
     "--n-seq-max",
     type=click.IntRange(1),
@@ -39,13 +49,7 @@ __all__ = ["execute", "run"]
     show_default=True,
     help="Rows run in parallel.",
 )
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(1),
-    default=defaults.MAX_TOKENS,
-    show_default=True,
-    help="Most tokens per answer.",
-)
+@max_tokens_option
 @click.option(
     "--seed",
     type=click.IntRange(0, 2**32 - 1),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["HeldInterrupts", "interrupt_pending"]
+__all__ = ["HeldInterrupts", "held_call", "interrupt_pending"]
 
 _held: list[HeldInterrupts] = []  # the calls holding Ctrl-C now (main thread: at most one)
 
@@ -53,3 +54,15 @@ class HeldInterrupts:
         if self.previous is not signal.default_int_handler:
             self.previous(signal.SIGINT, None)
         raise KeyboardInterrupt  # the load was cancelled either way
+
+
+def held_call(create: Callable[[], Any], free: Callable[[Any], None]) -> Any:
+    """``create()`` (a llama.cpp load or init) with Ctrl-C held; a Ctrl-C that came meanwhile
+    frees what it made, if anything, and is raised then. Returns the handle (NULL: failed)."""
+    with HeldInterrupts() as interrupts:
+        handle = create()
+    if interrupts.pending:
+        if handle:
+            free(handle)
+        interrupts.raise_pending()
+    return handle

@@ -40,7 +40,7 @@ from .guards import (
     decode_error,
 )
 from .handles import ModelHandle, NativeHandle
-from .interrupts import HeldInterrupts, interrupt_pending
+from .interrupts import held_call, interrupt_pending
 
 __all__ = [
     "Batch",
@@ -141,12 +141,10 @@ class Model(ModelHandle):
         self.use_extra_bufts = bool(use_extra_bufts)
         self.n_gpu_layers = params.n_gpu_layers
         params.progress_callback = _load_progress
-        with HeldInterrupts() as interrupts:
-            handle = _ll.llama_model_load_from_file(str(self.path).encode(), params)
-        if interrupts.pending:
-            if handle:
-                _ll.llama_model_free(handle)
-            interrupts.raise_pending()
+        handle = held_call(
+            lambda: _ll.llama_model_load_from_file(str(self.path).encode(), params),
+            _ll.llama_model_free,
+        )
         if not handle:
             raise ModelLoadError(
                 f"llama.cpp could not load {self.path}; the file may use an architecture or "
@@ -386,12 +384,7 @@ class Context(NativeHandle):
             _ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else _ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         params.no_perf = True
-        with HeldInterrupts() as interrupts:
-            handle = _ll.llama_init_from_model(model._handle, params)
-        if interrupts.pending:
-            if handle:
-                _ll.llama_free(handle)
-            interrupts.raise_pending()
+        handle = held_call(lambda: _ll.llama_init_from_model(model._handle, params), _ll.llama_free)
         if not handle:
             raise ModelLoadError(
                 f"llama.cpp could not create a context with n_ctx={n_ctx}, "
