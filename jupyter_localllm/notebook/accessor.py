@@ -46,15 +46,7 @@ def resolve_context(model: Any = None, *, n_seq_max: int | None = None) -> Any:
     ``%config LocalLLM``: its default model, ``n_seq_max`` and ``n_ctx``."""
     from ..session.manager import resolve_context as session_context
 
-    settings = get_settings()
-    return session_context(
-        model,
-        n_seq_max=n_seq_max,
-        default_model=settings.default_model,
-        default_n_seq_max=settings.n_seq_max,
-        n_ctx=settings.n_ctx,
-        load_options=settings.load_options(),
-    )
+    return session_context(model, n_seq_max=n_seq_max, **get_settings().context_options())
 
 
 def _progress(progress: bool | Any | None) -> bool | Any | None:

@@ -72,6 +72,16 @@ class LocalLLM(Configurable):
         """Model-load keywords from these settings."""
         return {"n_gpu_layers": self.n_gpu_layers}
 
+    def context_options(self) -> dict[str, Any]:
+        """The keywords a front-end's context or cluster model spec takes from these
+        settings: default model, default ``n_seq_max``, ``n_ctx`` and the load options."""
+        return {
+            "default_model": self.default_model,
+            "default_n_seq_max": self.n_seq_max,
+            "n_ctx": self.n_ctx,
+            "load_options": self.load_options(),
+        }
+
 
 _settings: LocalLLM | None = None
 

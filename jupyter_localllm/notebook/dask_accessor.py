@@ -48,15 +48,7 @@ class _DaskAccessor:
     def _spec(self, model: Any, n_seq_max: int | None) -> Any:
         from ..session.cluster import model_spec
 
-        settings = get_settings()
-        return model_spec(
-            model,
-            n_seq_max=n_seq_max,
-            n_ctx=settings.n_ctx,
-            default_model=settings.default_model,
-            default_n_seq_max=settings.n_seq_max,
-            load_options=settings.load_options(),
-        )
+        return model_spec(model, n_seq_max=n_seq_max, **get_settings().context_options())
 
     def _map(self, job: FrameJob, spec: Any, meta: Any) -> Any:
         """``job`` over every partition, lazily, with the partitions' first rows."""
