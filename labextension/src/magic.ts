@@ -45,7 +45,12 @@ export const VALUE_OPTIONS: ReadonlySet<string> = new Set([
 ]);
 
 /** The options of `%%llm` that take no value. */
-export const SWITCH_OPTIONS: ReadonlySet<string> = new Set(['--no-interpolate', '--no-stream']);
+export const SWITCH_OPTIONS: ReadonlySet<string> = new Set([
+  '--chat',
+  '--no-chat',
+  '--no-interpolate',
+  '--no-stream',
+]);
 
 /** The options whose value names a loaded model. */
 const MODEL_OPTIONS: ReadonlySet<string> = new Set(['-m', '--model']);
