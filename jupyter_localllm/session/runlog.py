@@ -335,6 +335,15 @@ class RunRecorder:
         return run, rows
 
 
+def _model_sha256(path: Any) -> str | None:
+    """The model file's SHA-256, or None when the file is gone (moved after loading, or on a
+    Dask worker only): the run is still logged."""
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
+
+
 def _request_spec(request: BatchRequest, start: int) -> dict[str, Any]:
     """What a replay needs of a request besides its rows' prompts."""
     ctx, model = request.context, request.context.model
@@ -346,7 +355,7 @@ def _request_spec(request: BatchRequest, start: int) -> dict[str, Any]:
         seed_rows=request.seed_rows,
         model=getattr(model, "name", str(model.path)),
         model_path=str(model.path),
-        model_sha256=file_sha256(model.path),
+        model_sha256=_model_sha256(model.path),
         sampling=[p.as_dict() for p in sampling]
         if isinstance(sampling, list)
         else sampling.as_dict(),
