@@ -57,4 +57,3 @@ TABLE: dict[str, object] = {
     "clean (generate, generate_parallel)": GENERATE_CLEAN,
 }
 """Every default by its keyword name (for help texts and the README's table)."""
-

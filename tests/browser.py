@@ -89,6 +89,17 @@ def missing() -> str | None:
     return None
 
 
+EXTENSION = REPO_ROOT / "jupyter_localllm" / "labextension" / "package.json"
+
+
+def extension_missing() -> str | None:
+    """Why the JupyterLab extension's browser tests cannot run here, or ``None``."""
+    reason = missing()
+    if reason is None and not EXTENSION.exists():
+        reason = f"the JupyterLab extension is not built ({EXTENSION} is missing; run make setup)"
+    return reason
+
+
 @dataclass
 class Lab:
     """A running JupyterLab server: its address, token, root folder and process."""

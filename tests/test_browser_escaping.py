@@ -19,19 +19,11 @@ from collections.abc import Iterator
 import browser
 import pytest
 
-EXTENSION = browser.REPO_ROOT / "jupyter_localllm" / "labextension" / "package.json"
-
-
-def _missing() -> str | None:
-    reason = browser.missing()
-    if reason is None and not EXTENSION.exists():
-        reason = f"the JupyterLab extension is not built ({EXTENSION} is missing; run make setup)"
-    return reason
-
-
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
+    pytest.mark.skipif(
+        browser.extension_missing() is not None, reason=f"{browser.extension_missing()}"
+    ),
 ]
 
 FILE = "<img src=x onerror=window.__pwned=1>.gguf"

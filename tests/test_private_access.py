@@ -93,7 +93,9 @@ def test_no_private_attribute_is_read_across_sub_packages():
 def test_a_planted_read_across_sub_packages_is_found(tmp_path, source):
     root = tmp_path / "pkg"
     for sub, body in {
-        "engine": "_DEFAULT = 1\nclass Model:\n    def _require_open(self):\n        self._rows = {}\n",
+        "engine": (
+            "_DEFAULT = 1\nclass Model:\n    def _require_open(self):\n        self._rows = {}\n"
+        ),
         "tasks": source,
     }.items():
         (root / sub).mkdir(parents=True)

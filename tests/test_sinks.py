@@ -43,13 +43,6 @@ def stop_after(n: int):
 
 
 @pytest.fixture(scope="module")
-def ctx2(model):
-    c = ll.context_create(model, n_seq_max=2)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
 def prompts(model):
     return [chat(model, f"Name an animal that starts with the letter {c}.") for c in "ABCDEF"]
 
