@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -477,3 +478,20 @@ def screenshot(target: Page | Locator, name: str, folder: Path = SCREENSHOTS) ->
     path = folder / f"{name}.png"
     target.screenshot(path=str(path))
     return path
+
+
+@contextlib.contextmanager
+def notebook_page(prefix: str, name: str, cells: list[str]) -> Iterator[object]:
+    """A page with a notebook of ``cells`` open in a JupyterLab of its own (nothing run yet);
+    ``page.lab`` is the server, for failure messages."""
+    folder = scratch_folder(prefix)
+    path = write_notebook(folder / name, cells)
+    try:
+        with start_lab() as lab, launch_chromium() as chromium:
+            tab = chromium.new_page(viewport=VIEWPORT)
+            open_notebook(tab, lab, path)
+            tab.lab = lab
+            yield tab
+            tab.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

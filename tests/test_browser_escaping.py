@@ -12,7 +12,6 @@ Skips, with the reason, where Chromium, Playwright, JupyterLab or the built exte
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 
@@ -60,14 +59,8 @@ CELLS = [
 @pytest.fixture(scope="module")
 def page() -> Iterator[object]:
     """A page with the test notebook open in a JupyterLab of its own (nothing run yet)."""
-    folder = browser.scratch_folder("escaping-")
-    path = browser.write_notebook(folder / "escaping.ipynb", CELLS)
-    with browser.start_lab() as lab, browser.launch_chromium() as chromium:
-        tab = chromium.new_page(viewport=browser.VIEWPORT)
-        browser.open_notebook(tab, lab, path)
+    with browser.notebook_page("escaping-", "escaping.ipynb", CELLS) as tab:
         yield tab
-        tab.close()
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def assert_no_script_ran(page) -> None:

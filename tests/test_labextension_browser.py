@@ -18,7 +18,6 @@ extension are missing (``make setup`` builds it).
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Iterator
 
@@ -72,15 +71,8 @@ CELLS = [
 @pytest.fixture(scope="module")
 def page() -> Iterator[object]:
     """A page with the test notebook open in a JupyterLab of its own (nothing run yet)."""
-    folder = browser.scratch_folder("labext-")
-    path = browser.write_notebook(folder / "labextension.ipynb", CELLS)
-    with browser.start_lab() as lab, browser.launch_chromium() as chromium:
-        tab = chromium.new_page(viewport=browser.VIEWPORT)
-        browser.open_notebook(tab, lab, path)
-        tab.lab = lab  # for failure messages
+    with browser.notebook_page("labext-", "labextension.ipynb", CELLS) as tab:
         yield tab
-        tab.close()
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def token_classes(page, index: int) -> dict[str, set[str]]:
