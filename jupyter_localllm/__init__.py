@@ -37,6 +37,10 @@ _EXPORTS: dict[str, str] = {
     "quick_llama": "tasks.generation",
     "tokenize": "tasks.generation",
     "classify": "tasks.classification",
+    "embed": "tasks.embedding",
+    "embed_frame": "tasks.embedding",
+    "search": "tasks.embedding",
+    "similarity_join": "tasks.embedding",
     "explore": "tasks.exploration",
     "Exploration": "tasks.exploration",
     "document_start": "analysis.repro",
@@ -101,6 +105,8 @@ __all__ = [
     "document_end",
     "document_start",
     "download_model",
+    "embed",
+    "embed_frame",
     "errors",
     "explore",
     "extract",
@@ -119,7 +125,9 @@ __all__ = [
     "run_log",
     "runs",
     "runs_clear",
+    "search",
     "set_verbosity",
+    "similarity_join",
     "start_job",
     "tokenize",
     "validate",
@@ -209,6 +217,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .session.runlog import replay, run, run_log, runs, runs_clear
     from .session.sinks import annotation_sink_csv
     from .tasks.classification import classify
+    from .tasks.embedding import embed, embed_frame, search, similarity_join
     from .tasks.exploration import Exploration, explore
     from .tasks.extraction import extract
     from .tasks.generation import (

@@ -48,7 +48,10 @@ class Result(str):
 
     Label scoring (:func:`~jupyter_localllm.classify`) gives the label as the text, with
     ``probs`` (label -> probability) and ``logprobs`` (the label scores, in label order);
-    extraction (:func:`~jupyter_localllm.extract`) keeps the parsed JSON in ``value``.
+    extraction (:func:`~jupyter_localllm.extract`) keeps the parsed JSON in ``value``;
+    an embedded row (:func:`~jupyter_localllm.embed`) has the text ``"<embedding d=N>"`` and
+    its pooled vector in ``value``, a list of N floats (not normalised), so the result cache
+    stores it as JSON like any other row.
     """
 
     finish_reason: FinishReason

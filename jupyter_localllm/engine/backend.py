@@ -30,9 +30,11 @@ from ..errors import InvalidParameterError
 
 __all__ = [
     "MAX_SEQUENCES",
+    "POOLING_TYPES",
     "UINT32_MAX",
     "BackendBatch",
     "BackendContext",
+    "BackendEmbeddingContext",
     "BackendModel",
     "BackendSampler",
     "ModelUser",
@@ -42,6 +44,7 @@ __all__ = [
 
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: the most sequences one context may hold
 UINT32_MAX = 2**32 - 1  # the range of llama.cpp's n_ctx, n_batch, n_ubatch
+POOLING_TYPES = ("mean", "cls", "last")  # how a sequence's token states become one vector
 
 
 def check_int(name: str, value: Any, low: int, high: int | None) -> None:
@@ -174,6 +177,48 @@ class BackendContext(Protocol):
         ...
 
 
+class BackendEmbeddingContext(Protocol):
+    """A context in embedding mode: each decode gives one pooled vector per sequence.
+
+    Every token of a decode is output and pooled per sequence, so a sequence must lie whole
+    in one decode (the pooling of a causal model sees only the decode's tokens; a non-causal
+    one cannot be split at all): a decode holds whole sequences, at most :attr:`n_batch`
+    tokens, and the cache is emptied (:meth:`memory_clear`) before the next one.
+    """
+
+    n_ctx: int
+    """KV cells of the whole (unified) cache."""
+
+    n_batch: int
+    """Most tokens one decode accepts (also its ubatch: one decode is one graph)."""
+
+    n_seq_max: int
+    """Sequences one decode may hold (ids ``0..n_seq_max-1``)."""
+
+    n_embd: int
+    """Length of a pooled vector."""
+
+    pooling: str
+    """How token states are pooled: one of :data:`POOLING_TYPES`."""
+
+    def decode(self, batch: BackendBatch) -> None:
+        """Run the model on ``batch`` (every token marked as output)."""
+        ...
+
+    def seq_embedding(self, seq: int) -> np.ndarray:
+        """A copy (float32, :attr:`n_embd`) of sequence ``seq``'s pooled vector of the last
+        decode."""
+        ...
+
+    def memory_clear(self) -> None:
+        """Empty the KV cache of every sequence."""
+        ...
+
+    def close(self) -> None:
+        """Free the context (safe to call twice)."""
+        ...
+
+
 class BackendSampler(Protocol):
     """Picks tokens for one request from the logits of a decode."""
 
@@ -225,6 +270,9 @@ class BackendModel(Protocol):
 
     add_bos: bool
     """Whether tokenizing with ``add_special`` puts the BOS token first."""
+
+    n_embd: int
+    """Length of the model's output vectors (of a pooled embedding)."""
 
     @property
     def offloads_to_gpu(self) -> bool:
@@ -288,6 +336,20 @@ class BackendModel(Protocol):
     ) -> BackendContext:
         """A context of ``n_ctx`` cells for ``n_seq_max`` sequences (unified or one stream each),
         with or without flash attention."""
+        ...
+
+    def new_embedding_context(
+        self,
+        *,
+        n_ctx: int,
+        n_seq_max: int,
+        n_batch: int,
+        n_threads: int | None,
+        pooling: str,
+    ) -> BackendEmbeddingContext:
+        """A context in embedding mode (unified cache of ``n_ctx`` cells, decodes of at most
+        ``n_batch`` tokens in one ubatch) pooling each sequence as ``pooling`` says (one of
+        :data:`POOLING_TYPES`)."""
         ...
 
     def new_batch(self, capacity: int, n_seq_max: int) -> BackendBatch:

@@ -55,6 +55,13 @@ __all__ = [
 # Some llama-cpp-python releases bind llama_sampler_init_penalties with a leading n_vocab.
 _PENALTIES_TAKE_N_VOCAB = len(getattr(_ll.llama_sampler_init_penalties, "argtypes", ()) or ()) == 5
 
+# The pooling types of an embedding context (backend.POOLING_TYPES) as llama.cpp's enum.
+_POOLING = {
+    "mean": _ll.LLAMA_POOLING_TYPE_MEAN,
+    "cls": _ll.LLAMA_POOLING_TYPE_CLS,
+    "last": _ll.LLAMA_POOLING_TYPE_LAST,
+}
+
 _backend_lock = threading.Lock()
 _backend_ready = False
 _verbosity = 0
@@ -161,6 +168,7 @@ class Model(ModelHandle):
         self.bos_token = int(_ll.llama_vocab_bos(self._vocab))
         self.eos_token = int(_ll.llama_vocab_eos(self._vocab))
         self.add_bos = bool(_ll.llama_vocab_get_add_bos(self._vocab))
+        self.n_embd = int(_ll.llama_model_n_embd_out(handle))
         self._piece_cache: dict[tuple[int, bool], bytes] = {}
 
     def __repr__(self) -> str:
@@ -222,6 +230,25 @@ class Model(ModelHandle):
                 n_threads=n_threads,
                 kv_unified=kv_unified,
                 flash_attn=flash_attn,
+            )
+
+    def new_embedding_context(
+        self, *, n_ctx: int, n_seq_max: int, n_batch: int, n_threads: int | None, pooling: str
+    ) -> Context:
+        """A :class:`Context` in embedding mode: a unified cache, pooled per sequence."""
+        if pooling not in _POOLING:
+            raise InvalidParameterError(
+                f"pooling must be one of {', '.join(_POOLING)}, got {pooling!r}."
+            )
+        with self._lock:
+            return Context(
+                self,
+                n_ctx=n_ctx,
+                n_seq_max=n_seq_max,
+                n_batch=n_batch,
+                n_threads=n_threads,
+                kv_unified=True,
+                pooling=pooling,
             )
 
     def new_batch(self, capacity: int, n_seq_max: int) -> Batch:
@@ -365,12 +392,21 @@ class Context(NativeHandle):
         n_threads: int | None = None,
         kv_unified: bool = True,
         flash_attn: bool = False,
+        pooling: str | None = None,
     ):
         model._require_open()
         if n_threads is None:
             n_threads = hardware.physical_cores()  # the one thread policy
         check_context_sizes(n_ctx, n_seq_max, n_batch, n_threads)
         params = _ll.llama_context_default_params()
+        # Embedding mode (pooling given): every token is output and pooled per sequence, read
+        # with seq_embedding(); n_ubatch = n_batch keeps a decode in one graph (a non-causal
+        # model aborts on a split, a causal one would pool only the last piece).
+        self.pooling = pooling
+        self.n_embd = model.n_embd
+        params.embeddings = pooling is not None
+        if pooling is not None:
+            params.pooling_type = _POOLING[pooling]
         params.n_ctx = n_ctx
         params.n_batch = n_batch
         params.n_ubatch = n_batch
@@ -443,6 +479,22 @@ class Context(NativeHandle):
         if not ptr:
             raise DecodeError(f"No logits for output {index} of the last batch.", -1)
         return int(np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).argmax())
+
+    def seq_embedding(self, seq: int) -> np.ndarray:
+        """A copy of sequence ``seq``'s pooled vector of the last decode (embedding mode)."""
+        handle = self._require_open()
+        if self.pooling is None:
+            raise InvalidParameterError(
+                "This context does not compute embeddings; use model.new_embedding_context()."
+            )
+        if not 0 <= seq < self.n_seq_max:
+            raise InvalidParameterError(
+                f"Sequence id {seq} is out of range for n_seq_max={self.n_seq_max}."
+            )
+        ptr = _ll.llama_get_embeddings_seq(handle, seq)
+        if not ptr:
+            raise DecodeError(f"No pooled embedding for sequence {seq} in the last decode.", -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy()
 
     # -- memory (KV cache) -----------------------------------------------------------------
     def memory_clear(self) -> None:

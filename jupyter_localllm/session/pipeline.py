@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..analysis.repro import file_sha256, log_call
+from ..engine.embedding import embed_tokens, resolve_pooling
 from ..engine.sampling import SamplingParams
 from ..errors import InvalidParameterError
 from ..types import Progress, Result, Results
@@ -41,7 +42,7 @@ __all__ = [
     "run_batch",
 ]
 
-KINDS = ("generate", "score", "extract")
+KINDS = ("generate", "score", "extract", "embed")
 
 
 @dataclass
@@ -53,8 +54,9 @@ class BatchRequest:
     rows: list[Any]
     """The prompts, fully rendered; a row that is not a non-empty string becomes an error."""
     kind: str = "generate"
-    """``"generate"`` text, ``"score"`` the labels (label scoring), or ``"extract"`` JSON
-    under ``sampling``'s grammar, parsed and checked against ``schema``."""
+    """``"generate"`` text, ``"score"`` the labels (label scoring), ``"extract"`` JSON
+    under ``sampling``'s grammar, parsed and checked against ``schema``, or ``"embed"`` one
+    pooled vector per row (the result's ``value``, a list of floats; not normalised)."""
     sampling: SamplingParams | list[SamplingParams] = field(default_factory=SamplingParams)
     """One parameter set for every row, or one per row."""
     labels: list[str] = field(default_factory=list)
@@ -68,6 +70,9 @@ class BatchRequest:
     every row's (contextual calibration). They are not rows: progress does not count them."""
     schema: dict[str, Any] | None = None
     """``"extract"``: the JSON schema each output must match."""
+    pooling: str | None = None
+    """``"embed"``: ``"mean"``, ``"cls"`` or ``"last"``; ``None`` takes the model file's own
+    (mean when it names none) and is resolved when the request is made."""
     clean: bool = False
     """``"generate"``: strip chat control tokens and ``<think>`` blocks from answers."""
     cache: bool | None = None
@@ -90,6 +95,9 @@ class BatchRequest:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise InvalidParameterError(f"kind must be one of {', '.join(KINDS)}.")
+        if self.kind == "embed":  # resolved once: the cache key and the run log name it
+            meta = self.context.model.metadata if self.pooling is None else {}
+            self.pooling = resolve_pooling(meta, self.pooling)
         self.rows = list(self.rows)
         if isinstance(self.sampling, list) and len(self.sampling) != len(self.rows):
             raise InvalidParameterError(
@@ -220,7 +228,7 @@ class _BatchRun:
         for i, row in enumerate(req.rows):
             if i in bad:
                 continue
-            params = req.params_of(i).as_dict()
+            params = req.params_of(i).as_dict() if req.kind != "embed" else {"embed": req.pooling}
             self.keys[i] = self.store.key(digest, params, req.context.n_seq_max, row)
             hit = self.store.get(self.keys[i])
             if hit is not None:
@@ -290,11 +298,17 @@ def record_run(request: BatchRequest, results: Results, seconds: float, model: A
 
 
 # -- engines per kind ----------------------------------------------------------------------
-def _generate(run: _BatchRun, cancel: threading.Event | None) -> None:
+def _tokenized(run: _BatchRun) -> tuple[list[int], list[list[int]]]:
+    """The rows left to run and their tokens (rows that cannot be encoded are error rows)."""
     req, todo = run.request, run.todo
     tokens = run.tokens_of(todo, [req.rows[i] for i in todo])
     keep = [k for k, i in enumerate(todo) if i not in run.ledger]
-    rows = [todo[k] for k in keep]
+    return [todo[k] for k in keep], [tokens[k] for k in keep]
+
+
+def _generate(run: _BatchRun, cancel: threading.Event | None) -> None:
+    req = run.request
+    rows, tokens = _tokenized(run)
     if not rows:
         return
     params = [req.params_of(i) for i in rows]
@@ -307,7 +321,7 @@ def _generate(run: _BatchRun, cancel: threading.Event | None) -> None:
 
     seeds = req.seed_rows
     req.context.run(
-        [tokens[k] for k in keep],
+        tokens,
         params if isinstance(req.sampling, list) else req.sampling,
         on_progress=run.engine_progress,
         on_result=run.ledger.mapped(rows),
@@ -353,7 +367,20 @@ def _score(run: _BatchRun, cancel: threading.Event | None) -> None:
             run.ledger.record(res, todo[k])
 
 
-_ENGINES = {"generate": _generate, "extract": _generate, "score": _score}
+def _embed(run: _BatchRun, cancel: threading.Event | None) -> None:
+    rows, tokens = _tokenized(run)
+    if rows:
+        embed_tokens(
+            run.request.context,
+            tokens,
+            pooling=run.request.pooling,
+            on_result=run.ledger.mapped(rows),
+            on_progress=run.engine_progress,
+            cancel=cancel,
+        )
+
+
+_ENGINES = {"generate": _generate, "extract": _generate, "score": _score, "embed": _embed}
 
 
 def _label_result(scores: np.ndarray, labels: Sequence[str], row: int) -> Result:
@@ -406,12 +433,16 @@ _FINISHERS = {
     "generate": _finish_generated,
     "extract": _finish_extracted,
     "score": lambda request, res: res,
+    "embed": lambda request, res: res,
 }
 
 
 def _hashed_outputs(request: BatchRequest, results: Results) -> Any:
     """What the output hash covers: the texts, or for label scoring the labels and their
-    probabilities (rounded, so the hash does not depend on the last bits of a float)."""
+    probabilities, or the embeddings' vectors (rounded, so the hash does not depend on the last
+    bits of a float)."""
+    if request.kind == "embed":
+        return [[round(x, 5) for x in r.value] if r.ok else str(r) for r in results]
     if request.kind != "score":
         return [str(r) for r in results]
     out: dict[str, list[Any]] = {"label": [str(r) if r.ok else None for r in results]}
