@@ -211,6 +211,16 @@ def test_a_replay_of_a_greedy_run_matches_every_row(model, logdir):
     assert ll.runs().iloc[0].description == "replay"  # the replay is a logged run too
 
 
+def test_a_replay_of_an_embed_run_compares_the_vectors_and_keeps_the_pooling(model, logdir):
+    ll.embed(model, ["A cat sleeps.", "Stocks fell."], pooling="last", progress=False)
+    run_id = ll.runs().iloc[0].run_id
+    logged = ll.run(run_id)["output"].tolist()
+    assert all(o.startswith("<embedding d=576> sha256:") for o in logged), logged
+    assert logged[0] != logged[1]  # the hash is of the vector, not of its size
+    report = ll.replay(run_id)  # with the mean pooling of the file, no row would match
+    assert report["match"].tolist() == [True, True], report
+
+
 def test_a_replay_reports_a_row_that_differs(model, rctx, logdir):
     ll.generate_parallel(rctx, prompts(model)[:2], max_tokens=6, progress=False)
     run_id = ll.runs().iloc[0].run_id

@@ -75,7 +75,7 @@ ROW_COLUMNS = (
     "n_prompt_tokens", "n_tokens",
 )  # fmt: skip
 _REQUEST_FIELDS = ("kind", "function", "labels", "label_prefix", "scoring", "calibration")
-_REQUEST_FIELDS += ("schema", "clean", "what", "log_params")
+_REQUEST_FIELDS += ("schema", "clean", "what", "log_params", "pooling")
 
 _enabled: bool | None = None  # run_log(): None follows $LOCALLLM_RUN_LOG
 _front_end = threading.local()
@@ -378,13 +378,22 @@ def _row(request: BatchRequest, k: int, start: int, i: int, prompt: Any, res: Re
         k,
         sha256_json(prompt) if text is not None else None,
         text,
-        str(res) if res.error is None else None,
+        _output_text(res) if res.error is None else None,
         res.error,
         getattr(res.finish_reason, "value", res.finish_reason),
         derive_seed(request.params_of(i).seed, seed_row),
         int(res.n_prompt_tokens or 0),
         int(res.n_tokens or 0),
     )
+
+
+def _output_text(res: Result) -> str:
+    """What the log keeps of a finished row: its text, and for a vector (an ``embed`` row,
+    whose text only names its size) the SHA-256 of its exact values, so a replay compares
+    the vectors themselves."""
+    if isinstance(res.value, list) and str(res).startswith("<embedding"):
+        return f"{res} sha256:{sha256_json(res.value)}"
+    return str(res)
 
 
 def _cluster_of(runner: Any) -> str | None:
@@ -465,7 +474,7 @@ def replay(run_id: str, *, progress: Any = False) -> pd.DataFrame:
             replayed = _replay_request(spec, part, progress)
             for row, old, new in zip(part["row"], part.itertuples(), replayed, strict=True):
                 was = old.output if old.error is None else f"error: {old.error}"
-                now = str(new) if new.error is None else f"error: {new.error}"
+                now = _output_text(new) if new.error is None else f"error: {new.error}"
                 out.append((int(row), was, now, was == now))
     frame = pd.DataFrame(out, columns=["row", "logged", "replayed", "match"])
     frame.attrs.update(run_id=logged.attrs["run"]["run_id"], rows=len(frame))
@@ -496,7 +505,8 @@ def _replay_request(spec: dict[str, Any], part: pd.DataFrame, progress: Any) -> 
     model = model_load(spec["model_path"], show_progress=False)
     try:
         context = open_context(model, **spec["context"])
-        fields = {name: spec[name] for name in _REQUEST_FIELDS}
+        # a run logged before a field existed replays with that field's default
+        fields = {name: spec[name] for name in _REQUEST_FIELDS if name in spec}
         request = BatchRequest(
             context, list(part["prompt"]), sampling=sampling, cache=False,
             seed_rows=seed_rows, **fields,
