@@ -53,6 +53,11 @@ _EXPORTS: dict[str, str] = {
     "runs_clear": "session.runlog",
     "annotation_sink_csv": "session.sinks",
     "extract": "tasks.extraction",
+    "sem_agg": "tasks.operators.agg",
+    "sem_dedup": "tasks.operators.dedup",
+    "sem_filter": "tasks.operators.filter",
+    "sem_join": "tasks.operators.join",
+    "sem_topk": "tasks.operators.topk",
     "compute_confusion_matrices": "analysis.evaluation",
     "intercoder_reliability": "analysis.evaluation",
     "validate": "analysis.evaluation",
@@ -126,6 +131,11 @@ __all__ = [
     "runs",
     "runs_clear",
     "search",
+    "sem_agg",
+    "sem_dedup",
+    "sem_filter",
+    "sem_join",
+    "sem_topk",
     "set_verbosity",
     "similarity_join",
     "start_job",
@@ -231,4 +241,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         quick_llama,
         tokenize,
     )
+    from .tasks.operators import sem_agg, sem_dedup, sem_filter, sem_join, sem_topk
     from .types import FinishReason, Progress, Result

@@ -244,10 +244,130 @@ class _Accessor:
         return _run(plan.then(self._recorded), background, progress, cluster)
 
 
+class _Operators:
+    """The semantic operators and embeddings on ``df.llm`` (thin calls of
+    :mod:`~jupyter_localllm.tasks.operators` and :mod:`~jupyter_localllm.tasks.embedding`
+    with the ``%config LocalLLM`` defaults; the run's details also go to
+    ``df.attrs["llm"]``)."""
+
+    _df: pd.DataFrame
+
+    def _operator(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+        """``function(df, *args, ...)`` on the settings' context, progress and cache."""
+        kwargs["model"] = resolve_context(kwargs.get("model"), n_seq_max=kwargs.pop("n_seq_max"))
+        kwargs["progress"] = _progress(kwargs.get("progress"))
+        kwargs["cache"] = _cache(kwargs.get("cache"))
+        value = function(self._df, *args, **kwargs)
+        if isinstance(value, (pd.DataFrame, pd.Series)) and "llm" in value.attrs:
+            self._df.attrs["llm"] = value.attrs["llm"]
+        return value
+
+    def filter(
+        self, predicate: str, *, model: Any = None, n_seq_max: int | None = None, **kwargs: Any
+    ) -> pd.DataFrame | Job:
+        """The rows for which ``predicate`` (a ``{column}`` template) holds, by label scoring
+        of yes/no: see :func:`~jupyter_localllm.sem_filter` (``threshold``, ``probs``,
+        ``return_all``, cascade keywords, ``background``, ``cluster``, ...)."""
+        from ..tasks.operators import sem_filter
+
+        return self._operator(sem_filter, predicate, model=model, n_seq_max=n_seq_max, **kwargs)
+
+    def topk(
+        self,
+        criterion: str,
+        k: int,
+        *,
+        model: Any = None,
+        n_seq_max: int | None = None,
+        **kwargs: Any,
+    ) -> pd.DataFrame | Job:
+        """The ``k`` rows that best meet ``criterion`` (naming columns in braces), best
+        first, by pairwise comparisons: see :func:`~jupyter_localllm.sem_topk`."""
+        from ..tasks.operators import sem_topk
+
+        return self._operator(sem_topk, criterion, k, model=model, n_seq_max=n_seq_max, **kwargs)
+
+    def join(
+        self,
+        right: pd.DataFrame,
+        predicate: str,
+        *,
+        model: Any = None,
+        n_seq_max: int | None = None,
+        **kwargs: Any,
+    ) -> pd.DataFrame | Job:
+        """Pairs of this frame's rows and ``right``'s for which ``predicate`` (with
+        ``{left.column}`` and ``{right.column}``) holds: see
+        :func:`~jupyter_localllm.sem_join` (``blocking``, ``candidates``, ...)."""
+        from ..tasks.operators import sem_join
+
+        return self._operator(
+            sem_join, right, predicate, model=model, n_seq_max=n_seq_max, **kwargs
+        )
+
+    def agg(
+        self,
+        instruction: str,
+        *,
+        by: Any = None,
+        model: Any = None,
+        n_seq_max: int | None = None,
+        **kwargs: Any,
+    ) -> pd.Series | Job:
+        """One answer per group (``by``) or for the frame, folding rows into answers that
+        fit the context: see :func:`~jupyter_localllm.sem_agg`."""
+        from ..tasks.operators import sem_agg
+
+        if "sampling" not in kwargs:
+            kwargs = get_settings().sampling(**kwargs)
+        return self._operator(
+            sem_agg, instruction, by=by, model=model, n_seq_max=n_seq_max, **kwargs
+        )
+
+    def dedup(
+        self, template: str, *, model: Any = None, n_seq_max: int | None = None, **kwargs: Any
+    ) -> pd.Series | Job:
+        """Cluster ids of rows that are the same thing (``template`` renders each row):
+        see :func:`~jupyter_localllm.sem_dedup`."""
+        from ..tasks.operators import sem_dedup
+
+        return self._operator(sem_dedup, template, model=model, n_seq_max=n_seq_max, **kwargs)
+
+    def embed(
+        self,
+        template: str = "{text}",
+        *,
+        model: Any = None,
+        n_seq_max: int | None = None,
+        **kwargs: Any,
+    ) -> pd.Series:
+        """Each row's embedding (a float32 vector) as ``template`` renders it: see
+        :func:`~jupyter_localllm.embed_frame`."""
+        from ..tasks.embedding import embed_frame
+
+        return self._operator(embed_frame, template, model=model, n_seq_max=n_seq_max, **kwargs)
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        model: Any = None,
+        n_seq_max: int | None = None,
+        **kwargs: Any,
+    ) -> pd.DataFrame:
+        """The ``k`` rows most similar to ``query`` by embeddings, with ``similarity``: see
+        :func:`~jupyter_localllm.search` (``template`` renders the rows)."""
+        from ..tasks.embedding import search
+
+        return self._operator(search, query, k, model=model, n_seq_max=n_seq_max, **kwargs)
+
+
 @pd.api.extensions.register_dataframe_accessor("llm")
-class LLMFrameAccessor(_Accessor):
+class LLMFrameAccessor(_Operators, _Accessor):
     """``df.llm``: :meth:`generate`, :meth:`classify` and :meth:`extract` over a DataFrame's
-    rows; templates name its columns in ``{braces}``."""
+    rows; templates name its columns in ``{braces}``; the semantic operators :meth:`filter`,
+    :meth:`topk`, :meth:`join`, :meth:`agg`, :meth:`dedup`, and :meth:`embed`/:meth:`search`."""
 
     def __init__(self, frame: pd.DataFrame):
         self._df = frame

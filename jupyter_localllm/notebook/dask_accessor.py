@@ -1,5 +1,6 @@
 """The ``ddf.llm`` and ``dds.llm`` accessors for Dask DataFrames and Series: the pandas
-accessors' ``generate``, ``classify`` and ``extract``, lazy.
+accessors' ``generate``, ``classify`` and ``extract``, and the map-like ``filter`` and
+``embed``, lazy.
 
 Each returns a Dask Series or DataFrame (``map_partitions`` with its ``meta``); computing it
 runs every partition where Dask runs it (on a cluster: the workers) through the DataFrame
@@ -32,6 +33,7 @@ from dask.dataframe.extensions import register_dataframe_accessor, register_seri
 from .. import defaults
 from ..errors import InvalidParameterError
 from ..tasks.frames import FrameJob, partition_offsets, run_partition
+from ..tasks.rows import frame_rows
 from .accessor import _cache
 from .config import get_settings
 
@@ -129,6 +131,90 @@ class _DaskAccessor:
         job = FrameJob("extract", template, (spec,), {"cache": _cache(cache)})
         meta = pd.DataFrame({c: pd.Series(dtype=object) for c in [*props, "error"]})
         return self._map(job, self._spec(model, n_seq_max), meta)
+
+    def filter(
+        self,
+        predicate: str,
+        *,
+        model: Any = None,
+        n_seq_max: int | None = None,
+        threshold: float = 0.5,
+        probs: bool = False,
+        return_all: bool = False,
+        cache: bool | None = None,
+        **options: Any,
+    ) -> Any:
+        """A lazy frame of the rows for which ``predicate`` holds, each partition filtered
+        where it runs (see ``df.llm.filter``; a map-like operator, so partitions are
+        independent; cascades need the whole frame and are not offered here)."""
+        from ..tasks.operators.common import split_cascade, yes_no_spec
+        from ..tasks.operators.filter import (
+            FILTER_INSTRUCTION,
+            FilterJob,
+            FilterOptions,
+            filter_partition,
+        )
+
+        if split_cascade(dict(options)):
+            raise InvalidParameterError(
+                "ddf.llm.filter runs each partition alone and cannot run a cascade; compute "
+                "the frame and use df.llm.filter."
+            )
+        spec = yes_no_spec(FILTER_INSTRUCTION, options)  # checked now, not on the workers
+        job = FilterJob(predicate, spec, FilterOptions(threshold, probs, return_all), _cache(cache))
+        meta = pd.DataFrame({c: pd.Series(dtype=t) for c, t in self._frame().dtypes.items()})
+        if return_all:
+            meta["passed"] = pd.Series(dtype="boolean")
+        if probs:
+            meta["prob"] = pd.Series(dtype=float)
+        if return_all:
+            meta["error"] = pd.Series(dtype=object)
+        return self._map_job(filter_partition, predicate, job, model, n_seq_max, meta)
+
+    def embed(
+        self,
+        template: str = "{text}",
+        *,
+        model: Any = None,
+        n_seq_max: int | None = None,
+        **options: Any,
+    ) -> Any:
+        """A lazy Series of each row's embedding (float32 vectors), each partition embedded
+        where it runs (see ``df.llm.embed``; ``normalize``, ``pooling``, ``cache``)."""
+        if "cache" in options:
+            options["cache"] = _cache(options["cache"])
+        job = (template, options)
+        meta = pd.Series(dtype=object, name=options.get("name") or "embedding")
+        return self._map_job(embed_partition, template, job, model, n_seq_max, meta)
+
+    def _map_job(
+        self, function: Any, template: str, job: Any, model: Any, n_seq_max: int | None, meta: Any
+    ) -> Any:
+        """``function(partition, offsets, spec, job)`` over every partition, lazily."""
+        frame = self._frame()
+        frame_rows(pd.DataFrame(columns=list(frame.columns)), template)  # checked now
+        offsets = dask.delayed(partition_offsets)(frame.map_partitions(len).to_delayed())
+        spec = self._spec(model, n_seq_max)
+        return frame.map_partitions(function, offsets, spec, job, meta=meta)
+
+
+def embed_partition(
+    part: pd.DataFrame,
+    offsets: list[int],
+    spec: Any,
+    job: tuple[str, dict[str, Any]],
+    partition_info: dict | None = None,
+) -> pd.Series:
+    """One partition's embeddings on this process's copy of the model."""
+    from ..session.cluster_worker import run_plan_here, worker_context
+    from ..tasks.embedding import embed_rows
+
+    template, options = job
+    offset = offsets[partition_info["number"]] if partition_info else 0
+    plan = embed_rows(worker_context(spec), frame_rows(part, template), **options)
+    value = run_plan_here(plan, offset)
+    value.attrs = {}
+    return value
 
 
 @register_dataframe_accessor("llm")

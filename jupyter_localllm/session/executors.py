@@ -74,7 +74,8 @@ class Plan(Generic[T]):
     steps: Steps
     """Yields each request, receives its results, returns the plan's value."""
     total: int
-    """Rows over all requests (for progress before the first event)."""
+    """Rows over all requests (for progress before the first event); a plan whose requests
+    depend on earlier answers gives its estimate, and the run's count grows past it."""
     desc: str = "llm"
     """What the run is called in progress displays."""
     context: GenerationContext | None = None
@@ -167,6 +168,8 @@ class _Driver:
     def _run(self, request: BatchRequest) -> Results:
         """One request's results; its rows go into the ledger after the requests before."""
         rows = range(self.done, self.done + len(request.rows))
+        # a plan of rounds (the semantic operators) may ask more rows than it foresaw
+        self.ledger.n = max(self.ledger.n, rows.stop)
         record = self.ledger.mapped(rows)
         self.log.request(request, self.done)
 
@@ -190,7 +193,7 @@ class _Driver:
         self.report(
             Progress(
                 self.done + event.done,
-                self.plan.total,
+                self.ledger.n,
                 self.errors + event.errors,
                 self.tokens + event.generated_tokens,
                 time.perf_counter() - self.t_start,

@@ -76,7 +76,8 @@ class BatchRequest:
     clean: bool = False
     """``"generate"``: strip chat control tokens and ``<think>`` blocks from answers."""
     cache: bool | None = None
-    """Use the result cache (``None``: ``$LOCALLLM_RESULT_CACHE``); ``"score"`` never does."""
+    """Use the result cache (``None``: ``$LOCALLLM_RESULT_CACHE``); ``"score"`` only when
+    ``True``."""
     errors: Mapping[int, str] = field(default_factory=dict)
     """Rows known to be bad before the run, with the message of their error result."""
     what: str = "prompt"
@@ -220,7 +221,9 @@ class _BatchRun:
 
     def _from_cache(self, bad: Mapping[int, str]) -> dict[int, Result]:
         req = self.request
-        if req.kind == "score" or not cache_enabled(req.cache):
+        # Label scores are cached only when asked (cache=True, the semantic operators): a
+        # score depends a little on its wave's neighbours, so classify computes them afresh.
+        if (req.kind == "score" and req.cache is not True) or not cache_enabled(req.cache):
             return {}
         self.store = get_cache()
         digest = file_sha256(self.model.path)
@@ -229,6 +232,13 @@ class _BatchRun:
             if i in bad:
                 continue
             params = req.params_of(i).as_dict() if req.kind != "embed" else {"embed": req.pooling}
+            if req.kind == "score":  # what decides a row's scores besides its prompt
+                params = {
+                    "labels": req.labels,
+                    "prefix": req.label_prefix,
+                    "scoring": req.scoring,
+                    "calibration": req.calibration,
+                }
             self.keys[i] = self.store.key(digest, params, req.context.n_seq_max, row)
             hit = self.store.get(self.keys[i])
             if hit is not None:
