@@ -13,7 +13,9 @@ from __future__ import annotations
 __all__ = [
     "CLEAN",
     "DEFAULT_MODEL",
+    "DELTA",
     "GENERATE_CLEAN",
+    "LABEL_BUDGET",
     "MAX_TOKENS",
     "N_SEQ_MAX",
     "SEED",
@@ -47,6 +49,12 @@ GENERATE_CLEAN = False
 """``generate`` and ``generate_parallel`` return the raw text, as localLLM's functions of the
 same names do (``clean=TRUE`` there and ``clean=True`` here cleans it)."""
 
+DELTA = 0.05
+"""Cascades (``proxy=``): the quality target holds with probability at least ``1 - DELTA``."""
+
+LABEL_BUDGET = 200
+"""Cascades (``proxy=``): rows of the random sample the oracle labels to learn the threshold."""
+
 TABLE: dict[str, object] = {
     "model": DEFAULT_MODEL,
     "max_tokens": MAX_TOKENS,
@@ -55,5 +63,7 @@ TABLE: dict[str, object] = {
     "temperature": TEMPERATURE,
     "clean": CLEAN,
     "clean (generate, generate_parallel)": GENERATE_CLEAN,
+    "delta": DELTA,
+    "label_budget": LABEL_BUDGET,
 }
 """Every default by its keyword name (for help texts and the README's table)."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .. import defaults
 from ..engine.runner import GenerationContext
 from ..engine.scoring import check_label_sizes, check_scoring
 from ..errors import InvalidParameterError, PromptError
@@ -188,9 +189,10 @@ def label_request(
     spec: LabelSpec,
     *,
     errors: Mapping[int, str] | None = None,
+    cache: bool | None = None,
 ) -> BatchRequest:
     """The label-scoring request of :func:`classify` (``errors`` marks rows known to be bad,
-    with their messages)."""
+    with their messages; ``cache=True`` uses the result cache)."""
     check_context(context)
     model = context.model
     texts = as_texts(texts)
@@ -214,6 +216,7 @@ def label_request(
             render_prompt(model, fmt, t, instruction, system_prompt, shots) for t in spec.calibrate
         ],
         errors={**bad, **(errors or {})},
+        cache=cache,
         what="text",
         function="classify",
         log_params={
@@ -286,16 +289,36 @@ def classify_plan(
     spec: LabelSpec,
     *,
     errors: Mapping[int, str] | None = None,
+    cache: bool | None = None,
 ) -> Plan[pd.DataFrame]:
     """The plan of :func:`classify` (for front-ends that run it their own way): rows are
     seen as records (``label``, probabilities, ``error``)."""
-    request = label_request(context, texts, spec, errors=errors)
+    request = label_request(context, texts, spec, errors=errors, cache=cache)
     return single(
         request,
         lambda results: label_frame(request, results),
         desc="classify",
         view=lambda req, res: label_record(res, req.labels),
     )
+
+
+def _cascade_spec(proxy: Any, sink: Any, **options: Any) -> Any:
+    """The :class:`~jupyter_localllm.tasks.cascade.CascadeSpec` of ``classify``'s cascade
+    keywords when ``proxy`` is given (``None`` otherwise; a target without a proxy is an
+    :class:`InvalidParameterError`)."""
+    targets = ("target_accuracy", "target_precision", "target_recall", "positive")
+    if proxy is None:
+        given = [name for name in targets if options[name] is not None]
+        if given:
+            raise InvalidParameterError(
+                f"{', '.join(given)} set the quality of a cascade; give proxy= (a cheaper model)."
+            )
+        return None
+    if sink is not None:
+        raise InvalidParameterError("sink= is not available with proxy=; save the result instead.")
+    from .cascade import CascadeSpec
+
+    return CascadeSpec(**options)
 
 
 def classify(
@@ -315,6 +338,14 @@ def classify(
     background: bool = False,
     cluster: Any = None,
     sink: Any = None,
+    cache: bool | None = None,
+    proxy: Any = None,
+    target_accuracy: float | None = None,
+    target_precision: float | None = None,
+    target_recall: float | None = None,
+    positive: str | None = None,
+    delta: float = defaults.DELTA,
+    label_budget: int = defaults.LABEL_BUDGET,
 ) -> pd.DataFrame | Job:
     """Pick one of ``labels`` for each text by scoring every label as the model's answer.
 
@@ -342,7 +373,29 @@ def classify(
     :class:`~jupyter_localllm.Job` (``job.partial()``: the scored rows' records) and
     ``cluster`` scores on a Dask cluster and ``sink`` appends each scored row to a CSV file
     (see :func:`~jupyter_localllm.annotation_sink_csv`), as in ``generate_parallel``.
+    ``cache=True`` keeps each row's scores in the result cache (a re-run scores only new
+    rows); label scores are computed afresh unless asked, except in a cascade, where ``None``
+    follows ``$LOCALLLM_RESULT_CACHE``.
+
+    ``proxy`` (a cheaper model, context or model reference) makes a cascade
+    (:mod:`~jupyter_localllm.tasks.cascade`): the proxy scores every row, this call's model
+    (the oracle) labels a random sample of ``label_budget`` rows, and a threshold on the
+    proxy's confidence is learned so that, with probability at least ``1 - delta``,
+    ``target_accuracy`` of the rows get the oracle's label (or, for the label ``positive``,
+    ``target_precision`` and/or ``target_recall`` hold against the oracle's answers); only
+    rows below it go to the oracle. ``attrs["llm"]`` gives ``oracle_rows``, ``threshold``,
+    ``estimate`` and ``bound``; probabilities are those of the model that answered a row.
     """
+    cascade = _cascade_spec(
+        proxy,
+        sink,
+        target_accuracy=target_accuracy,
+        target_precision=target_precision,
+        target_recall=target_recall,
+        positive=positive,
+        delta=delta,
+        label_budget=label_budget,
+    )
     spec = LabelSpec(
         labels,
         examples=examples,
@@ -352,7 +405,15 @@ def classify(
         calibrate=calibrate,
         scoring=scoring,
     )
-    plan = classify_plan(context, prompts, spec)
+    if cascade is not None:
+        from ..session.manager import resolve_context
+        from .cascade import run_cascade
+
+        check_context(context)
+        proxy_context = resolve_context(proxy, n_seq_max=context.n_seq_max)
+        run = dict(background=background, progress=progress, cancel=cancel, cluster=cluster)
+        return run_cascade(context, proxy_context, prompts, spec, cascade, cache=cache, **run)
+    plan = classify_plan(context, prompts, spec, cache=cache)
     plan = rows_to_sink(plan, sink, ["label", *spec.labels, "error"])
     if on_result is not None:
         plan = plan.also_on_result(lambda row, rec: on_result({"row": row, **rec}))

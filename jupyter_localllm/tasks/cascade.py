@@ -1,0 +1,481 @@
+"""Model cascades: a cheap proxy model labels every row, the classify call's own model (the
+oracle) only the rows the proxy is unsure of, with a stated guarantee on the answer's quality
+measured against the oracle's own answers (as SUPG and BARGAIN define it).
+
+How one cascade runs (three label-scoring requests of one :class:`Plan`, through the pipeline):
+
+1. the proxy scores every row (label probabilities);
+2. the oracle labels a uniform random sample of the rows the proxy scored (``label_budget``
+   rows, drawn with ``seed``); these rows keep the oracle's labels;
+3. a threshold on the proxy's confidence is learned from the sample (below); the oracle
+   labels every other row below it (and every row the proxy could not score).
+
+The guarantees, each with probability at least ``1 - delta`` over the random sample (``N``
+rows scored by the proxy, ``m`` sampled; all tests are exact hypergeometric ones, so they hold
+for any ``N`` and ``m`` — small samples only make them cautious):
+
+- ``target_accuracy=a``: at least ``a·N`` rows get the oracle's label. The proxy answers the
+  rows whose top probability is at least ``t``. Candidate thresholds are the proxy's own
+  confidences (known before any oracle label), tested from the highest down by fixed-sequence
+  testing: the null "more than ``(1-a)·N`` rows at or above ``t`` disagree with the oracle" is
+  rejected when the count of sampled disagreements there is so small that a hypergeometric
+  draw from such a population gives it with probability ``<= delta``. Disagreements only grow
+  as ``t`` falls, so the first null not rejected ends the sequence: ``t`` is the lowest
+  rejected one (a BARGAIN-like accuracy bound, Zeighami et al.).
+- ``target_recall=r`` (with ``positive=``): the proxy answers "not positive" below ``t_low`` on
+  its probability of ``positive``; at least ``r`` of the rows the oracle calls positive are
+  labelled positive. Given the sampled positives, they are a uniform sample of all positives;
+  the same fixed-sequence test on the misses, maximised over the unknown number of positives.
+- ``target_precision=p`` (with ``positive=``): the proxy answers "positive" at or above
+  ``t_high``; at least ``p`` of the rows labelled positive are positive for the oracle. The
+  share of oracle negatives above each of 20 candidate thresholds (quantiles of the proxy's
+  scores) is tested with a union bound (``delta/20`` each), and the lowest passing one is kept
+  (SUPG's precision target, Kang et al. 2020, with uniform sampling).
+
+Both precision and recall split ``delta`` in two. A proxy whose confidence says nothing about
+agreement leaves the tests unrejected at all but the top: almost every row is escalated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import hypergeom
+
+from .. import defaults
+from ..engine.runner import GenerationContext
+from ..errors import BatchInterrupted, InvalidParameterError
+from ..session.cache import cache_enabled
+from ..session.executors import Plan
+from ..session.pipeline import BatchRequest
+from ..types import Result, Results
+from .classification import LabelSpec, label_frame, label_record, label_request
+from .options import check_count, checked_names, field_names
+from .prompts import as_texts
+
+__all__ = [
+    "PRECISION_CANDIDATES",
+    "Bound",
+    "CascadeSpec",
+    "cascade_plan",
+    "learn_accuracy",
+    "learn_precision",
+    "learn_recall",
+    "run_cascade",
+]
+
+PRECISION_CANDIDATES = 20
+"""Candidate thresholds of the precision target (its union bound divides ``delta`` by it)."""
+
+
+@dataclass(frozen=True)
+class CascadeSpec:
+    """What a cascade guarantees, checked once when built. Give ``target_accuracy`` or
+    ``target_precision``/``target_recall`` (with ``positive``), not both kinds."""
+
+    target_accuracy: float | None = None
+    """Share of rows answered as the oracle would (any number of labels)."""
+    target_precision: float | None = None
+    """Share of the rows labelled ``positive`` that the oracle labels ``positive``."""
+    target_recall: float | None = None
+    """Share of the oracle's ``positive`` rows that are labelled ``positive``."""
+    positive: str | None = None
+    """The label that precision and recall are about (one of the labels)."""
+    delta: float = defaults.DELTA
+    """The guarantee holds with probability at least ``1 - delta``."""
+    label_budget: int = defaults.LABEL_BUDGET
+    """Rows the oracle labels in the random sample (at most; all rows when fewer)."""
+    seed: int = defaults.SEED
+    """Seed of the random sample."""
+
+    def __post_init__(self) -> None:
+        for name in ("target_accuracy", "target_precision", "target_recall", "delta"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1
+            ):
+                raise InvalidParameterError(f"{name} must be a number in (0, 1), got {value!r}.")
+        pr = self.target_precision is not None or self.target_recall is not None
+        if (self.target_accuracy is None) == (not pr):
+            raise InvalidParameterError(
+                "A cascade needs target_accuracy=, or target_precision=/target_recall= with "
+                "positive=; give one kind."
+            )
+        if pr != (self.positive is not None):
+            raise InvalidParameterError(
+                "positive= names the label of target_precision=/target_recall= and goes with them."
+            )
+        check_count("label_budget", self.label_budget)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InvalidParameterError(f"seed must be an integer, got {self.seed!r}.")
+
+    @classmethod
+    def from_kwargs(cls, **options: Any) -> CascadeSpec:
+        """The spec of ``options`` by name; an unknown one is an :class:`InvalidParameterError`."""
+        return cls(**checked_names("cascade", field_names(cls), options))
+
+    def check_labels(self, labels: Sequence[str]) -> None:
+        """Raise :class:`InvalidParameterError` unless ``positive`` is one of ``labels``."""
+        if self.positive is not None and str(self.positive) not in labels:
+            raise InvalidParameterError(
+                f"positive={self.positive!r} is not one of the labels ({', '.join(labels)})."
+            )
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A learned threshold and what it guarantees."""
+
+    metric: str
+    """``"accuracy"``, ``"precision"`` or ``"recall"``, against the oracle's answers."""
+    target: float
+    """The target the threshold was learned for."""
+    delta: float
+    """The error probability this bound was learned with."""
+    threshold: float
+    """accuracy: the proxy answers at top probability ``>= threshold``; precision: it says
+    positive at ``>= threshold``; recall: it says not positive at ``< threshold``."""
+    estimate: float
+    """The quality estimated from the sample (unbiased for accuracy and recall)."""
+    bound: float
+    """Lower confidence bound (level ``1 - delta``) on the quality at this threshold."""
+
+
+# -- the statistics -----------------------------------------------------------------------------
+def _largest_k(p_value: Any, delta: float, k_max: int) -> int:
+    """The largest ``k <= k_max`` whose ``p_value(k)`` (non-decreasing in ``k``) is at most
+    ``delta``; -1 when none is."""
+    lo, hi = -1, k_max  # p_value(lo) <= delta (or lo == -1); the answer is in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if p_value(mid) <= delta else (lo, mid - 1)
+    return lo
+
+
+def _tolerated(share: float, n: int | np.ndarray) -> Any:
+    """The most rows of ``n`` that may be wrong when ``share`` of them must be right."""
+    return np.floor((1.0 - share) * np.asarray(n) + 1e-9).astype(int)
+
+
+def _upper_count(k: int, n: int, m: int, delta: float) -> int:
+    """Upper confidence bound (level ``1-delta``) on the bad rows among ``n`` when a uniform
+    sample of ``m`` holds ``k``: the largest count whose chance of ``<= k`` exceeds ``delta``."""
+    counts = np.arange(k, n + 1)
+    ok = counts[hypergeom.cdf(k, n, counts, m) > delta]
+    return int(ok.max()) if ok.size else k
+
+
+def learn_accuracy(
+    confidence: Sequence[float],
+    sample: Sequence[int],
+    agree: Sequence[bool],
+    target: float,
+    delta: float,
+) -> Bound:
+    """The lowest threshold on the proxy's ``confidence`` (one per row) at which at least
+    ``target`` of the rows get the oracle's answer with probability ``>= 1 - delta`` (see the
+    module notes): ``sample`` are the rows the oracle labelled, ``agree`` whether the proxy's
+    answer was the oracle's on each."""
+    conf = np.asarray(confidence, dtype=float)
+    sample, agree = np.asarray(sample, dtype=int), np.asarray(agree, dtype=bool)
+    n, m = len(conf), len(sample)
+    allowed = int(_tolerated(target, n))
+    if allowed + 1 > n:
+        k_star = m  # the target allows every row to be wrong
+    else:
+        k_star = _largest_k(lambda k: hypergeom.cdf(k, n, allowed + 1, m), delta, m)
+    bad = np.sort(conf[sample][~agree])[::-1]
+    if k_star < 0 or n == 0:
+        threshold = math.inf
+    elif len(bad) <= k_star:
+        threshold = float(conf.min())
+    else:
+        above = conf[conf > bad[k_star]]
+        threshold = float(above.min()) if above.size else math.inf
+    if math.isinf(threshold) or m == 0:
+        return Bound("accuracy", target, delta, threshold, 1.0, 1.0)
+    k = int((bad >= threshold).sum())
+    estimate = 1.0 - k * (n - m) / (m * n)
+    bound = 1.0 - (_upper_count(k, n, m, delta) - k) / n
+    return Bound("accuracy", target, delta, threshold, estimate, bound)
+
+
+def _miss_p_value(k: int, m_pos: int, totals: np.ndarray, share: float) -> float:
+    """The largest chance, over the possible numbers of positives ``totals``, that ``m_pos``
+    sampled positives hold ``<= k`` misses when more than ``1 - share`` of them are misses."""
+    if not totals.size:
+        return 0.0
+    misses = _tolerated(share, totals) + 1
+    # While the misses stay the same, more positives make a sample with few misses likelier:
+    # only the last total of each step can give the largest chance.
+    possible = (misses <= totals) & np.r_[misses[1:] != misses[:-1], True]
+    if not possible.any():
+        return 0.0
+    return float(hypergeom.cdf(k, totals[possible], misses[possible], m_pos).max())
+
+
+def learn_recall(
+    score: Sequence[float],
+    sample: Sequence[int],
+    positive: Sequence[bool],
+    target: float,
+    delta: float,
+) -> Bound:
+    """The highest threshold on the proxy's probability of the positive label (``score``,
+    one per row) below which the proxy may answer "not positive" while at least ``target`` of
+    the oracle's positive rows stay positive, with probability ``>= 1 - delta``: ``sample``
+    are the rows the oracle labelled, ``positive`` its answers there."""
+    s = np.asarray(score, dtype=float)
+    sample, positive = np.asarray(sample, dtype=int), np.asarray(positive, dtype=bool)
+    pos = np.sort(s[sample][positive])
+    m_pos, m_neg = len(pos), len(sample) - len(pos)
+    totals = np.arange(max(m_pos, 1), len(s) - m_neg + 1)
+    k_star = _largest_k(lambda k: _miss_p_value(k, m_pos, totals, target), delta, m_pos - 1)
+    if k_star < 0:
+        return Bound("recall", target, delta, -math.inf, 1.0, 1.0)
+    threshold = float(pos[k_star])
+    k = int((pos < threshold).sum())
+    lo, hi = 0.0, 1.0  # the lowest recall the test would still reject below (bisection)
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if _miss_p_value(k, m_pos, totals, mid) > delta else (mid, hi)
+    return Bound("recall", target, delta, threshold, 1.0 - k / m_pos, lo)
+
+
+def _candidates(s: np.ndarray, count: int) -> np.ndarray:
+    """Up to ``count`` thresholds, highest first: the scores whose rows at or above them are
+    1/count, 2/count, ... of all rows."""
+    ranked = np.sort(s)[::-1]
+    places = np.ceil(len(s) * np.arange(1, count + 1) / count).astype(int) - 1
+    return np.unique(ranked[places])[::-1]
+
+
+def learn_precision(
+    score: Sequence[float],
+    sample: Sequence[int],
+    positive: Sequence[bool],
+    target: float,
+    delta: float,
+    candidates: int = PRECISION_CANDIDATES,
+) -> Bound:
+    """The lowest of ``candidates`` thresholds on the proxy's probability of the positive
+    label (``score``, one per row) at and above which at least ``target`` of the rows are
+    positive for the oracle, with probability ``>= 1 - delta`` (a union bound over the
+    candidates): ``sample`` are the rows the oracle labelled, ``positive`` its answers."""
+    s = np.asarray(score, dtype=float)
+    sample, positive = np.asarray(sample, dtype=int), np.asarray(positive, dtype=bool)
+    level = delta / candidates
+    best = Bound("precision", target, delta, math.inf, 1.0, 1.0)
+    for t in _candidates(s, candidates) if len(s) else []:
+        n_t = int((s >= t).sum())
+        inside = s[sample] >= t
+        m_t, k = int(inside.sum()), int((inside & ~positive).sum())
+        wrong = int(_tolerated(target, n_t)) + 1
+        p = 0.0 if wrong > n_t else (hypergeom.cdf(k, n_t, wrong, m_t) if m_t else 1.0)
+        if p <= level:
+            bound = 1.0 - _upper_count(k, n_t, m_t, level) / n_t
+            best = Bound("precision", target, delta, float(t), 1.0 - k / max(m_t, 1), bound)
+    return best
+
+
+# -- the cascade over label scoring --------------------------------------------------------------
+class _Cascade:
+    """One cascade's state: the rows each request holds, the learned bounds, the final
+    answers (so an interrupt can give every finished row by its input row)."""
+
+    def __init__(self, texts: list[Any], spec: LabelSpec, cascade: CascadeSpec, cache: bool):
+        self.texts, self.spec, self.cascade, self.cache = texts, spec, cascade, cache
+        self.n = len(texts)
+        self.parts: list[list[int]] = []  # input rows of each request, in plan order
+        self.final: dict[int, Result] = {}
+        self.source: dict[int, str] = {}
+        self.bounds: list[Bound] = []
+
+    def request(self, context: GenerationContext, rows: list[int], stage: str, errors) -> Any:
+        """The label-scoring request of ``rows`` (seeded by their input rows)."""
+        request = label_request(
+            context,
+            [self.texts[i] for i in rows],
+            self.spec,
+            errors={k: errors[i] for k, i in enumerate(rows) if i in errors},
+            cache=self.cache,
+        )
+        request.seed_rows, request.tag = list(rows), {**request.tag, "stage": stage, "rows": rows}
+        self.parts.append(list(rows))
+        return request
+
+    def learn(self, proxy: Results, sample: list[int], oracle: Results) -> dict[int, Result]:
+        """The bounds from the sample, and the proxy's answers the cascade keeps."""
+        ok = [i for i, r in enumerate(proxy) if r.ok]
+        where = {i: k for k, i in enumerate(ok)}
+        spot = [where[i] for i in sample]
+        labels, c = list(self.spec.labels), self.cascade
+        probs = np.array([[proxy[i].probs[lab] for lab in labels] for i in ok]).reshape(
+            -1, len(labels)
+        )
+        said = [str(oracle[k]) if oracle[k].ok else None for k in range(len(sample))]
+        if c.target_accuracy is not None:
+            agree = [said[k] == str(proxy[i]) for k, i in enumerate(sample)]
+            bound = learn_accuracy(probs.max(axis=1), spot, agree, c.target_accuracy, c.delta)
+            self.bounds = [bound]
+            keep = probs.max(axis=1) >= bound.threshold
+            return {i: proxy[i] for i, k in zip(ok, keep, strict=True) if k}
+        return self._learn_binary(proxy, ok, probs, spot, said)
+
+    def _learn_binary(self, proxy, ok, probs, spot, said) -> dict[int, Result]:
+        labels, c = list(self.spec.labels), self.cascade
+        p = labels.index(str(c.positive))
+        score = probs[:, p]
+        pos = [s == c.positive for s in said]
+        delta = c.delta / 2 if c.target_precision and c.target_recall else c.delta
+        high, low = math.inf, -math.inf
+        self.bounds = []
+        if c.target_precision is not None:
+            self.bounds.append(learn_precision(score, spot, pos, c.target_precision, delta))
+            high = self.bounds[-1].threshold
+        if c.target_recall is not None:
+            self.bounds.append(learn_recall(score, spot, pos, c.target_recall, delta))
+            low = self.bounds[-1].threshold
+        others = probs.copy()
+        others[:, p] = -1.0
+        kept = {}
+        for k, i in enumerate(ok):
+            yes, no = score[k] >= high, score[k] < low
+            if yes != no:  # both or neither: the oracle decides
+                label = labels[p] if yes else labels[int(others[k].argmax())]
+                kept[i] = proxy[i].replace(text=label)
+        return kept
+
+    def keep(self, rows: Sequence[int], results: Sequence[Result], source: str) -> None:
+        """Final answers of ``rows`` (a request's results, numbered within it)."""
+        for k, res in enumerate(results):
+            if res.finish_reason != "cancelled":
+                self.final[rows[k]] = res.replace(row=rows[k])
+                self.source[rows[k]] = source if res.ok else None
+
+    def interrupted(self, exc: BatchInterrupted) -> BatchInterrupted:
+        """``exc`` (rows numbered across the plan's requests) as one result per input row:
+        the finished final answers, ``"cancelled"`` for the rest."""
+        start = len(self.parts[0]) if self.parts else 0
+        for rows in self.parts[1:]:
+            self.keep(rows, exc.results[start : start + len(rows)], "oracle")
+            start += len(rows)
+        results = [self.final.get(i, Result.cancelled(i)) for i in range(self.n)]
+        done = self.n - sum(r.finish_reason == "cancelled" for r in results)
+        return BatchInterrupted(
+            f"Interrupted after {done} of {self.n} rows; the finished rows are in .results.",
+            results,
+        )
+
+    def info(self, proxy: GenerationContext, oracle: GenerationContext, m: int) -> dict:
+        """The cascade's details for ``attrs["llm"]``."""
+        source = [self.source.get(i) for i in range(self.n)]
+        return {
+            "task": "classify",
+            "proxy": proxy.model.name,
+            "oracle": oracle.model.name,
+            "rows": self.n,
+            "sampled": m,
+            "oracle_rows": sum(s == "oracle" for s in source),
+            "proxy_rows": sum(s == "proxy" for s in source),
+            "threshold": {b.metric: b.threshold for b in self.bounds},
+            "estimate": {b.metric: b.estimate for b in self.bounds},
+            "bound": {b.metric: b.bound for b in self.bounds},
+            "delta": self.cascade.delta,
+            "bounds": [asdict(b) for b in self.bounds],
+            "source": source,
+        }
+
+
+def cascade_plan(
+    oracle: GenerationContext,
+    proxy: GenerationContext,
+    texts: Sequence[Any],
+    spec: LabelSpec,
+    cascade: CascadeSpec,
+    *,
+    errors: Mapping[int, str] | None = None,
+    cache: bool | None = None,
+) -> Plan[pd.DataFrame]:
+    """The plan of a cascade (see the module notes): its value is :func:`classify`'s
+    DataFrame (``label``, probabilities of the model that answered, ``error``) with the
+    cascade's details in ``attrs["llm"]``: ``oracle_rows`` (rows the oracle labelled:
+    sampled and escalated), ``proxy_rows``, ``sampled``, ``threshold``, ``estimate`` and
+    ``bound`` (per metric: the sample's estimate and its lower confidence bound), ``source``
+    (per row ``"proxy"``, ``"oracle"``, or ``None`` for a row that failed in both). Its rows
+    are numbered across its three requests (``view`` records carry the input ``row``);
+    ``cache`` (``None``: ``$LOCALLLM_RESULT_CACHE``) keeps every row's scores in the result
+    cache, so a re-run scores nothing it scored before. :func:`run_cascade` turns an
+    interrupt into one result per input row."""
+    return _plan(oracle, proxy, texts, spec, cascade, errors, cache)[0]
+
+
+def _plan(
+    oracle, proxy, texts, spec, cascade, errors, cache
+) -> tuple[Plan[pd.DataFrame], _Cascade]:
+    texts = as_texts(texts)
+    cascade.check_labels(spec.labels)
+    errors = dict(errors or {})
+    state = _Cascade(texts, spec, cascade, cache_enabled(cache))
+
+    def steps() -> Generator[BatchRequest, Results, pd.DataFrame]:
+        everyone = list(range(state.n))
+        first = state.request(proxy, everyone, "proxy", errors)
+        scored = yield first
+        ok = [i for i, r in enumerate(scored) if r.ok]
+        rng = np.random.default_rng(cascade.seed)
+        size = min(cascade.label_budget, len(ok))
+        sample = sorted(int(i) for i in rng.choice(ok, size, replace=False)) if size else []
+        labelled = yield state.request(oracle, sample, "sample", errors)
+        state.keep(sample, labelled, "oracle")
+        for i, res in state.learn(scored, sample, labelled).items():
+            if i not in state.final:  # sampled rows keep the oracle's answer
+                state.keep([i], [res], "proxy")
+        rest = [i for i in everyone if i not in state.final]
+        escalated = yield state.request(oracle, rest, "escalated", errors)
+        state.keep(rest, escalated, "oracle")
+        hashes = {
+            f"{stage}_{key}": value
+            for stage, done in (("proxy", scored), ("sample", labelled), ("escalated", escalated))
+            for key, value in done.hashes.items()
+        }
+        frame = label_frame(first, Results([state.final[i] for i in everyone], hashes=hashes))
+        frame.attrs["llm"] = state.info(proxy, oracle, len(sample))
+        return frame
+
+    def view(request: BatchRequest, result: Result) -> dict[str, Any]:
+        row, stage = request.tag["rows"][result.row], request.tag["stage"]
+        return {"row": row, "stage": stage, **label_record(result, request.labels)}
+
+    plan = Plan(steps(), total=2 * len(texts), desc="cascade", context=oracle, view=view)
+    return plan, state
+
+
+def run_cascade(
+    oracle: GenerationContext,
+    proxy: GenerationContext,
+    texts: Sequence[Any],
+    spec: LabelSpec,
+    cascade: CascadeSpec,
+    *,
+    errors: Mapping[int, str] | None = None,
+    cache: bool | None = None,
+    **run: Any,
+) -> Any:
+    """Run :func:`cascade_plan` with :func:`~jupyter_localllm.session.executors.execute`'s
+    keywords (``progress``, ``cancel``, ``background``, ``cluster``). In the foreground an
+    interrupt raises :class:`BatchInterrupted` with one result per input row: every final
+    answer so far (sampled and escalated rows the oracle finished, and once the threshold is
+    learned the rows the proxy keeps) and ``"cancelled"`` for the rest."""
+    from ..session.executors import execute
+
+    plan, state = _plan(oracle, proxy, texts, spec, cascade, errors, cache)
+    try:
+        return execute(plan, **run)
+    except BatchInterrupted as exc:
+        raise state.interrupted(exc) from exc
