@@ -38,9 +38,13 @@ def req(index, n_prompt=3, **params) -> Request:
 
 def step(s: Scheduler, outputs: dict[int, int]):
     """One step: plan, then answer every slot that asked for logits from ``outputs``
-    (keyed by request index)."""
+    (keyed by request index); a scoring slot's logits are read, not sampled."""
     plan = s.schedule()
-    sampled = {w.slot: outputs[s.slots[w.slot].request.index] for w in plan.work if w.wants_logits}
+    sampled = {
+        w.slot: outputs[s.slots[w.slot].request.index]
+        for w in plan.work
+        if w.wants_logits and s.slots[w.slot].request.branches is None
+    }
     finished, deltas = s.update_from_output(plan, sampled)
     return plan, finished, deltas
 
@@ -248,3 +252,63 @@ def test_row_seed_does_not_depend_on_batch_composition():
 )
 def test_common_prefix_length(lists, expected):
     assert common_prefix_length(lists) == expected
+
+
+# -- scoring requests: the same loop, logits read instead of sampled ----------------------
+def score_req(index, n_prompt=3, branches=((7, 8), (9,))) -> Request:
+    return Request(index, list(range(100, 100 + n_prompt)), None, branches=branches)
+
+
+def test_a_scoring_request_reads_its_prompt_then_each_branch_rolled_back():
+    s = make(n_slots=1, prefix_len=4)
+    assert s.add_request(score_req(0)) is None
+    plan, finished, _ = step(s, {})
+    (w,) = plan.work
+    assert (list(w.tokens), w.start_pos, w.wants_logits, w.all_logits, w.rollback) == (
+        [100, 101, 102], 4, True, False, None,
+    )  # fmt: skip
+    assert finished == []
+    # each branch after the prompt, every token's logits, then its cells dropped
+    plan, finished, _ = step(s, {})
+    (w,) = plan.work
+    assert (list(w.tokens), w.start_pos, w.all_logits, w.rollback) == ([7, 8], 7, True, 7)
+    plan, finished, deltas = step(s, {})
+    (w,) = plan.work
+    assert (list(w.tokens), w.start_pos, w.rollback) == ([9], 7, 7)
+    ((slot, res),) = finished
+    assert (slot, res.row, res.finish_reason, str(res), deltas) == (0, 0, "stop", "", [])
+    assert not s.has_unfinished_requests()
+
+
+def test_scoring_rows_keep_their_order_and_branches_wait_for_every_prompt():
+    s = make(n_slots=2, n_batch=5)
+    s.add_request(score_req(0, n_prompt=2, branches=((7,),)))
+    s.add_request(score_req(1, n_prompt=4, branches=((7,),)))
+    plan = s.schedule()  # in order of arrival (not longest first); row 1's prompt is cut
+    assert [(w.slot, len(w.tokens)) for w in plan.work] == [(0, 2), (1, 3)]
+    s.update_from_output(plan, {})
+    plan = s.schedule()  # row 0's branch waits for row 1's last prompt token
+    assert [(w.slot, list(w.tokens)) for w in plan.work] == [(1, [103])]
+    s.update_from_output(plan, {})
+    plan = s.schedule()
+    assert [(w.slot, list(w.tokens), w.start_pos) for w in plan.work] == [(0, [7], 2), (1, [7], 4)]
+    finished, _ = s.update_from_output(plan, {})
+    assert sorted(r.row for _, r in finished) == [0, 1]
+
+
+def test_a_scoring_request_without_branches_ends_with_its_prompt():
+    s = make(n_slots=2)
+    s.add_request(score_req(0, branches=()))
+    s.add_request(req(1, max_tokens=2))  # a generating row in the same loop
+    _, finished, _ = step(s, {1: 5})
+    assert [(r.row, r.finish_reason) for _, r in finished] == [(0, "stop")]
+    _, finished, _ = step(s, {1: 6})
+    assert [(r.row, str(r)) for _, r in finished] == [(1, "<5><6>")]
+
+
+def test_a_scoring_request_that_cannot_hold_its_labels_fails_at_once():
+    s = make(n_slots=1, prefix_len=5, kv_capacity=6)
+    res = s.add_request(score_req(0, n_prompt=4, branches=((1, 2, 3),)))
+    assert res is not None and "more than the context holds with the labels" in res.error
+    assert "the prompt has 9 tokens" in res.error
+    assert s.add_request(score_req(1, n_prompt=3, branches=((1, 2, 3),))) is None

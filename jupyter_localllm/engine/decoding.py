@@ -1,24 +1,28 @@
-"""One generation run on a :class:`~jupyter_localllm.engine.runner.KVSession`: the decode
-loop of continuous batching. Each step plans the work with the
+"""One run on a :class:`~jupyter_localllm.engine.runner.KVSession`: THE decode loop of
+continuous batching, for every request kind. Each step plans the work with the
 :class:`~jupyter_localllm.engine.scheduler.Scheduler`, decodes it in one batch, samples a token
-for every row that asked for logits, and hands finished rows, text pieces and progress events
-to the caller's callbacks."""
+for every generating row that asked for logits, hands a scoring row's logits to its
+:class:`~jupyter_localllm.engine.scoring.LabelScorer` (and rolls its branch back), and hands
+finished rows, text pieces, scores and progress events to the caller's callbacks. Interrupts,
+progress and the KV bookkeeping of a run come from here alone."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ..errors import DecodeError, LocalLLMError
 from ..types import Progress, Result
-from .sampling import SamplingParams, derive_seed
 from .scheduler import Request, Scheduler, StepPlan
 
 if TYPE_CHECKING:
     from .backend import BackendSampler
     from .runner import GenerationContext, KVSession
+    from .scoring import LabelScorer
 
 __all__ = ["GenerationRun"]
 
@@ -26,26 +30,32 @@ _PROGRESS_INTERVAL = 0.1  # seconds between progress events while no row finishe
 
 
 class GenerationRun:
-    """One :meth:`GenerationContext.run` on a :class:`KVSession`: the scheduler, the rows'
-    samplers, the results so far and the caller's callbacks."""
+    """One :meth:`GenerationContext.run` or :meth:`GenerationContext.score_labels` on a
+    :class:`KVSession`: the scheduler, the rows' samplers (or the label scorer), the results so
+    far and the caller's callbacks. ``requests`` carry the rows' own tokens (after the shared
+    prefix), in the order they are to be admitted; ``scorer`` is given when they score, and
+    ``on_scores(rows, scores)`` then gets the rows scored in each step."""
 
     def __init__(
         self,
         owner: GenerationContext,
         kv: KVSession,
         prompts: Sequence[Sequence[int]],
-        per_row: list[SamplingParams],
-        seed_rows: Sequence[int],
+        requests: Iterable[Request],
         *,
         on_progress: Callable[[Progress], None] | None,
-        on_result: Callable[[Result], None] | None,
-        on_text: Callable[[int, str], None] | None,
+        on_result: Callable[[Result], None] | None = None,
+        on_text: Callable[[int, str], None] | None = None,
         cancel: threading.Event | None,
+        scorer: LabelScorer | None = None,
+        on_scores: Callable[[list[int], np.ndarray], None] | None = None,
     ):
         self.owner, self.kv, self.ctx, self.prompts = owner, kv, kv.ctx, prompts
         self.on_progress, self.on_result, self.on_text = on_progress, on_result, on_text
-        self.cancel = cancel
+        self.cancel, self.scorer, self.on_scores = cancel, scorer, on_scores
         self.results = kv.errors  # grows into every row's result
+        self.scores = np.full((len(prompts), len(scorer.steps) if scorer else 0), np.nan)
+        """A scoring run's scores ``[row, label]`` (NaN on rows not scored)."""
         self.samplers: dict[int, BackendSampler | None] = {}
         self.emitted_at = 0.0
         self.sched = Scheduler(
@@ -58,12 +68,10 @@ class GenerationRun:
             is_eog=owner.model.is_eog,
             contiguous=not owner.kv_unified,
         )
-        for i in kv.valid:
-            p = per_row[i]
-            request = Request(i, prompts[i][kv.prefix_len :], p, derive_seed(p.seed, seed_rows[i]))
+        for request in requests:
             early = self.sched.add_request(request)
             if early is not None:
-                self.results[i] = early
+                self.results[request.index] = early
 
     def run(self) -> list[Result]:
         """Run every row to its end; results in input order. A KeyboardInterrupt (or the
@@ -106,16 +114,37 @@ class GenerationRun:
         batch.clear()
         out_index = {}
         for w in plan.work:
-            idx = batch.add(w.tokens, w.start_pos, w.slot, want_last_logits=w.wants_logits)
+            idx = batch.add(
+                w.tokens,
+                w.start_pos,
+                w.slot,
+                want_last_logits=w.wants_logits,
+                want_all_logits=w.all_logits,
+            )
             if w.wants_logits:
                 out_index[w.slot] = idx
         self.kv.decode()
         return out_index
 
+    def _read_scores(self, plan: StepPlan, out_index: dict[int, int]) -> None:
+        """Hand each scoring slot's logits to the scorer and roll back a branch read whole;
+        leaves in ``out_index`` only the slots to sample."""
+        slots, scorer, ctx = self.sched.slots, self.scorer, self.ctx
+        for w in plan.work:
+            if w.slot not in out_index or slots[w.slot].request.branches is None:
+                continue
+            last = out_index.pop(w.slot)
+            first = last - len(w.tokens) + 1 if w.all_logits else last
+            scorer.add(slots[w.slot].request.index, map(ctx.logits, range(first, last + 1)))
+            if w.rollback is not None:
+                ctx.seq_rm(w.slot, w.rollback, -1)
+
     def _collect(self, plan: StepPlan, out_index: dict[int, int]) -> None:
         """Sample the slots' next tokens, feed them to the scheduler, finish the rows that
         ended and stream their text."""
         sched, kv = self.sched, self.kv
+        if self.scorer is not None:
+            self._read_scores(plan, out_index)
         sampled, failed = self._sample_all(out_index)
         for slot, message in failed:
             kv.release(slot)
@@ -126,12 +155,22 @@ class GenerationRun:
         if self.on_text is not None:
             for index, text in deltas:
                 self.on_text(index, text)
-        several = len(kv.valid) > 1  # a single row's prompt stays cached (see KVSession.end)
+        # a single generated row's prompt stays cached (see KVSession.end)
+        several = len(kv.valid) > 1 or self.scorer is not None
         for slot, res in done:
             if several:
                 kv.release(slot)
             self._finish(res)
+        if self.scorer is not None and done:
+            self._scored([res.row for _, res in done])
         self._emit(bool(done or failed))
+
+    def _scored(self, rows: list[int]) -> None:
+        """Fill the scores of the ``rows`` scored this step and hand them on."""
+        for row in rows:
+            self.scores[row] = self.scorer.finish(row)
+        if self.on_scores is not None:
+            self.on_scores(rows, self.scores[rows])
 
     def _sample_all(self, out_index: dict[int, int]) -> tuple[dict[int, int], list]:
         """The next token of each slot in ``out_index``, and ``(slot, message)`` for each slot
@@ -181,7 +220,7 @@ class GenerationRun:
     def _complete(self) -> list[Result]:
         """End the session (a single finished row's prompt stays cached); results in order."""
         kv, valid = self.kv, self.kv.valid
-        single_ok = len(valid) == 1 and self.results[valid[0]].ok
+        single_ok = len(valid) == 1 and self.results[valid[0]].ok and self.scorer is None
         kv.end(self.prompts[valid[0]] if single_ok else None)
         kv.stats.decoded_prompt_tokens = kv.stats.prefix_tokens_decoded + sum(
             len(self.prompts[i]) - kv.prefix_len for i in valid
@@ -198,5 +237,7 @@ class GenerationRun:
         for sampler in self.samplers.values():
             if sampler is not None:
                 sampler.close()
+        if self.scorer is not None:
+            self.scorer.forget()
         if isinstance(exc, DecodeError):
             self.owner.clear_cache()  # the cache may hold half a step

@@ -1,6 +1,7 @@
-"""The engine loop: a :class:`GenerationContext` runs batches of requests through the
-:class:`~jupyter_localllm.engine.scheduler.Scheduler`, one decode per step, and scores labels
-(:meth:`GenerationContext.score_labels`) on the same KV cache.
+"""The engine's front door: a :class:`GenerationContext` runs batches of requests through the
+one step loop (:mod:`~jupyter_localllm.engine.decoding`, driving the
+:class:`~jupyter_localllm.engine.scheduler.Scheduler`, one decode per step): generating rows
+(:meth:`GenerationContext.run`) and scoring rows (:meth:`GenerationContext.score_labels`) alike.
 
 It owns the backend context (created lazily and sized from the work when ``n_ctx`` is not
 given) and the shared prompt prefix kept in the KV cache between calls, so a second call with
@@ -40,8 +41,8 @@ from .memory import (
     train_context,
 )
 from .runlock import RunLock
-from .sampling import SamplingParams
-from .scheduler import common_prefix_length
+from .sampling import SamplingParams, derive_seed
+from .scheduler import Request, common_prefix_length
 from .scoring import LabelScorer
 
 if TYPE_CHECKING:
@@ -521,12 +522,16 @@ class GenerationContext:
         shield = self.lock.shield
         with self.lock, self.lock.running():
             kv = self.start_run(prompts, invalid, lambda i, own: own + per_row[i].max_tokens)
+            p = kv.prefix_len
+            requests = (
+                Request(i, prompts[i][p:], per_row[i], derive_seed(per_row[i].seed, seeds[i]))
+                for i in kv.valid
+            )
             return GenerationRun(
                 self,
                 kv,
                 prompts,
-                per_row,
-                seeds,
+                requests,
                 on_progress=shield(on_progress),
                 on_result=shield(on_result),
                 on_text=shield(on_text),
@@ -571,8 +576,10 @@ class GenerationContext:
         Returns the matrix (NaN on rows that could not run) and the error results of those rows
         by row index. ``label_tokens`` must each be non-empty. Rows in ``first`` are scored
         before the others; ``on_wave(rows, scores)`` gets each wave's rows and their scores as
-        it ends. A KeyboardInterrupt (or ``cancel`` being set) stops between waves, leaves the
-        context usable and propagates.
+        it ends; a wave is the rows scored in one step of the loop. Rows are scored in the
+        same step loop as generation (each a scoring request of the scheduler). A
+        KeyboardInterrupt (or ``cancel`` being set) stops between steps, leaves the context
+        usable and propagates.
         """
         scorer = LabelScorer(label_tokens, scoring)
         if len(prompts) == 0:
@@ -580,11 +587,19 @@ class GenerationContext:
         shield = self.lock.shield
         with self.lock, self.lock.running():
             kv = self.start_run(prompts, invalid or {}, lambda i, own: own + scorer.need)
-            return scorer.run(
+            early = set(first)
+            rows = sorted(kv.valid, key=lambda i: i not in early)  # stable: else input order
+            p = kv.prefix_len
+            requests = (Request(i, prompts[i][p:], None, branches=scorer.branches) for i in rows)
+            run = GenerationRun(
+                self,
                 kv,
                 prompts,
-                first=first,
-                on_wave=shield(on_wave),
+                requests,
                 on_progress=shield(on_progress),
                 cancel=cancel,
+                scorer=scorer,
+                on_scores=shield(on_wave),
             )
+            results = run.run()
+        return run.scores, {r.row: r for r in results if r.error is not None}

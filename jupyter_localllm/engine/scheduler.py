@@ -12,6 +12,13 @@ into every stream and ``slot_capacity`` is one stream's share. With a unified ca
 is stored once and the slots draw on one pool of ``kv_capacity`` cells. A finished request
 releases only its own positions, so the next request admitted to that slot starts on top of
 the prefix without recomputing it.
+
+Two kinds of request share the loop (as vLLM's ``EngineCore.step`` serves generation and
+pooling alike): a generating request samples a token after its prompt and decodes it, step
+after step; a scoring request (``branches`` given) reads the logits after its prompt, then
+decodes each branch — a run of tokens after the prompt, every token's logits asked for — in
+its own sequence and has it rolled back (:attr:`SlotWork.rollback`) before the next, and
+finishes when the last branch is read (label scoring: :mod:`~jupyter_localllm.engine.scoring`).
 """
 
 from __future__ import annotations
@@ -35,12 +42,24 @@ __all__ = [
 
 @dataclass
 class Request:
-    """One prompt to run: its tokens, its sampling parameters and its own seed."""
+    """One prompt to run: its tokens, its sampling parameters and its own seed — or, for a
+    scoring request, the ``branches`` to read after it."""
 
     index: int
     tokens: Sequence[int]
-    params: SamplingParams
-    seed: int
+    params: SamplingParams | None
+    """Sampling parameters of a generating request (None for a scoring one)."""
+    seed: int = 0
+    branches: Sequence[Sequence[int]] | None = None
+    """A scoring request: token runs decoded one after another after the prompt, each rolled
+    back before the next (may be empty: only the prompt's logits are read)."""
+
+    @property
+    def cells_after(self) -> int:
+        """KV cells the request may use after its prompt."""
+        if self.branches is None:
+            return self.params.max_tokens
+        return max(map(len, self.branches), default=0)
 
 
 @dataclass
@@ -51,10 +70,29 @@ class _Slot:
     text: TextAccumulator
     generated: list[int] = field(default_factory=list)
     next_token: int | None = None  # sampled, not yet decoded
+    branch: int = 0  # scoring: the branch being read
+    branch_done: int = 0  # scoring: its tokens already decoded
 
     @property
     def suffix_len(self) -> int:
         return len(self.request.tokens)
+
+    def chunk(self, i: int, room: int, prefix_len: int, branches_ok: bool) -> SlotWork | None:
+        """The next piece of prompt (or, scoring, of branch when ``branches_ok``) slot ``i``
+        reads, at most ``room`` tokens; None when it reads nothing."""
+        start = self.n_prefilled
+        if start < self.suffix_len:
+            end = min(self.suffix_len, start + room)
+            tokens = self.request.tokens[start:end]
+            return SlotWork(i, tokens, prefix_len + start, end == self.suffix_len)
+        branches = self.request.branches
+        if branches is None or not branches_ok or self.branch >= len(branches):
+            return None
+        branch, start = branches[self.branch], self.branch_done
+        end = min(len(branch), start + room)
+        base = prefix_len + self.suffix_len
+        rollback = base if end == len(branch) else None
+        return SlotWork(i, branch[start:end], base + start, True, True, rollback)
 
 
 @dataclass
@@ -65,6 +103,12 @@ class SlotWork:
     tokens: Sequence[int]
     start_pos: int
     wants_logits: bool
+    """The logits after the last token are read (sampled from, or scored)."""
+    all_logits: bool = False
+    """Every token's logits are read (a scoring request's branch)."""
+    rollback: int | None = None
+    """Once its logits are read, the slot's cells from this position on are removed (the
+    end of a branch)."""
 
 
 @dataclass
@@ -139,10 +183,16 @@ class Scheduler:
     # -- requests --------------------------------------------------------------------------
     def add_request(self, request: Request) -> Result | None:
         """Queue ``request``; returns an error result at once when it can never fit."""
-        need = len(request.tokens) + 1
         if len(request.tokens) == 0:
             return self._finish_early(request, "the prompt adds no tokens to the shared prefix")
-        if need > self.slot_capacity:
+        if request.branches is not None:
+            if len(request.tokens) + request.cells_after > self.slot_capacity:
+                return self._finish_early(
+                    request,
+                    f"the prompt has {self.prefix_len + len(request.tokens)} tokens, more than "
+                    "the context holds with the labels; use a larger n_ctx or a shorter prompt",
+                )
+        elif len(request.tokens) + 1 > self.slot_capacity:
             n_prompt = self.prefix_len + len(request.tokens)
             return self._finish_early(
                 request,
@@ -170,7 +220,7 @@ class Scheduler:
         admitted: list[tuple[Request, int]] = []
         while self.waiting and len(admitted) < len(free):
             request = self.waiting[0]
-            budget = min(len(request.tokens) + request.params.max_tokens, self.slot_capacity)
+            budget = min(len(request.tokens) + request.cells_after, self.slot_capacity)
             if self._reserved + budget > self.kv_capacity:
                 break  # wait for cells; FIFO keeps the order fair
             self.waiting.popleft()
@@ -179,13 +229,16 @@ class Scheduler:
         # Longest prompts in the lowest slots: llama.cpp decodes per-sequence streams in pieces
         # of consecutive sequences taking equal token counts, so a sorted wave of prompts is one
         # piece per distinct length instead of one per gap.
-        admitted.sort(key=lambda item: -len(item[0].tokens))
+        # (Scoring requests keep their order: the rows' scores then do not depend on their
+        # neighbours' lengths.)
+        if all(request.branches is None for request, _ in admitted):
+            admitted.sort(key=lambda item: -len(item[0].tokens))
         for i, (request, budget) in zip(free, admitted, strict=False):
             self.slots[i] = _Slot(
                 request=request,
                 n_prefilled=0,
                 budget=budget,
-                text=TextAccumulator(request.params.stop),
+                text=TextAccumulator(request.params.stop if request.params else ()),
             )
 
     def _compact(self) -> list[tuple[int, int]]:
@@ -202,9 +255,10 @@ class Scheduler:
         return moves
 
     def schedule(self) -> StepPlan:
-        """Plan the next step: one token per generating slot, then prompt chunks of the
-        slots still reading their prompt (oldest first), never more than ``n_batch`` tokens;
-        the work is listed in slot order (llama.cpp takes consecutive sequences together)."""
+        """Plan the next step: one token per generating slot, then chunks of the slots still
+        reading their prompt or (scoring) a branch, in slot order, never more than ``n_batch``
+        tokens; the work is listed in slot order (llama.cpp takes consecutive sequences
+        together)."""
         self._admit()
         moves = self._compact() if self.contiguous else []
         work: list[SlotWork] = []
@@ -214,33 +268,30 @@ class Scheduler:
                 pos = self.prefix_len + slot.suffix_len + len(slot.generated) - 1
                 work.append(SlotWork(i, (slot.next_token,), pos, True))
                 room -= 1
+        # Branches wait until every prompt of the step's rows is read, so a wave of scoring
+        # rows decodes its prompts, then each branch, the same however n_batch cuts them.
+        branches_ok = not any(s is not None and s.n_prefilled < s.suffix_len for s in self.slots)
         for i, slot in enumerate(self.slots):
             if room <= 0:
                 break
-            if slot is None or slot.n_prefilled >= slot.suffix_len:
+            if slot is None or slot.next_token is not None:
                 continue
-            start = slot.n_prefilled
-            end = min(slot.suffix_len, start + room)
-            work.append(
-                SlotWork(
-                    i,
-                    slot.request.tokens[start:end],
-                    self.prefix_len + start,
-                    end == slot.suffix_len,
-                )
-            )
-            room -= end - start
+            piece = slot.chunk(i, room, self.prefix_len, branches_ok)
+            if piece is not None:
+                work.append(piece)
+                room -= len(piece.tokens)
         work.sort(key=lambda w: w.slot)
         return StepPlan(work, moves)
 
     def update_from_output(
         self, plan: StepPlan, sampled: dict[int, int]
     ) -> tuple[list[tuple[int, Result]], list[tuple[int, str]]]:
-        """Record a decoded step and the tokens sampled for slots that asked for logits.
+        """Record a decoded step and the tokens sampled for slots that asked for logits (the
+        caller reads a scoring slot's logits itself and samples nothing for it).
 
         Returns ``(finished, deltas)``: ``(slot, result)`` for requests that ended this step
-        (their slot is free now; the caller clears its KV positions), and ``(request index,
-        new text)`` pieces for streaming.
+        (their slot is free now; the caller clears its KV positions; a scored request's
+        result has no text), and ``(request index, new text)`` pieces for streaming.
         """
         finished: list[tuple[int, Result]] = []
         deltas: list[tuple[int, str]] = []
@@ -250,8 +301,18 @@ class Scheduler:
                 continue
             if slot.n_prefilled < slot.suffix_len:
                 slot.n_prefilled += len(w.tokens)
+            elif slot.request.branches is not None:
+                slot.branch_done += len(w.tokens)
+                if w.rollback is not None:
+                    slot.branch, slot.branch_done = slot.branch + 1, 0
             else:
                 slot.next_token = None  # the pending token is now in the cache
+            if slot.request.branches is not None:
+                if slot.n_prefilled == slot.suffix_len and slot.branch == len(
+                    slot.request.branches
+                ):
+                    finished.append((w.slot, self._release(w.slot, "stop", deltas)))
+                continue
             if not w.wants_logits:
                 continue
             token = sampled[w.slot]

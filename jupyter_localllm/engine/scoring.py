@@ -1,13 +1,15 @@
 """Label scoring: the log-probability of every candidate label as the continuation of each
 prompt, instead of generating text and parsing it.
 
-:meth:`~jupyter_localllm.engine.runner.GenerationContext.score_labels` runs it on a
-:class:`~jupyter_localllm.engine.runner.KVSession`. Rows run ``n_slots`` at a time on the
-context's slots, on top of the shared prompt prefix (decoded once); the wave's prompt parts go
-into one batch. A label's first token is scored from the prompt's own logits. Where a label's
-later tokens must be scored, they are decoded after the prompt in the row's own sequence —
-every row of the wave in one decode — and rolled back with ``seq_rm`` before the next label, so
-no KV is copied and every label sees exactly the prompt's cache.
+:meth:`~jupyter_localllm.engine.runner.GenerationContext.score_labels` runs it through the
+one step loop of generation (:mod:`~jupyter_localllm.engine.decoding`): each row is a scoring
+request of the :class:`~jupyter_localllm.engine.scheduler.Scheduler`, decoded in a slot on top
+of the shared prompt prefix (decoded once), the rows of a step in one batch. A label's first
+token is scored from the prompt's own logits. Where a label's later tokens must be scored,
+they are decoded after the prompt in the row's own sequence (a branch: every row's in the same
+step) and rolled back with ``seq_rm`` before the next, so no KV is copied and every label sees
+exactly the prompt's cache. :class:`LabelScorer` holds the maths: which branches to decode
+and how the logits read become each label's score.
 
 Two scorings (see :func:`label_steps`):
 
@@ -23,20 +25,17 @@ Two scorings (see :func:`label_steps`):
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InvalidParameterError
-from ..types import Progress, Result
 
 if TYPE_CHECKING:
-    from .backend import BackendBatch
-    from .runner import GenerationContext, KVSession
+    from ..types import Result
+    from .runner import GenerationContext
 
 __all__ = [
     "MAX_LABELS",
@@ -156,50 +155,11 @@ def score_labels(
     return gctx.score_labels(prompts, label_tokens, **options)
 
 
-# A piece of work for one decode: (row, sequence, tokens, start position, logits of every
-# token (True) or of the last one only).
-_Piece = tuple[int, int, Sequence[int], int, bool]
-
-
-def _fill(batch: BackendBatch, queue: list[_Piece]) -> list[tuple[int, int]]:
-    """Move pieces from the head of ``queue`` into the empty ``batch`` until it is full (a
-    piece that does not fit whole is split); returns ``(row, output row)`` of the logits
-    asked for."""
-    wants: list[tuple[int, int]] = []
-    while queue and batch.free > 0:
-        row, seq, toks, pos, all_logits = queue[0]
-        take = min(len(toks), batch.free)
-        whole = take == len(toks)
-        start = batch.n_tokens
-        batch.add(toks[:take], pos, seq, want_last_logits=whole, want_all_logits=all_logits)
-        if all_logits:
-            wants += [(row, k) for k in range(start, start + take)]
-        elif whole:
-            wants.append((row, start + take - 1))
-        if not whole:
-            queue[0] = (row, seq, toks[take:], pos + take, all_logits)
-            break
-        queue.pop(0)
-    return wants
-
-
-def _decode_pieces(kv: KVSession, pieces: list[_Piece]) -> dict[int, list[np.ndarray]]:
-    """Decode ``pieces`` in as few batches as ``n_batch`` allows; returns
-    ``{row: [logits, ...]}`` for the positions asked for, in order."""
-    out: dict[int, list[np.ndarray]] = {}
-    queue = list(pieces)
-    while queue:
-        kv.batch.clear()
-        wants = _fill(kv.batch, queue)
-        kv.decode()
-        for row, k in wants:  # logits are addressed by the token's batch index
-            out.setdefault(row, []).append(kv.ctx.logits(k))
-    return out
-
-
 class LabelScorer:
-    """Scores ``label_tokens`` (each non-empty) under ``scoring`` after prompts, on a
-    :class:`~jupyter_localllm.engine.runner.KVSession` (see the module notes)."""
+    """The label-scoring maths of one run: ``label_tokens`` (each non-empty) under
+    ``scoring``. The step loop (:mod:`~jupyter_localllm.engine.decoding`) decodes each row as
+    a scoring request whose branches are :attr:`branches`, hands the logits it reads to
+    :meth:`add` and takes the row's scores from :meth:`finish` (see the module notes)."""
 
     def __init__(self, label_tokens: Sequence[Sequence[int]], scoring: str):
         longest = max(map(len, label_tokens), default=0)
@@ -213,101 +173,43 @@ class LabelScorer:
         """Each label's terms (:func:`label_steps`)."""
         self.depth = [max((st.depth for st in label), default=0) for label in self.steps]
         """Tokens of each label decoded after the prompt: up to its deepest scored point."""
-        self.need = max(self.depth)
+        self.need = max(self.depth, default=0)
         """KV cells a row needs after its prompt."""
+        runs = [tuple(lab[:d]) for lab, d in zip(label_tokens, self.depth, strict=True) if d]
+        # once each, in label order (a run that starts a longer one is decoded on its own:
+        # with flash attention its logits depend a little on the tokens decoded with it)
+        self.branches = list(dict.fromkeys(runs))
+        """The token runs decoded after each prompt, each rolled back before the next."""
+        self._offset = [
+            self._offset_of(tuple(lab[:d])) for lab, d in zip(label_tokens, self.depth, strict=True)
+        ]
+        self._read: dict[int, list[np.ndarray]] = {}
 
-    def run(
-        self,
-        kv: KVSession,
-        prompts: Sequence[Sequence[int]],
-        *,
-        first: Iterable[int] = (),
-        on_wave: Callable[[list[int], np.ndarray], None] | None = None,
-        on_progress: Callable[[Progress], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> tuple[np.ndarray, dict[int, Result]]:
-        """Score every row of ``prompts`` that ``kv`` can run, ``kv.n_slots`` rows a wave, and
-        end the session. Returns the scores (NaN on rows that could not run) and the error
-        results of those rows."""
-        n_rows = len(prompts)
-        scores = np.full((n_rows, len(self.label_tokens)), np.nan)
-        errors = kv.errors
-        rows = self._runnable(kv, prompts, first)
-        try:
-            kv.load_prefix()
-            done = len(errors)
-            for w0 in range(0, len(rows), kv.n_slots):
-                if cancel is not None and cancel.is_set():
-                    raise KeyboardInterrupt
-                wave = rows[w0 : w0 + kv.n_slots]
-                self._score_wave(kv, prompts, wave, scores)
-                if on_wave is not None:
-                    on_wave(wave, scores[wave])
-                done += len(wave)
-                kv.stats.decoded_prompt_tokens += sum(len(prompts[r]) - kv.prefix_len for r in wave)
-                if on_progress is not None:
-                    elapsed = time.perf_counter() - kv.t_start
-                    on_progress(Progress(done, n_rows, len(errors), 0, elapsed))
-        finally:
-            kv.end()
-        kv.stats.decoded_prompt_tokens += kv.stats.prefix_tokens_decoded
-        return scores, errors
+    def _offset_of(self, run: tuple[int, ...]) -> int:
+        """Where the logits after ``run``'s first token are among a row's reads (0: after the
+        prompt, 1: after the first branch's first token, ...)."""
+        offset = 1
+        for branch in self.branches if run else ():
+            if branch == run:
+                return offset
+            offset += len(branch)
+        return 0
 
-    def _runnable(
-        self, kv: KVSession, prompts: Sequence[Sequence[int]], first: Iterable[int]
-    ) -> list[int]:
-        """The rows whose prompt and labels fit (rows in ``first`` first); the others get an
-        error result in ``kv.errors``."""
-        rows = []
-        for i in kv.valid:
-            if len(prompts[i]) - kv.prefix_len + self.need > kv.slot_capacity:
-                kv.errors[i] = Result.failed(
-                    f"the prompt has {len(prompts[i])} tokens, more than the context holds "
-                    "with the labels; use a larger n_ctx or a shorter prompt",
-                    row=i,
-                )
-            else:
-                rows.append(i)
-        early = set(first)
-        rows.sort(key=lambda i: i not in early)  # stable: otherwise in input order
-        return rows
+    def add(self, row: int, logits: Iterable[np.ndarray]) -> None:
+        """Keep the log-probabilities of ``logits`` read for ``row``: after its prompt first,
+        then after each token of each branch, in order."""
+        self._read.setdefault(row, []).extend(_log_softmax(lg) for lg in logits)
 
-    def _score_wave(
-        self, kv: KVSession, prompts: Sequence[Sequence[int]], wave: list[int], scores: np.ndarray
-    ) -> None:
-        """Fill ``scores[wave]``: the wave's prompts in one decode, row ``k`` of the wave in
-        sequence ``k``, then each label's decoded tokens; leaves only the prefix in the
-        sequences."""
-        p = kv.prefix_len
-        logits = _decode_pieces(
-            kv, [(row, k, prompts[row][p:], p, False) for k, row in enumerate(wave)]
-        )
-        at_prompt = [_log_softmax(logits[row][-1]) for row in wave]
-        scores[wave] = 0.0
+    def finish(self, row: int) -> np.ndarray:
+        """The scores of ``row``'s labels, from what :meth:`add` kept (then forgotten)."""
+        read = self._read.pop(row)
+        out = np.empty(len(self.steps))
         for j, label in enumerate(self.steps):
-            after = self._after_label(kv, prompts, wave, j, at_prompt)
-            for k, row in enumerate(wave):
-                scores[row, j] = sum(_step_logprob(st, after[k][st.depth]) for st in label)
-        for k in range(len(wave)):
-            kv.release(k)
+            offset = self._offset[j]
+            after = [read[0], *read[offset : offset + self.depth[j]]]
+            out[j] = sum(_step_logprob(st, after[st.depth]) for st in label)
+        return out
 
-    def _after_label(
-        self,
-        kv: KVSession,
-        prompts: Sequence[Sequence[int]],
-        wave: list[int],
-        j: int,
-        at_prompt: list[np.ndarray],
-    ) -> list[list[np.ndarray]]:
-        """For each row of the wave, the log-probabilities after its prompt and after each
-        token of label ``j`` that is decoded (rolled back after)."""
-        after = [[lp] for lp in at_prompt]
-        if not self.depth[j]:
-            return after
-        cont = self.label_tokens[j][: self.depth[j]]
-        ends = [len(prompts[row]) for row in wave]
-        decoded = _decode_pieces(kv, [(row, k, cont, ends[k], True) for k, row in enumerate(wave)])
-        for k, row in enumerate(wave):
-            after[k] += [_log_softmax(lg) for lg in decoded[row]]
-            kv.ctx.seq_rm(k, ends[k], -1)
-        return after
+    def forget(self) -> None:
+        """Drop what rows that never finished left (an interrupted run)."""
+        self._read.clear()
