@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .. import defaults
 from ..engine.runner import GenerationContext
 from ..engine.scoring import check_label_sizes, check_scoring
 from ..errors import InvalidParameterError, PromptError
@@ -302,23 +301,31 @@ def classify_plan(
     )
 
 
-def _cascade_spec(proxy: Any, sink: Any, **options: Any) -> Any:
-    """The :class:`~jupyter_localllm.tasks.cascade.CascadeSpec` of ``classify``'s cascade
-    keywords when ``proxy`` is given (``None`` otherwise; a target without a proxy is an
-    :class:`InvalidParameterError`)."""
-    targets = ("target_accuracy", "target_precision", "target_recall", "positive")
+def _cascade(
+    context: GenerationContext,
+    prompts: Sequence[str],
+    spec: LabelSpec,
+    proxy: Any,
+    sink: Any,
+    cache: bool | None,
+    options: dict[str, Any],
+    run: dict[str, Any],
+) -> Any:
+    """:func:`classify` with ``proxy`` and the cascade keywords ``options``: checked (a
+    target without a proxy, or a sink, is an :class:`InvalidParameterError`), then run."""
+    from ..session.manager import resolve_context
+    from .cascade import CascadeSpec, run_cascade
+
+    cascade = CascadeSpec.from_kwargs(**options)
     if proxy is None:
-        given = [name for name in targets if options[name] is not None]
-        if given:
-            raise InvalidParameterError(
-                f"{', '.join(given)} set the quality of a cascade; give proxy= (a cheaper model)."
-            )
-        return None
+        raise InvalidParameterError(
+            f"{', '.join(options)} set the quality of a cascade; give proxy= (a cheaper model)."
+        )
     if sink is not None:
         raise InvalidParameterError("sink= is not available with proxy=; save the result instead.")
-    from .cascade import CascadeSpec
-
-    return CascadeSpec(**options)
+    check_context(context)
+    proxy_context = resolve_context(proxy, n_seq_max=context.n_seq_max)
+    return run_cascade(context, proxy_context, prompts, spec, cascade, cache=cache, **run)
 
 
 def classify(
@@ -340,12 +347,7 @@ def classify(
     sink: Any = None,
     cache: bool | None = None,
     proxy: Any = None,
-    target_accuracy: float | None = None,
-    target_precision: float | None = None,
-    target_recall: float | None = None,
-    positive: str | None = None,
-    delta: float = defaults.DELTA,
-    label_budget: int = defaults.LABEL_BUDGET,
+    **cascade: Any,
 ) -> pd.DataFrame | Job:
     """Pick one of ``labels`` for each text by scoring every label as the model's answer.
 
@@ -361,7 +363,6 @@ def classify(
     probabilities by those the prompt gives a content-free text (``"N/A"``; a list of texts
     as ``calibrate`` uses the mean over them): contextual calibration (Zhao et al. 2021),
     which removes a small model's bias towards one label word.
-
     ``scoring``: ``"constrained"`` (default; one prompt pass when labels differ in their
     first token) or ``"joint"`` (longer labels score lower), see :class:`LabelSpec`.
 
@@ -372,49 +373,18 @@ def classify(
     every scored row (label as text, ``probs``). ``background=True`` returns a
     :class:`~jupyter_localllm.Job` (``job.partial()``: the scored rows' records) and
     ``cluster`` scores on a Dask cluster and ``sink`` appends each scored row to a CSV file
-    (see :func:`~jupyter_localllm.annotation_sink_csv`), as in ``generate_parallel``.
-    ``cache=True`` keeps each row's scores in the result cache (a re-run scores only new
-    rows); label scores are computed afresh unless asked, except in a cascade, where ``None``
-    follows ``$LOCALLLM_RESULT_CACHE``.
-
-    ``proxy`` (a cheaper model, context or model reference) makes a cascade
-    (:mod:`~jupyter_localllm.tasks.cascade`): the proxy scores every row, this call's model
-    (the oracle) labels a random sample of ``label_budget`` rows, and a threshold on the
-    proxy's confidence is learned so that, with probability at least ``1 - delta``,
-    ``target_accuracy`` of the rows get the oracle's label (or, for the label ``positive``,
-    ``target_precision`` and/or ``target_recall`` hold against the oracle's answers); only
-    rows below it go to the oracle. ``attrs["llm"]`` gives ``oracle_rows``, ``threshold``,
-    ``estimate`` and ``bound``; probabilities are those of the model that answered a row.
+    (see :func:`~jupyter_localllm.annotation_sink_csv`), as in ``generate_parallel``;
+    ``cache=True`` keeps each row's scores in the result cache. ``proxy`` (a cheaper model)
+    with ``target_accuracy`` (or ``target_precision``/``target_recall`` and ``positive``),
+    ``delta`` and ``label_budget`` runs a model cascade with a stated guarantee on agreement
+    with this call's model: see :func:`~jupyter_localllm.tasks.cascade.run_cascade`.
     """
-    cascade = _cascade_spec(
-        proxy,
-        sink,
-        target_accuracy=target_accuracy,
-        target_precision=target_precision,
-        target_recall=target_recall,
-        positive=positive,
-        delta=delta,
-        label_budget=label_budget,
-    )
-    spec = LabelSpec(
-        labels,
-        examples=examples,
-        instruction=instruction,
-        system_prompt=system_prompt,
-        format=format,
-        calibrate=calibrate,
-        scoring=scoring,
-    )
-    if cascade is not None:
-        from ..session.manager import resolve_context
-        from .cascade import run_cascade
-
-        check_context(context)
-        proxy_context = resolve_context(proxy, n_seq_max=context.n_seq_max)
-        run = dict(background=background, progress=progress, cancel=cancel, cluster=cluster)
-        return run_cascade(context, proxy_context, prompts, spec, cascade, cache=cache, **run)
+    spec = LabelSpec(labels, examples, instruction, system_prompt, format, calibrate, scoring)
+    run = dict(background=background, progress=progress, cancel=cancel, cluster=cluster)
+    if proxy is not None or cascade:
+        return _cascade(context, prompts, spec, proxy, sink, cache, cascade, run)
     plan = classify_plan(context, prompts, spec, cache=cache)
     plan = rows_to_sink(plan, sink, ["label", *spec.labels, "error"])
     if on_result is not None:
         plan = plan.also_on_result(lambda row, rec: on_result({"row": row, **rec}))
-    return execute(plan, background=background, progress=progress, cancel=cancel, cluster=cluster)
+    return execute(plan, **run)
