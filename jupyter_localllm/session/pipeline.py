@@ -66,8 +66,12 @@ class BatchRequest:
     scoring: str = "constrained"
     """``"score"``: ``"constrained"`` or ``"joint"`` (see the engine's scoring module)."""
     calibration: list[str] = field(default_factory=list)
-    """``"score"``: content-free prompts scored first; their mean label distribution divides
-    every row's (contextual calibration). They are not rows: progress does not count them."""
+    """``"score"``: reference prompts (content-free ones) scored first, as extra rows that
+    progress does not count; ``calibrate`` turns their scores into each row's adjustment."""
+    calibrate: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    """``"score"`` with ``calibration``: ``calibrate(reference, scores)`` gives a row's scores
+    adjusted by the reference prompts' ``[prompt, label]`` scores (contextual calibration:
+    ``tasks/calibration.py``); the pipeline only scores rows and applies it."""
     schema: dict[str, Any] | None = None
     """``"extract"``: the JSON schema each output must match."""
     pooling: str | None = None
@@ -343,38 +347,66 @@ def _generate(run: _BatchRun, cancel: threading.Event | None) -> None:
 
 def _score(run: _BatchRun, cancel: threading.Event | None) -> None:
     req, todo, model = run.request, run.todo, run.model
+    if req.calibration and req.calibrate is None:
+        raise InvalidParameterError(
+            "A score request with calibration prompts needs calibrate=, the function that "
+            "adjusts scores by theirs (tasks/calibration.py: contextual_calibration)."
+        )
     texts = [req.rows[i] for i in todo] + list(req.calibration)
     tokens = run.tokens_of(todo + [-1] * len(req.calibration), texts)
-    n_rows = len(todo)
     label_tokens = [model.tokenize(req.label_prefix + lab, add_special=False) for lab in req.labels]
-    prior = np.zeros(len(req.labels))  # log of the content-free label distribution
-
-    def on_wave(wave: list[int], scores: np.ndarray) -> None:
-        nonlocal prior
-        by_row = dict(zip(wave, scores, strict=True))
-        free = [by_row[k] for k in range(n_rows, len(texts)) if k in by_row]
-        if free:  # contextual calibration (Zhao et al. 2021); scored in the first wave
-            free = np.array(free)
-            dist = np.exp(free - np.logaddexp.reduce(free, axis=1, keepdims=True))
-            prior = np.log(dist.mean(axis=0))
-        for k in wave:
-            if k < n_rows:
-                run.ledger.record(_label_result(by_row[k] - prior, req.labels, todo[k]))
-
     invalid = {k: "skipped" for k, t in enumerate(tokens) if not t}
+    scored = _ScoredRows(run, invalid)
     _, errors = req.context.score_labels(
         tokens,
         label_tokens,
         invalid=invalid,
         on_progress=run.engine_progress,
         cancel=cancel,
-        first=range(n_rows, len(texts)),
-        on_wave=on_wave,
+        first=range(len(todo), len(texts)),  # the reference prompts first
+        on_wave=scored.add,
         scoring=req.scoring,
     )
+    scored.flush()
     for k, res in errors.items():
-        if k < n_rows and k not in invalid:
+        if k < len(todo) and k not in invalid:
             run.ledger.record(res, todo[k])
+
+
+class _ScoredRows:
+    """A score request's rows as the engine scores them: each recorded with its scores
+    adjusted by the request's ``calibrate``, which waits for every reference prompt (scored
+    first) that can run."""
+
+    def __init__(self, run: _BatchRun, invalid: Mapping[int, str]):
+        self.run, self.n_rows = run, len(run.todo)
+        n_texts = self.n_rows + len(run.request.calibration)
+        self.waiting_for = {k for k in range(self.n_rows, n_texts) if k not in invalid}
+        self.reference: list[np.ndarray] = []
+        self.held: list[tuple[int, np.ndarray]] = []
+
+    def add(self, rows: list[int], scores: np.ndarray) -> None:
+        """The rows (positions among the request's texts) scored in one engine step."""
+        for k, row_scores in zip(rows, scores, strict=True):
+            if k < self.n_rows:
+                self.held.append((k, row_scores))
+            else:
+                self.reference.append(row_scores)
+                self.waiting_for.discard(k)
+        if not self.waiting_for:
+            self.flush()
+
+    def flush(self) -> None:
+        """Record the rows held (at the end: whatever reference prompts could run)."""
+        held, self.held = self.held, []
+        if not held:
+            return
+        req, todo = self.run.request, self.run.todo
+        scores = np.array([s for _, s in held])
+        if req.calibrate is not None:
+            scores = req.calibrate(np.array(self.reference).reshape(-1, len(req.labels)), scores)
+        for (k, _), row_scores in zip(held, scores, strict=True):
+            self.run.ledger.record(_label_result(row_scores, req.labels, todo[k]))
 
 
 def _embed(run: _BatchRun, cancel: threading.Event | None) -> None:

@@ -20,6 +20,7 @@ from ..session.executors import Plan, execute, single
 from ..session.pipeline import BatchRequest
 from ..session.sinks import rows_to_sink
 from ..types import Progress, Result, Results
+from .calibration import contextual_calibration
 from .generation import check_context
 from .options import check_text_option, checked_names, field_names
 from .prompts import as_texts, check_format, render_prompt, render_rows, resolve_format
@@ -214,6 +215,7 @@ def label_request(
         calibration=[
             render_prompt(model, fmt, t, instruction, system_prompt, shots) for t in spec.calibrate
         ],
+        calibrate=contextual_calibration,
         errors={**bad, **(errors or {})},
         cache=cache,
         what="text",
