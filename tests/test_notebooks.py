@@ -46,7 +46,12 @@ def errors_of(nb: nbformat.NotebookNode) -> list[str]:
 
 def test_notebook_list_is_complete():
     names = {p.name for p in NOTEBOOKS.glob("*.ipynb")}
-    assert {"quickstart.ipynb", "parallel_processing.ipynb", "model_comparison.ipynb"} <= names
+    assert {
+        "quickstart.ipynb",
+        "parallel_processing.ipynb",
+        "model_comparison.ipynb",
+        "semantic_operators.ipynb",
+    } <= names
 
 
 def test_notebooks_are_committed_without_outputs():
@@ -83,6 +88,14 @@ def test_quickstart_notebook():
     text = outputs_text(nb)
     assert "Loaded" in text and "Wrote 24 rows to news['topic']" in text
     assert "accuracy:" in text
+
+
+def test_semantic_operators_notebook():
+    nb = execute("semantic_operators.ipynb")
+    assert not errors_of(nb)
+    text = outputs_text(nb)
+    assert "comparisons in" in text and "of 36 pairs" in text and "pairs scored" in text
+    assert "similarity" in text
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ cascade keywords forwarded to ``classify``."""
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -140,17 +139,6 @@ def operator_info(
 
 
 def split_cascade(options: dict[str, Any]) -> dict[str, Any]:
-    """Take the cascade keywords out of ``options`` (returned, those given); refuse them when
-    ``classify`` cannot run a cascade."""
-    cascade = {k: options.pop(k) for k in CASCADE_KEYWORDS if k in options}
-    if cascade:
-        from ..classification import classify
-
-        accepted = inspect.signature(classify).parameters
-        missing = [k for k in cascade if k not in accepted]
-        if missing:
-            raise InvalidParameterError(
-                f"{', '.join(missing)} need classify() with model cascades, which this version "
-                "lacks; leave them out to ask the model about every row."
-            )
-    return cascade
+    """Take the cascade keywords out of ``options`` and return those given (``classify``
+    checks them)."""
+    return {k: options.pop(k) for k in CASCADE_KEYWORDS if k in options}

@@ -139,6 +139,8 @@ def _cascaded(
     from ..classification import classify
 
     spec_options = {k: v for k, v in asdict(spec).items() if k != "labels"}
+    if {"target_precision", "target_recall"} & set(cascade):
+        cascade = {"positive": spec.labels[0], **cascade}  # precision and recall of "yes"
     scored = classify(context, rows.texts, list(spec.labels), **spec_options, **cascade, **run)
     errors = [rows.errors.get(i, e) for i, e in enumerate(scored["error"])]
     prob = scored[spec.labels[0]].to_numpy(dtype=float)
@@ -189,7 +191,7 @@ def sem_filter(
     context = resolve(model, n_seq_max)
     run = {"progress": progress, "cancel": cancel}
     if cascade:
-        return _cascaded(context, frame, rows, spec, settings, cascade, run)
+        return _cascaded(context, frame, rows, spec, settings, cascade, {**run, "cache": cache})
     plan = filter_plan(context, frame, rows, spec, settings, cache=cache)
     return execute(plan, background=background, cluster=cluster, **run)
 

@@ -1,0 +1,98 @@
+"""The operators' other front doors: ``df.llm.embed``/``search``, ``ddf.llm.filter``/``embed``
+(each partition where Dask runs it) and a filter through ``classify``'s cascade, on the real
+default model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_python
+
+import jupyter_localllm as ll
+import jupyter_localllm.notebook.accessor  # registers df.llm
+from jupyter_localllm.errors import InvalidParameterError
+
+SPORTS = "The text is about sports: {text}"
+FRAME = pd.DataFrame(
+    {
+        "text": [
+            "The striker scored twice as United won the cup final.",
+            "Parliament passed the new budget after a long debate.",
+            None,
+            "The tennis champion lost in the first round.",
+            "The central bank raised interest rates again.",
+            "The marathon runner broke the world record.",
+        ]
+    },
+    index=[10, 11, 12, 13, 14, 15],
+)
+
+
+@pytest.fixture(scope="module")
+def ctx4(model):
+    c = ll.context_create(model, n_seq_max=4)
+    yield c
+    c.close()
+
+
+def test_embed_and_search_on_the_accessor(ctx4):
+    frame = FRAME.copy()
+    vectors = frame.llm.embed("{text}", model=ctx4, progress=False)
+    assert vectors.index.equals(frame.index) and np.isnan(vectors[12]).all()
+    assert np.isclose(np.linalg.norm(vectors[10]), 1.0, atol=1e-4)
+    assert frame.attrs["llm"]["task"] == "embed"
+    found = frame.dropna().llm.search("The football team won the cup", 2, model=ctx4)
+    assert len(found) == 2 and 10 in found.index
+    assert found["similarity"].is_monotonic_decreasing
+
+
+def test_dask_filter_and_embed_match_the_pandas_ones(ctx4):
+    dd = pytest.importorskip("dask.dataframe")
+    import jupyter_localllm.notebook.dask_accessor  # noqa: F401  (registers ddf.llm)
+
+    ddf = dd.from_pandas(FRAME, npartitions=2)
+    lazy = ddf.llm.filter(SPORTS, probs=True, return_all=True)
+    every = lazy.compute(scheduler="sync")
+    here = FRAME.llm.filter(SPORTS, model=ctx4, probs=True, return_all=True, progress=False)
+    assert every.index.equals(FRAME.index) and list(every.columns) == list(here.columns)
+    assert pd.isna(every.loc[12, "passed"]) and "empty" in every.loc[12, "error"]
+    assert np.allclose(every["prob"].dropna(), here["prob"].dropna(), atol=0.02)
+    kept = ddf.llm.filter(SPORTS, threshold=0.01).compute(scheduler="sync")
+    assert list(kept.index) == [10, 11, 13, 14, 15]  # every row that could run
+    with pytest.raises(InvalidParameterError, match="cannot run a cascade"):
+        ddf.llm.filter(SPORTS, proxy="default")
+
+
+def test_dask_embed_gives_each_row_its_vector():
+    pytest.importorskip("dask.dataframe")
+    # in a subprocess: an embedding run that trips llama.cpp must fail this test, not pytest
+    done = run_python(
+        """
+        import dask.dataframe as dd
+        import pandas as pd
+        import jupyter_localllm.notebook.dask_accessor
+        frame = pd.DataFrame({"text": ["Cup final tonight.", None, "Rates rise.", "Rain."]})
+        vectors = dd.from_pandas(frame, npartitions=2).llm.embed("{text}").compute()
+        print(vectors.index.tolist(), [len(v) for v in vectors], vectors[1][:2].tolist())
+        """
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[0, 1, 2, 3] [576, 576, 576, 576] [nan, nan]"
+
+
+def test_filter_forwards_a_cascade_to_classify(ctx4):
+    news = ll.datasets.news_sample().head(12)
+    out = news.llm.filter(
+        "This headline is about sports: {title}",
+        model=ctx4,
+        proxy=ctx4,
+        target_precision=0.9,
+        label_budget=6,
+        probs=True,
+        return_all=True,
+        progress=False,
+    )
+    cascade = out.attrs["llm"]["cascade"]
+    assert cascade["rows"] == 12 and cascade["oracle_rows"] + cascade["proxy_rows"] == 12
+    assert (out["passed"] == (out["prob"] >= 0.5)).all()
