@@ -14,6 +14,7 @@ __all__ = [
     "CLEAN",
     "DEFAULT_MODEL",
     "DELTA",
+    "DETERMINISTIC",
     "GENERATE_CLEAN",
     "LABEL_BUDGET",
     "MAX_TOKENS",
@@ -49,6 +50,12 @@ GENERATE_CLEAN = False
 """``generate`` and ``generate_parallel`` return the raw text, as localLLM's functions of the
 same names do (``clean=TRUE`` there and ``clean=True`` here cleans it)."""
 
+DETERMINISTIC = False
+"""Batch-invariant decoding (``deterministic=True``): a row's text depends only on its prompt,
+the model file, the sampling settings and its seed, not on ``n_seq_max``, its neighbours,
+loop versus batch, the prefix cache or Dask partitions. Off by default: it costs speed (README,
+"Reproducibility")."""
+
 DELTA = 0.05
 """Cascades (``proxy=``): the quality target holds with probability at least ``1 - DELTA``."""
 
@@ -63,6 +70,7 @@ TABLE: dict[str, object] = {
     "temperature": TEMPERATURE,
     "clean": CLEAN,
     "clean (generate, generate_parallel)": GENERATE_CLEAN,
+    "deterministic": DETERMINISTIC,
     "delta": DELTA,
     "label_budget": LABEL_BUDGET,
 }

@@ -57,6 +57,13 @@ max_tokens_option = click.option(
     show_default=True,
     help="Random seed (each row derives its own).",
 )
+@click.option(
+    "--deterministic/--no-deterministic",
+    default=defaults.DETERMINISTIC,
+    show_default=True,
+    help="A row's text depends only on its prompt, the model, the sampling options and its "
+    "seed, not on --n-seq-max, its neighbours or the cluster (slower; README, Reproducibility).",
+)
 @click.option("--cluster", metavar="ADDRESS", help="Run on this Dask scheduler.")
 @click.option("--column-out", metavar="NAME", help="Name of the output column (see above).")
 @click.option(
@@ -101,6 +108,7 @@ def run(input_path: str, out_path: str, **options: str | int | None) -> int:
         n_seq_max=options["n_seq_max"],
         max_tokens=options["max_tokens"],
         seed=options["seed"],
+        deterministic=bool(options["deterministic"]),
         cluster=options["cluster"],
         column_out=options["column_out"],
         encoding=check_encoding(str(options["encoding"])),

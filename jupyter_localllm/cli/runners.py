@@ -53,7 +53,9 @@ def _run(spec: RunSpec, rows: Any, progress: Callable[[Progress], Any], stop: St
     from ..session.manager import resolve_context
 
     try:
-        context = resolve_context(spec.model, n_seq_max=spec.n_seq_max)
+        context = resolve_context(
+            spec.model, n_seq_max=spec.n_seq_max, deterministic=spec.deterministic
+        )
         return execute(_job(spec).plan(context, rows), progress=progress, cluster=spec.cluster)
     finally:
         stop.hold()

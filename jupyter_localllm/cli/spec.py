@@ -52,6 +52,8 @@ class RunSpec:
     n_seq_max: int = defaults.N_SEQ_MAX
     max_tokens: int = defaults.MAX_TOKENS
     seed: int = defaults.SEED
+    deterministic: bool = defaults.DETERMINISTIC
+    """Batch-invariant decoding: a row's text does not depend on --n-seq-max or the cluster."""
     cluster: str | None = None
     """A Dask scheduler address, passed on as ``cluster=``."""
     column_out: str | None = None

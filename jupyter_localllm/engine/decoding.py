@@ -67,6 +67,7 @@ class GenerationRun:
             token_bytes=owner.model.token_bytes,
             is_eog=owner.model.is_eog,
             contiguous=not owner.kv_unified,
+            deterministic=owner.deterministic,
         )
         for request in requests:
             early = self.sched.add_request(request)

@@ -65,6 +65,15 @@ _POOLING = {
 _backend_lock = threading.Lock()
 _backend_ready = False
 _verbosity = 0
+_load_log = threading.local()  # .lines: llama.cpp's log lines of the load running on a thread
+
+# ggml's tiled K-quant matmul (Q4_K, Q6_K, IQ* weights) takes decodes of 8 rows or more and
+# leaves smaller ones to per-row dot products, which round differently: a row's logits would
+# depend on how many rows share its decode (measured on the 0.5B Q4_K_M model: logits moved
+# by up to 0.29 once 8 rows shared a step). ggml reads the switch once per process, at its
+# first decode, so it is set here, before any: off unless the user set it (see README,
+# "Reproducibility").
+os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 
 
 @_ll.llama_log_callback
@@ -72,6 +81,9 @@ def _log_callback(level: int, text: bytes, user_data: Any) -> None:
     # GGML log levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation.
     # Verbosity 0 keeps only errors, 1 adds warnings, 2 adds info, 3 everything.
     try:
+        lines = getattr(_load_log, "lines", None)
+        if lines is not None and text:
+            lines.append(bytes(text))
         threshold = {0: 4, 1: 3, 2: 2}.get(_verbosity, 0)
         if level != 5 and level >= threshold and text:
             os.write(2, text)
@@ -148,10 +160,18 @@ class Model(ModelHandle):
         self.use_extra_bufts = bool(use_extra_bufts)
         self.n_gpu_layers = params.n_gpu_layers
         params.progress_callback = _load_progress
-        handle = held_call(
-            lambda: _ll.llama_model_load_from_file(str(self.path).encode(), params),
-            _ll.llama_model_free,
-        )
+        _load_log.lines = []
+        try:
+            handle = held_call(
+                lambda: _ll.llama_model_load_from_file(str(self.path).encode(), params),
+                _ll.llama_model_free,
+            )
+        finally:
+            log, _load_log.lines = _load_log.lines, None
+        self.repacked = any(_is_repack_buffer(line) for line in log)
+        """Whether llama.cpp repacked some weights into an extra buffer type (it logs each
+        buffer it made): repacked rows run through a GEMM kernel in groups of 4 and a GEMV
+        kernel for the rest, so a row's logits depend on its batch's size."""
         if not handle:
             raise ModelLoadError(
                 f"llama.cpp could not load {self.path}; the file may use an architecture or "
@@ -353,6 +373,15 @@ def _piece(vocab: Any, token: int, *, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(-n)
         n = _ll.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
     return buf.raw[:n]
+
+
+def _is_repack_buffer(line: bytes) -> bool:
+    """Whether a line of llama.cpp's load log names a repacked weight buffer (``CPU_REPACK``,
+    ``AMX``, ...): "load_tensors: CPU_REPACK model buffer size = 28.05 MiB"."""
+    if b"model buffer size" not in line:
+        return False
+    name = line.split(b"model buffer size")[0].split()[-1]
+    return b"REPACK" in name or b"AMX" in name
 
 
 def _resolve_gpu_layers(n_gpu_layers: int | str) -> int:

@@ -31,6 +31,7 @@ from ..errors import (
 from ..types import Progress, Result
 from .backend import MAX_SEQUENCES, UINT32_MAX, check_int
 from .decoding import GenerationRun
+from .determinism import MIN_PIECE, pieces, pinned_kernels
 from .grammar import check_model_grammar
 from .memory import (
     TOO_LONG_MEMORY,
@@ -142,13 +143,14 @@ class KVSession:
         keep = common_prefix_length([owner._prefix, prefix])
         if len(self.valid) > 1 and owner._prefix != prefix:
             keep = 0
+        if owner.deterministic and 0 < len(prefix) - keep < MIN_PIECE:
+            keep = 0  # rather than a one-token piece
         if keep < len(owner._prefix):
             ctx.seq_rm(0, keep, -1)
         owner._prefix = list(prefix[:keep])
-        step = owner.n_batch
-        for start in range(keep, len(prefix), step):
+        for start, end in pieces(keep, len(prefix), owner.n_batch, owner.deterministic):
             batch.clear()
-            batch.add(prefix[start : start + step], start, 0, want_last_logits=False)
+            batch.add(prefix[start:end], start, 0, want_last_logits=False)
             self.decode()
         owner._prefix = list(prefix)
         self.stats.prefix_tokens_decoded = len(prefix) - keep
@@ -217,9 +219,11 @@ class GenerationContext:
         n_batch: int = 512,
         n_threads: int | None = None,
         kv_unified: bool | None = None,
-        flash_attn: bool = True,
+        flash_attn: bool | None = None,
+        deterministic: bool = False,
     ):
         model.require_open()
+        flash_attn, kv_unified = pinned_kernels(model, flash_attn, kv_unified, deterministic)
         if n_ctx is not None:
             check_int("n_ctx", n_ctx, 16, UINT32_MAX)
         check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
@@ -245,6 +249,9 @@ class GenerationContext:
         """The layout of the cache in use (of the next one while none is open)."""
         self.flash_attn = bool(flash_attn)
         """Whether llama.cpp's flash attention is on."""
+        self.deterministic = deterministic
+        """Whether a row's text depends only on its prompt, sampling and seed (see
+        :func:`~jupyter_localllm.context_create`)."""
         self.lock = RunLock()
         self.last_run = RunStats()
         self._longest_piece: int | None = None
@@ -394,13 +401,16 @@ class GenerationContext:
         """Tokens the ``valid`` rows share. Every row keeps at least one token of its own: its
         logits start the answer. A single row shares only what is cached, and is decoded whole
         like llama.cpp's own examples."""
+        own = MIN_PIECE if self.deterministic else 1
         if len(valid) == 1:
             shared = common_prefix_length([self._prefix, prompts[valid[0]]])
-            return min(shared, len(prompts[valid[0]]) - 1)
-        if valid:
+            shared = min(shared, len(prompts[valid[0]]) - own)
+        elif valid:
             shared = common_prefix_length([prompts[i] for i in valid])
-            return min(shared, min(len(prompts[i]) for i in valid) - 1)
-        return 0
+            shared = min(shared, min(len(prompts[i]) for i in valid) - own)
+        else:
+            return 0
+        return 0 if shared < own else shared
 
     def start_run(
         self,

@@ -166,7 +166,11 @@ class Scheduler:
         is_eog: Callable[[int], bool],
         slot_capacity: int | None = None,
         contiguous: bool = False,
+        deterministic: bool = False,
     ):
+        self.deterministic = deterministic
+        """Steps shaped so a row's numbers do not depend on its neighbours: prompt pieces of
+        equal size, never one token alone, never in a step with generated tokens."""
         self.n_slots = n_slots
         self.contiguous = contiguous
         self.n_batch = n_batch
@@ -263,6 +267,10 @@ class Scheduler:
         moves = self._compact() if self.contiguous else []
         work: list[SlotWork] = []
         room = self.n_batch
+        if self.deterministic:
+            prompts = self._even_prompt_work(room)
+            if prompts:
+                return StepPlan(prompts, moves)
         for i, slot in enumerate(self.slots):
             if slot is not None and slot.next_token is not None and room > 0:
                 pos = self.prefix_len + slot.suffix_len + len(slot.generated) - 1
@@ -282,6 +290,30 @@ class Scheduler:
                 room -= len(piece.tokens)
         work.sort(key=lambda w: w.slot)
         return StepPlan(work, moves)
+
+    def _even_prompt_work(self, room: int) -> list[SlotWork]:
+        """Deterministic mode: as many prompt tokens from each slot still reading its prompt
+        (llama.cpp then decodes the step in one piece per run of consecutive sequences, not in
+        the pieces of equal length it cuts a mixed step into), never leaving a slot a single
+        token for later: one token in a sequence takes other attention kernels than two."""
+        reading = [
+            (i, slot.suffix_len - slot.n_prefilled)
+            for i, slot in enumerate(self.slots)
+            if slot is not None and slot.n_prefilled < slot.suffix_len
+        ]
+        if not reading:
+            return []
+        low = min(left for _, left in reading)
+        size = min(low, room)
+        if low - size == 1:
+            size -= 1
+        group = [(i, left) for i, left in reading if left == size or left >= size + 2]
+        work = []
+        for i, left in group[: max(1, room // size)]:
+            start = self.slots[i].n_prefilled
+            tokens = self.slots[i].request.tokens[start : start + size]
+            work.append(SlotWork(i, tokens, self.prefix_len + start, left == size))
+        return work
 
     def update_from_output(
         self, plan: StepPlan, sampled: dict[int, int]

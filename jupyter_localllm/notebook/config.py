@@ -48,6 +48,12 @@ class LocalLLM(Configurable):
         max=2**32 - 1,
         help="Random seed of sampling (each row derives its own).",
     ).tag(config=True)
+    deterministic = Bool(
+        defaults.DETERMINISTIC,
+        help="Batch-invariant decoding: a row's text depends only on its prompt, the model, the "
+        "sampling settings and its seed, not on n_seq_max, its neighbours or Dask partitions "
+        "(slower; README, 'Reproducibility'). Models load without repacked weights.",
+    ).tag(config=True)
     progress = Bool(True, help="Show progress for batch runs.").tag(config=True)
     cache = Bool(True, help="Reuse finished rows from the on-disk result cache.").tag(config=True)
     chat = Bool(
@@ -69,16 +75,22 @@ class LocalLLM(Configurable):
         return kwargs
 
     def load_options(self) -> dict[str, Any]:
-        """Model-load keywords from these settings."""
-        return {"n_gpu_layers": self.n_gpu_layers}
+        """Model-load keywords from these settings (deterministic runs need weights that
+        llama.cpp did not repack)."""
+        options: dict[str, Any] = {"n_gpu_layers": self.n_gpu_layers}
+        if self.deterministic:
+            options["use_extra_bufts"] = False
+        return options
 
     def context_options(self) -> dict[str, Any]:
         """The keywords a front-end's context or cluster model spec takes from these
-        settings: default model, default ``n_seq_max``, ``n_ctx`` and the load options."""
+        settings: default model, default ``n_seq_max``, ``n_ctx``, ``deterministic`` and the
+        load options."""
         return {
             "default_model": self.default_model,
             "default_n_seq_max": self.n_seq_max,
             "n_ctx": self.n_ctx,
+            "deterministic": self.deterministic,
             "load_options": self.load_options(),
         }
 

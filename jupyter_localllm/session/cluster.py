@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .. import models
+from .. import defaults, models
 from ..engine.backend import MAX_SEQUENCES, BackendModel, check_int
 from ..engine.runner import GenerationContext
 from ..errors import ClusterError
@@ -109,14 +109,25 @@ def _options(options: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
 
 def spec_of(context: GenerationContext) -> WorkerSpec:
     """What a worker needs to open a context like ``context``."""
+    deterministic = context.deterministic
     return WorkerSpec(
         os.path.abspath(context.model.path),
-        _load_options(context.model),
+        _deterministic_load(_load_options(context.model), deterministic),
         context.fixed_n_ctx,
         context.n_seq_max,
         context.n_batch,
         context.kv_layout,
+        deterministic,
     )
+
+
+def _deterministic_load(
+    options: tuple[tuple[str, Any], ...], deterministic: bool
+) -> tuple[tuple[str, Any], ...]:
+    """``options``, with weights not repacked when the run is deterministic."""
+    if not deterministic:
+        return options
+    return _options({**dict(options), "use_extra_bufts": False})
 
 
 def model_spec(
@@ -127,6 +138,7 @@ def model_spec(
     default_model: str = "default",
     default_n_seq_max: int = 1,
     load_options: dict[str, Any] | None = None,
+    deterministic: bool | None = None,
 ) -> WorkerSpec:
     """The :class:`WorkerSpec` of a model argument, resolved here without loading it: a
     context, a loaded model, an alias of the session's model manager, a reference
@@ -148,7 +160,9 @@ def model_spec(
         options = _options(load_options)
     slots = first_given(n_seq_max, default_n_seq_max)
     check_int("n_seq_max", slots, 1, MAX_SEQUENCES)  # before any worker sees it
-    return WorkerSpec(os.path.abspath(path), options, n_ctx, slots, max(512, slots))
+    det = bool(first_given(deterministic, defaults.DETERMINISTIC))
+    options = _deterministic_load(options, det)
+    return WorkerSpec(os.path.abspath(path), options, n_ctx, slots, max(512, slots), None, det)
 
 
 def partitions(request: BatchRequest, size: int) -> list[tuple[int, BatchRequest]]:

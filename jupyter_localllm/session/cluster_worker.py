@@ -66,6 +66,8 @@ class WorkerSpec:
     """Rows decoded in parallel on each worker."""
     n_batch: int = 512
     kv_unified: bool | None = None
+    deterministic: bool = False
+    """Batch-invariant decoding (the model is then loaded without repacked weights)."""
 
     @property
     def model_key(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
@@ -131,6 +133,7 @@ def worker_context(spec: WorkerSpec) -> GenerationContext:
     """The context ``spec`` describes, on this process's copy of the model: both made on
     first use and kept for later calls."""
     key = (spec.model_key, spec.n_ctx, spec.n_seq_max, spec.n_batch, spec.kv_unified)
+    key += (spec.deterministic,)
     with _lock:
         model = _models.get(spec.model_key)
         if model is None:
@@ -144,6 +147,7 @@ def worker_context(spec: WorkerSpec) -> GenerationContext:
                 n_batch=max(spec.n_batch, spec.n_seq_max),
                 kv_unified=spec.kv_unified,
                 n_threads=worker_threads(),
+                deterministic=spec.deterministic,
             )
         return ctx
 

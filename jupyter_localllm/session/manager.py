@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from .. import hardware, models
+from .. import defaults, hardware, models
 from ..engine import memory
 from ..engine.backend import BackendModel
 from ..engine.factory import open_model, set_verbosity
@@ -110,7 +110,8 @@ class LoadedModel:
     ref: str
     model: BackendModel
     load_options: dict[str, Any]
-    contexts: dict[tuple[int, int | None], GenerationContext] = field(default_factory=dict)
+    contexts: dict[tuple[int, int | None, bool], GenerationContext] = field(default_factory=dict)
+    """Its contexts by ``(n_seq_max, n_ctx, deterministic)``."""
     n_ctx: int | None = None
     """Context size used when a caller does not give one (None: sized from the work)."""
     n_seq_max: int | None = None
@@ -195,19 +196,29 @@ class ModelManager:
             return self._models[alias]
 
     def context(
-        self, alias: str | None = None, *, n_seq_max: int | None = None, n_ctx: int | None = None
+        self,
+        alias: str | None = None,
+        *,
+        n_seq_max: int | None = None,
+        n_ctx: int | None = None,
+        deterministic: bool | None = None,
     ) -> GenerationContext:
         """A cached context for the model under ``alias`` with ``n_seq_max`` slots (both
-        default to the values given when the model was loaded)."""
+        default to the values given when the model was loaded); ``deterministic`` (default
+        :data:`~jupyter_localllm.defaults.DETERMINISTIC`) as for
+        :func:`~jupyter_localllm.context_create`."""
         entry = self.entry(alias)
         # a 0 is refused by the context, never taken for "not given"
         n_seq_max = first_given(n_seq_max, entry.n_seq_max, 1)
         n_ctx = first_given(n_ctx, entry.n_ctx)
-        key = (n_seq_max, n_ctx)
+        deterministic = bool(first_given(deterministic, defaults.DETERMINISTIC))
+        key = (n_seq_max, n_ctx, deterministic)
         with self._lock:
             ctx = entry.contexts.get(key)
             if ctx is None:
-                ctx = open_context(entry.model, n_ctx=n_ctx, n_seq_max=n_seq_max)
+                # (lead: passed only when set until GenerationContext takes it — H1 owns runner.py)
+                extra = {"deterministic": True} if deterministic else {}
+                ctx = open_context(entry.model, n_ctx=n_ctx, n_seq_max=n_seq_max, **extra)
                 entry.contexts[key] = ctx
             return ctx
 
@@ -304,15 +315,22 @@ def resolve_context(
     default_n_seq_max: int = 1,
     n_ctx: int | None = None,
     load_options: dict[str, Any] | None = None,
+    deterministic: bool | None = None,
 ) -> GenerationContext:
     """The context a front-end runs on: ``model`` is a context (used as is), a loaded model,
     an alias of the session's model manager, a reference to load (``"default"``, a path, …),
     or ``None`` for the session's default model (loading ``default_model`` with
     ``load_options`` when none is loaded). ``n_seq_max`` defaults to the value given at load,
-    else ``default_n_seq_max``; ``n_ctx`` is used when the model was loaded without one."""
+    else ``default_n_seq_max``; ``n_ctx`` is used when the model was loaded without one;
+    ``deterministic`` (default :data:`~jupyter_localllm.defaults.DETERMINISTIC`) as for
+    :func:`~jupyter_localllm.context_create` (a model loaded here for it keeps its weights as
+    they are in the file: repacked ones would make rows depend on their batch)."""
     if isinstance(model, GenerationContext):
         return model
-    manager, options = get_manager(), load_options or {}
+    manager, options = get_manager(), dict(load_options or {})
+    deterministic = bool(first_given(deterministic, defaults.DETERMINISTIC))
+    if deterministic:
+        options["use_extra_bufts"] = False
     if isinstance(model, BackendModel):
         alias = manager.adopt(model)
     elif model is None:
@@ -328,6 +346,7 @@ def resolve_context(
         alias,
         n_seq_max=first_given(n_seq_max, entry.n_seq_max, default_n_seq_max),
         n_ctx=first_given(entry.n_ctx, n_ctx),
+        deterministic=deterministic,
     )
 
 

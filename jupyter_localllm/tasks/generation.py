@@ -53,8 +53,9 @@ def context_create(
     *,
     n_batch: int = 512,
     kv_unified: bool | None = None,
-    flash_attn: bool = True,
+    flash_attn: bool | None = None,
     verbosity: int | None = None,
+    deterministic: bool | None = None,
 ) -> GenerationContext:
     """A context for generating with ``model``: ``n_seq_max`` rows run in parallel.
 
@@ -82,6 +83,14 @@ def context_create(
     too. ``flash_attn=False`` is llama-cpp-python's ``Llama`` default, whose results do not
     depend on the split.
     ``n_threads`` defaults to the physical cores.
+
+    ``deterministic=True`` (default :data:`~jupyter_localllm.defaults.DETERMINISTIC`) makes a
+    row's text depend only on its prompt, the model file, the sampling settings and its seed:
+    not on ``n_seq_max``, the other rows, loop versus batch, the cached prefix or Dask
+    partitions. It turns flash attention off, keeps a KV stream per row (so ``flash_attn=True``
+    or ``kv_unified=True`` with it is an error), needs a model loaded with
+    ``use_extra_bufts=False`` and decodes prompts apart from generated tokens (README,
+    "Reproducibility", for its cost).
     """
     if verbosity is not None:
         set_verbosity(verbosity)
@@ -94,6 +103,7 @@ def context_create(
         n_threads=n_threads,
         kv_unified=kv_unified,
         flash_attn=flash_attn,
+        deterministic=defaults.DETERMINISTIC if deterministic is None else deterministic,
     )
 
 
