@@ -13,7 +13,8 @@ Workloads (temperature 0, so every engine decodes greedily):
         ``context_create(model, n_ctx=512)``, the parallel run on ``n_ctx=1048, n_seq_max=10``
   gen   48 prompts asking for a paragraph, max_tokens=120
 Engines: (a) llama-cpp-python's high-level ``Llama`` in a loop, (b) our ``generate()`` in a
-loop, (c) ``generate_parallel``, (s) llama-server ``-np 8`` with 8 concurrent HTTP clients
+loop, (c) ``generate_parallel``, (d) ``generate_parallel`` with ``deterministic=True`` (README,
+"Reproducibility"), (s) llama-server ``-np 8`` with 8 concurrent HTTP clients
 (continuous batching and its prompt cache on, flash attention on as in our contexts and its own
 ``auto``, its other settings at their defaults). ``Llama`` runs with flash attention on too
 (its default is off): the same kernels everywhere, so speed ratios compare engines, not
@@ -142,6 +143,8 @@ class Engine:
     kind: str
     n_seq_max: int = 1
     n_ctx: int | None = None
+    deterministic: bool = False
+    """``deterministic=True`` (its own copy of the model, weights not repacked)."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ def workloads(gen_rows: int, seed_rows: int, slots: list[int], data: Path = DATA
             Engine("(b) generate loop, n_ctx=512", "loop", 1, 512),
             Engine("(c) generate_parallel n_ctx=1048 n_seq_max=10", "parallel", 10, 1048),
             Engine("(c) generate_parallel n_seq_max=16", "parallel", 16),
+            Engine("(d) (c) n_ctx=1048 n_seq_max=10, deterministic", "parallel", 10, 1048, True),
             server,
         ),
         seed=92092,
@@ -201,6 +205,7 @@ def workloads(gen_rows: int, seed_rows: int, slots: list[int], data: Path = DATA
             Engine("(a) Llama loop", "llama", 1, 2048),
             Engine("(b) generate loop", "loop", 1),
             *(Engine(f"(c) generate_parallel n_seq_max={n}", "parallel", n) for n in slots),
+            Engine("(d) generate_parallel n_seq_max=8, deterministic", "parallel", 8, None, True),
             server,
         ),
     )
@@ -277,7 +282,13 @@ def run_ours(model, prompts, max_tokens, engine: Engine, seed: int | None = None
     averaged: the VM's speed drifts by a third within a minute. A parallel run picks its
     configuration from the work, so ``hint`` (the configuration of its previous round) says
     what to measure before it; without one only the rates after count."""
-    ctx = ll.context_create(model, n_seq_max=engine.n_seq_max, n_ctx=engine.n_ctx)
+    own = ll.model_load(model.path, use_extra_bufts=False) if engine.deterministic else None
+    ctx = ll.context_create(
+        own or model,
+        n_seq_max=engine.n_seq_max,
+        n_ctx=engine.n_ctx,
+        deterministic=engine.deterministic,
+    )
     if engine.kind == "loop" and ctx.n_ctx is not None:
         hint = (ctx.n_ctx, 1, ctx.kv_unified, ctx.flash_attn)
     before = rates_for(model, prompts, max_tokens, hint) if hint else None
@@ -300,6 +311,8 @@ def run_ours(model, prompts, max_tokens, engine: Engine, seed: int | None = None
     slots = max(1, ctx.last_run.n_slots)
     config = (ctx.last_run.n_ctx or ctx.n_ctx, slots, ctx.kv_unified, ctx.flash_attn)
     ctx.close()
+    if own is not None:
+        own.close()  # its ideal uses the rates of the shared model's kernels
     after = rates_for(model, prompts, max_tokens, config)
     pp, curves = after
     if before is not None and hint == config:
