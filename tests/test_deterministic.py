@@ -187,3 +187,22 @@ def test_deterministic_refuses_what_would_make_rows_depend_on_their_batch(model)
     ctx = ll.context_create(model, n_seq_max=2, deterministic=True)
     assert (ctx.deterministic, ctx.flash_attn, ctx.kv_layout) == (True, False, False)
     ctx.close()
+
+
+def test_front_ends_pass_the_setting_on(det_model):
+    from click.testing import CliRunner
+
+    from jupyter_localllm.cli.run import run
+    from jupyter_localllm.notebook.config import LocalLLM
+    from jupyter_localllm.session.manager import resolve_context
+
+    settings = LocalLLM()
+    assert settings.deterministic is ll.defaults.DETERMINISTIC
+    settings.deterministic = True
+    assert settings.context_options()["deterministic"] is True
+    assert settings.load_options()["use_extra_bufts"] is False
+    ctx = resolve_context(det_model, n_seq_max=2, deterministic=True)
+    assert ctx.deterministic and not ctx.flash_attn
+    assert resolve_context(det_model, n_seq_max=2, deterministic=False) is not ctx
+    shown = CliRunner().invoke(run, ["--help"]).output
+    assert "--deterministic / --no-deterministic" in shown

@@ -342,7 +342,8 @@ class LLMMagics(Magics):
             raise UsageError("The cell is empty; write the message to send below %%llm.")
         manager = get_manager()
         alias = manager.entry(args.model).alias  # "No model is loaded; …" when none
-        ctx = manager.context(args.model, n_seq_max=1)
+        deterministic = get_settings().deterministic
+        ctx = manager.context(args.model, n_seq_max=1, deterministic=deterministic)
         sampling = get_settings().sampling(
             max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
         )
