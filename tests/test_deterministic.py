@@ -206,3 +206,23 @@ def test_front_ends_pass_the_setting_on(det_model):
     assert resolve_context(det_model, n_seq_max=2, deterministic=False) is not ctx
     shown = CliRunner().invoke(run, ["--help"]).output
     assert "--deterministic / --no-deterministic" in shown
+
+
+def test_a_local_cluster_gives_the_kernels_text(det_model):
+    """Two worker processes of one thread each (the kernel runs two threads and other
+    partitions): every row's text is the kernel's."""
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    prompts = paragraphs(det_model, 12)
+    ctx = ll.context_create(det_model, n_seq_max=4, deterministic=True)
+    here = ll.generate_parallel(ctx, prompts, max_tokens=24, progress=False, cache=False)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        there = ll.generate_parallel(
+            ctx, prompts, max_tokens=24, progress=False, cache=False, cluster=client
+        )
+    ctx.close()
+    assert [str(r) for r in there] == [str(r) for r in here]
