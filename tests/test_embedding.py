@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import refused
+from conftest import refused, run_python
 
 import jupyter_localllm as ll
 from jupyter_localllm.engine.embedding import pack_rows, resolve_pooling
@@ -214,3 +214,24 @@ def test_the_run_is_logged(ctx4, cache):
     assert run["function"] == "embed" and (run["n_rows"], run["n_errors"]) == (2, 1)
     rows = ll.run(run["run_id"])
     assert rows["output"][0] == "<embedding d=576>" and "empty" in rows["error"][1]
+
+
+def test_any_number_of_rows_and_slots_embeds_without_aborting():
+    """llama.cpp aborts (ggml_can_mul_mat in its pooling graph) when the number of sequences
+    does not divide the decode size; 3 rows on 8 slots was such a case. In a subprocess."""
+    done = run_python(
+        """
+        import numpy as np, jupyter_localllm as ll
+        m = ll.model_load("default")
+        texts = [f"Sentence {i} about topic {i % 5}." * (1 + i % 3) for i in range(12)]
+        for n in (3, 5, 7, 11):
+            ctx = ll.context_create(m, n_seq_max=n)
+            for k in (1, 2, 3, 5, 7, 12):
+                v = ll.embed(ctx, texts[:k], progress=False, cache=False)
+                assert v.shape == (k, 576) and not np.isnan(v).any(), (n, k)
+            ctx.close()
+        print("ok")
+        """,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]

@@ -106,6 +106,9 @@ def embed_tokens(
         return
     n_seq = min(context.n_seq_max, len(lengths))
     n_batch = max(context.n_batch, max(lengths.values()))
+    # llama.cpp reserves the pooled graph for n_batch // n_seq tokens per sequence but for
+    # n_batch outputs, and aborts (ggml_can_mul_mat) where n_seq does not divide n_batch
+    n_batch = -(-n_batch // n_seq) * n_seq
     done = len(prompts) - len(lengths)
     with context.lock, context.lock.running():
         ctx = _open(context, n_seq, n_batch, pooling)
