@@ -211,6 +211,30 @@ def test_a_replay_of_a_greedy_run_matches_every_row(model, logdir):
     assert ll.runs().iloc[0].description == "replay"  # the replay is a logged run too
 
 
+def test_a_replay_of_a_calibrated_classify_run_matches(model, rctx, logdir):
+    texts = ["I love it.", "I hate it.", "It is fine."]
+    ll.classify(rctx, texts, ["positive", "negative"], calibrate=True, progress=False)
+    run_id = ll.runs().iloc[0].run_id
+    assert json.loads(ll.run(run_id).attrs["run"]["options"])[0]["calibrate"] == (
+        "jupyter_localllm.tasks.calibration:contextual_calibration"
+    )
+    report = ll.replay(run_id)
+    assert report["match"].tolist() == [True, True, True], report
+
+
+def test_a_replay_imports_no_function_from_outside_the_package(model, rctx, logdir):
+    ll.classify(rctx, ["I love it."], ["positive", "negative"], calibrate=True, progress=False)
+    run_id = ll.runs().iloc[0].run_id
+    con = sqlite3.connect(logdir / "runs.sqlite")  # a log edited by someone else
+    with con:
+        old = con.execute("SELECT options FROM runs WHERE run_id = ?", (run_id,)).fetchone()[0]
+        new = old.replace("jupyter_localllm.tasks.calibration", "os")
+        con.execute("UPDATE runs SET options = ? WHERE run_id = ?", (new, run_id))
+    con.close()
+    with pytest.raises(ll.errors.InvalidParameterError, match="unknown function 'os:"):
+        ll.replay(run_id)
+
+
 def test_a_replay_of_an_embed_run_compares_the_vectors_and_keeps_the_pooling(model, logdir):
     ll.embed(model, ["A cat sleeps.", "Stocks fell."], pooling="last", progress=False)
     run_id = ll.runs().iloc[0].run_id

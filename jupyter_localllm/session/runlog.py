@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import json
 import os
 import sqlite3
@@ -356,6 +357,7 @@ def _request_spec(request: BatchRequest, start: int) -> dict[str, Any]:
         model=getattr(model, "name", str(model.path)),
         model_path=str(model.path),
         model_sha256=_model_sha256(model.path),
+        calibrate=_function_name(request.calibrate),
         sampling=[p.as_dict() for p in sampling]
         if isinstance(sampling, list)
         else sampling.as_dict(),
@@ -368,6 +370,24 @@ def _request_spec(request: BatchRequest, start: int) -> dict[str, Any]:
         },
     )
     return spec
+
+
+def _function_name(fn: Any) -> str | None:
+    """``module:qualname`` of a request's function (its ``calibrate``), for a replay."""
+    return None if fn is None else f"{fn.__module__}:{fn.__qualname__}"
+
+
+def _function_of(name: str | None) -> Any:
+    """The function :func:`_function_name` named; only the package's own are imported (the
+    log is a file anyone could edit)."""
+    if name is None:
+        return None
+    module, _, qualname = name.partition(":")
+    if not module.startswith("jupyter_localllm.") or not qualname.isidentifier():
+        raise InvalidParameterError(
+            f"The run log names an unknown function {name!r}; it cannot be replayed."
+        )
+    return getattr(importlib.import_module(module), qualname)
 
 
 def _row(request: BatchRequest, k: int, start: int, i: int, prompt: Any, res: Result) -> tuple:
@@ -509,7 +529,7 @@ def _replay_request(spec: dict[str, Any], part: pd.DataFrame, progress: Any) -> 
         fields = {name: spec[name] for name in _REQUEST_FIELDS if name in spec}
         request = BatchRequest(
             context, list(part["prompt"]), sampling=sampling, cache=False,
-            seed_rows=seed_rows, **fields,
+            seed_rows=seed_rows, calibrate=_function_of(spec.get("calibrate")), **fields,
         )  # fmt: skip
         results = execute(single(request, desc="replay"), progress=progress)
         context.close()
