@@ -157,6 +157,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--only", choices=("same", "cost"))
     p.add_argument("--no-dask", action="store_true")
+    p.add_argument("--workloads", default="gen,seed", help="cost workloads: gen and/or seed")
     p.add_argument("--modes", default="default,deterministic", help="modes of the same-text runs")
     p.add_argument("--samplings", default="greedy,temperature", help="greedy and/or temperature")
     p.add_argument("--child")
@@ -181,7 +182,8 @@ def main(argv=None) -> int:
                     print(f"{ref} | {mode} | {sampling} | {cells}", flush=True)
         if a.only == "same":
             continue
-        for workload in ("gen", "seed") if DATA.is_file() else ("gen",):
+        chosen = a.workloads.split(",")
+        for workload in [w for w in chosen if w == "gen" or DATA.is_file()]:
             walls: dict[str, list[float]] = {m: [] for m in MODES}
             names = list(MODES)
             for r in range(a.rounds):
