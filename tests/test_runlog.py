@@ -245,6 +245,20 @@ def test_a_replay_of_an_embed_run_compares_the_vectors_and_keeps_the_pooling(mod
     assert report["match"].tolist() == [True, True], report
 
 
+def test_a_replay_of_a_deterministic_run_matches_every_row(logdir):
+    model = ll.model_load("default", use_extra_bufts=False)
+    ctx = ll.context_create(model, n_seq_max=3, deterministic=True)
+    try:
+        ll.generate_parallel(ctx, prompts(model), max_tokens=12, progress=False)
+    finally:
+        ctx.close()
+    run_id = ll.runs().iloc[0].run_id
+    options = json.loads(ll.run(run_id).attrs["run"]["options"])[0]
+    assert options["context"]["deterministic"] is True
+    report = ll.replay(run_id)
+    assert report["match"].all() and report.attrs["rows"] == len(PROMPTS), report
+
+
 def test_a_replay_reports_a_row_that_differs(model, rctx, logdir):
     ll.generate_parallel(rctx, prompts(model)[:2], max_tokens=6, progress=False)
     run_id = ll.runs().iloc[0].run_id

@@ -367,6 +367,7 @@ def _request_spec(request: BatchRequest, start: int) -> dict[str, Any]:
             "n_threads": ctx.n_threads,
             "kv_unified": ctx.kv_layout,
             "flash_attn": ctx.flash_attn,
+            "deterministic": bool(getattr(ctx, "deterministic", False)),
         },
     )
     return spec
@@ -522,7 +523,9 @@ def _replay_request(spec: dict[str, Any], part: pd.DataFrame, progress: Any) -> 
     else:
         sampling = SamplingParams.from_kwargs(None, **sampling)
     seed_rows = [_seed_row(spec, i) for i in local]
-    model = model_load(spec["model_path"], show_progress=False)
+    load = {"use_extra_bufts": False} if spec["context"].get("deterministic") else {}
+    model = model_load(spec["model_path"], show_progress=False, **load)  # unrepacked: see
+    # engine/determinism.py
     try:
         context = open_context(model, **spec["context"])
         # a run logged before a field existed replays with that field's default
