@@ -64,6 +64,14 @@ def ctx2(model):
     c.close()
 
 
+@pytest.fixture(scope="module")
+def ctx4(model):
+    """A 4-slot context per test module."""
+    c = ll.context_create(model, n_seq_max=4)
+    yield c
+    c.close()
+
+
 def chat(model, text: str, system: str | None = None) -> str:
     """``text`` as one user turn (after an optional system turn), rendered with the model's
     chat template and the assistant's turn opened."""

@@ -29,13 +29,6 @@ TEXTS = [CAT, CAT2, STOCK, STOCK2]
 
 
 @pytest.fixture(scope="module")
-def ctx4(model):
-    c = ll.context_create(model, n_seq_max=4)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
 def vectors(ctx4):
     return ll.embed(ctx4, TEXTS, progress=False)
 

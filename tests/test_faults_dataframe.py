@@ -17,8 +17,7 @@ import pandas as pd
 import pytest
 from conftest import refused
 
-import jupyter_localllm as ll
-import jupyter_localllm.notebook.accessor  # registers df.llm
+import jupyter_localllm.notebook.accessor  # noqa: F401 (registers df.llm)
 from jupyter_localllm import datasets
 from jupyter_localllm.errors import InvalidParameterError
 from jupyter_localllm.notebook.out_column import FrameChangedWarning
@@ -26,13 +25,6 @@ from jupyter_localllm.notebook.out_column import FrameChangedWarning
 LABELS = list(datasets.NEWS_CLASSES)
 # Users sort and drop in place (pandas 3.1 deprecates inplace=; the notebook habit remains).
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
-
-
-@pytest.fixture(scope="module")
-def ctx4(model):
-    c = ll.context_create(model, n_seq_max=4)
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")

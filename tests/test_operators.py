@@ -34,13 +34,6 @@ TEXTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def ctx4(model):
-    c = ll.context_create(model, n_seq_max=4)
-    yield c
-    c.close()
-
-
 @pytest.fixture
 def frame():
     return pd.DataFrame({"text": list(TEXTS.values())}, index=list(TEXTS))

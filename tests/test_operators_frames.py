@@ -29,13 +29,6 @@ FRAME = pd.DataFrame(
 )
 
 
-@pytest.fixture(scope="module")
-def ctx4(model):
-    c = ll.context_create(model, n_seq_max=4)
-    yield c
-    c.close()
-
-
 def test_embed_and_search_on_the_accessor(ctx4):
     frame = FRAME.copy()
     vectors = frame.llm.embed("{text}", model=ctx4, progress=False)
