@@ -72,6 +72,9 @@ def test_filter_refuses_bad_options_before_the_model_runs(frame):
         ll.sem_filter(frame, SPORTS, threshold=1.5)
     with pytest.raises(InvalidParameterError, match="Unknown classify option"):
         ll.sem_filter(frame, SPORTS, colour="red")
+    for where in ({"background": True}, {"cluster": "tcp://127.0.0.1:1"}):
+        with pytest.raises(InvalidParameterError, match="proxy= runs in the foreground"):
+            ll.sem_filter(frame, SPORTS, proxy="default", target_precision=0.9, **where)
 
 
 # -- topk --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ...errors import InvalidParameterError
 from ...session.executors import Plan, execute, single
 from ..classification import LabelSpec
 from ..rows import FrameRows, frame_rows
@@ -185,6 +186,10 @@ def sem_filter(
     ``cluster`` as for :func:`~jupyter_localllm.classify`.
     """
     cascade = split_cascade(options)
+    if cascade and (background or cluster is not None):  # rows are picked after classify
+        raise InvalidParameterError(
+            "A filter with proxy= runs in the foreground; drop background= and cluster=."
+        )
     spec = yes_no_spec(FILTER_INSTRUCTION, options)
     settings = FilterOptions(threshold, probs, return_all)
     rows = frame_rows(frame, predicate)
