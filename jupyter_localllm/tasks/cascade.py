@@ -52,6 +52,7 @@ from ..engine.runner import GenerationContext
 from ..errors import BatchInterrupted, InvalidParameterError
 from ..session.cache import cache_enabled
 from ..session.executors import Plan
+from ..session.ledger import RunLedger
 from ..session.pipeline import BatchRequest
 from ..types import Result, Results
 from .classification import LabelSpec, label_frame, label_record, label_request
@@ -365,12 +366,9 @@ class _Cascade:
         for rows in self.parts[1:]:
             self.keep(rows, exc.results[start : start + len(rows)], "oracle")
             start += len(rows)
-        results = [self.final.get(i, Result.cancelled(i)) for i in range(self.n)]
-        done = self.n - sum(r.finish_reason == "cancelled" for r in results)
-        return BatchInterrupted(
-            f"Interrupted after {done} of {self.n} rows; the finished rows are in .results.",
-            results,
-        )
+        ledger = RunLedger(self.n)  # the one builder of BatchInterrupted
+        ledger.record_all(self.final.values())
+        return ledger.interrupted()
 
     def info(self, proxy: GenerationContext, oracle: GenerationContext, m: int) -> dict:
         """The cascade's details for ``attrs["llm"]``."""
