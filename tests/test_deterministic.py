@@ -14,7 +14,6 @@ import pytest
 from conftest import chat
 
 import jupyter_localllm as ll
-from jupyter_localllm.engine.sampling import derive_seed
 from jupyter_localllm.engine.scheduler import Request, Scheduler
 from jupyter_localllm.errors import InvalidParameterError
 
@@ -123,10 +122,9 @@ def test_deterministic_steps_hold_one_piece_size(det_model):
         assert bool(mixed) != deterministic, sizes
 
 
-def run_ways(model, prompts, names=None, **opts) -> dict[str, list[str]]:
-    """Texts of ``prompts`` in the ways of issue 29 (those in ``names``, default all), on
-    deterministic contexts. A row's seed comes from its place in the input: the loop passes
-    each row its own."""
+def run_ways(model, prompts, **opts) -> dict[str, list[str]]:
+    """Texts of ``prompts`` in the ways of issue 29, on deterministic contexts (the loop is
+    plain ``generate()`` calls with the same options)."""
 
     def par(n, ps):
         ctx = ll.context_create(model, n_seq_max=n, deterministic=True)
@@ -136,22 +134,19 @@ def run_ways(model, prompts, names=None, **opts) -> dict[str, list[str]]:
 
     def loop(ps):
         ctx = ll.context_create(model, n_seq_max=1, deterministic=True)
-        seed = opts.get("seed", 1234)
-        kw = {k: v for k, v in opts.items() if k != "seed"}
-        out = [str(ll.generate(ctx, p, seed=derive_seed(seed, i), **kw)) for i, p in enumerate(ps)]
+        out = [str(ll.generate(ctx, p, **opts)) for p in ps]
         ctx.close()
         return out
 
     half = len(prompts) // 2
-    ways = {
-        "n_seq_max=8": lambda: par(8, prompts),
-        "loop": lambda: loop(prompts),
-        "n_seq_max=4": lambda: par(4, prompts),
-        "n_seq_max=16": lambda: par(16, prompts),
-        "two calls": lambda: par(8, prompts[:half]) + par(8, prompts[half:]),
-        "reversed": lambda: par(8, prompts[::-1])[::-1],
+    return {
+        "n_seq_max=8": par(8, prompts),
+        "loop": loop(prompts),
+        "n_seq_max=4": par(4, prompts),
+        "n_seq_max=16": par(16, prompts),
+        "two calls": par(8, prompts[:half]) + par(8, prompts[half:]),
+        "reversed": par(8, prompts[::-1])[::-1],
     }
-    return {name: run() for name, run in ways.items() if names is None or name in names}
 
 
 def test_greedy_text_is_the_same_however_the_rows_are_batched(det_model):
@@ -167,12 +162,12 @@ def test_greedy_text_is_the_same_however_the_rows_are_batched(det_model):
 
 
 def test_sampled_text_depends_only_on_the_rows_seed(det_model):
-    """At temperature 0.8 a row's seed follows its place in the input, so the reversed and
-    two-call runs are not compared here; the loop passes each row its seed."""
+    """At temperature 0.8 a deterministic row's random stream follows its prompt, not its
+    place: reversed rows, two calls and a loop of plain generate() calls sample alike."""
     prompts = paragraphs(det_model, 10)
     opts = dict(max_tokens=24, temperature=0.8, seed=4321)
-    compared = ("loop", "n_seq_max=4", "n_seq_max=16")
-    ways = run_ways(det_model, prompts, names=("n_seq_max=8", *compared), **opts)
+    compared = ("loop", "n_seq_max=4", "n_seq_max=16", "two calls", "reversed")
+    ways = run_ways(det_model, prompts, **opts)
     reference = ways["n_seq_max=8"]
     greedy = ll.generate_parallel(
         ll.context_create(det_model, n_seq_max=8, deterministic=True),

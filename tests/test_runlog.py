@@ -17,6 +17,8 @@ import pytest
 from conftest import run_python
 
 import jupyter_localllm as ll
+from jupyter_localllm.engine.determinism import prompt_stream
+from jupyter_localllm.engine.sampling import derive_seed
 from jupyter_localllm.session import runlog
 
 PROMPTS = ["Name a fruit.", "Count to three.", "Say hello.", "Name a colour.", "Name a city."]
@@ -257,6 +259,10 @@ def test_a_replay_of_a_deterministic_run_matches_every_row(logdir):
     assert options["context"]["deterministic"] is True
     report = ll.replay(run_id)
     assert report["match"].all() and report.attrs["rows"] == len(PROMPTS), report
+    # the logged seeds are those the engine drew from: of the prompt, not of the row
+    seeds = ll.run(run_id)["seed"].tolist()
+    tokens = [model.tokenize(p) for p in prompts(model)]
+    assert seeds == [derive_seed(1234, prompt_stream(t)) for t in tokens]
 
 
 def test_a_replay_reports_a_row_that_differs(model, rctx, logdir):

@@ -21,19 +21,27 @@ tokens and never leaves a piece of one token (:data:`MIN_PIECE`, :func:`pieces`)
 share a generation step does not matter then: with these kernels a row's result is the same
 for 1 to 17 rows. The thread count does not matter either (every output is summed by one
 thread).
+
+Sampling: a row's random stream comes from the seed and its prompt's tokens
+(:func:`prompt_stream`), not from its place in the input, so a row samples the same text
+reversed, in another call, in a loop or on another Dask partition.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ..errors import InvalidParameterError
 
 if TYPE_CHECKING:
     from .backend import BackendModel
 
-__all__ = ["MIN_PIECE", "pieces", "pinned_kernels"]
+__all__ = ["MIN_PIECE", "pieces", "pinned_kernels", "prompt_stream"]
 
 MIN_PIECE = 2
 """The fewest tokens of a prompt a sequence decodes at once in deterministic mode."""
@@ -72,3 +80,12 @@ def pinned_kernels(
             "with model_load(..., use_extra_bufts=False)."
         )
     return False, False
+
+
+def prompt_stream(tokens: Sequence[int]) -> int:
+    """The index a deterministic row's seed is derived from (as
+    :func:`~jupyter_localllm.engine.sampling.derive_seed`'s ``index``): 64 bits of the SHA-256
+    of its prompt's tokens, never 0 (row 0's index keeps the seed itself). Equal prompts
+    sample alike; give rows their own seeds (one ``SamplingParams`` per row) to differ."""
+    digest = hashlib.sha256(np.asarray(tokens, dtype="<i8").tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") or 1

@@ -31,7 +31,7 @@ from ..errors import (
 from ..types import Progress, Result
 from .backend import MAX_SEQUENCES, UINT32_MAX, check_int
 from .decoding import GenerationRun
-from .determinism import MIN_PIECE, pieces, pinned_kernels
+from .determinism import MIN_PIECE, pieces, pinned_kernels, prompt_stream
 from .grammar import check_model_grammar
 from .memory import (
     TOO_LONG_MEMORY,
@@ -513,7 +513,9 @@ class GenerationContext:
         A row that cannot run (empty, too long, or listed in ``invalid`` with its error
         message) is an error result in its place; the others go on. Row ``i`` samples with
         the seed derived from ``seed_rows[i]`` (default ``i``): a subset of a larger input keeps
-        its rows' random streams. A KeyboardInterrupt (or
+        its rows' random streams (on a deterministic context the seed is derived from the
+        row's prompt instead: :func:`~jupyter_localllm.engine.determinism.prompt_stream`). A
+        KeyboardInterrupt (or
         ``cancel`` being set) stops between steps, leaves the context usable and raises
         KeyboardInterrupt (the rows finished so far went to ``on_result``).
         """
@@ -533,6 +535,8 @@ class GenerationContext:
         with self.lock, self.lock.running():
             kv = self.start_run(prompts, invalid, lambda i, own: own + per_row[i].max_tokens)
             p = kv.prefix_len
+            if self.deterministic:  # a row's stream follows its prompt, not its place
+                seeds = [prompt_stream(tokens) for tokens in prompts]
             requests = (
                 Request(i, prompts[i][p:], per_row[i], derive_seed(per_row[i].seed, seeds[i]))
                 for i in kv.valid

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..analysis.repro import canonical_json, file_sha256, note_run, sha256_json
+from ..engine.determinism import prompt_stream
 from ..engine.sampling import derive_seed
 from ..errors import InvalidParameterError
 from ..types import Result
@@ -394,6 +395,10 @@ def _function_of(name: str | None) -> Any:
 def _row(request: BatchRequest, k: int, start: int, i: int, prompt: Any, res: Result) -> tuple:
     seed_row = request.seed_rows[i] if request.seed_rows is not None else i
     text = prompt if isinstance(prompt, str) else None
+    if text is not None and res.error is None and _seeds_from_prompts(request):
+        from .pipeline import prompt_tokens  # (the pipeline imports this module)
+
+        seed_row = prompt_stream(prompt_tokens(request.context.model, text))  # as the engine
     return (
         start + i,
         k,
@@ -406,6 +411,13 @@ def _row(request: BatchRequest, k: int, start: int, i: int, prompt: Any, res: Re
         int(res.n_prompt_tokens or 0),
         int(res.n_tokens or 0),
     )
+
+
+def _seeds_from_prompts(request: BatchRequest) -> bool:
+    """Whether the engine derived the request's row seeds from their prompts (generation on
+    a deterministic context), not from their places."""
+    deterministic = getattr(request.context, "deterministic", False)
+    return bool(deterministic) and request.kind in ("generate", "extract")
 
 
 def _output_text(res: Result) -> str:
