@@ -73,7 +73,10 @@ def texts_ways(
 
         def loop(ps, opts=opts):
             ctx = ll.context_create(model, n_seq_max=1, deterministic=deterministic)
-            seeds = [derive_seed(opts["seed"], i) for i in range(len(ps))]
+            # deterministic: the engine derives a row's stream from its prompt, so a plain
+            # loop with the same seed; default: from its place, so each row its own
+            base = opts["seed"]
+            seeds = [base if deterministic else derive_seed(base, i) for i in range(len(ps))]
             kw = {k: v for k, v in opts.items() if k not in ("seed", "progress", "cache")}
             return [str(ll.generate(ctx, p, seed=s, **kw)) for p, s in zip(ps, seeds, strict=True)]
 
@@ -85,7 +88,8 @@ def texts_ways(
             "n_seq_max=4": (par(4, prompts), ref_texts),
             "n_seq_max=16": (par(16, prompts), ref_texts),
         }
-        seeded = temp > 0  # seeds follow positions: compare with a loop over the same order
+        # default mode: seeds follow positions, so compare with a loop over the same order
+        seeded = temp > 0 and not deterministic
         ways["reversed"] = (par(8, rev), loop(rev) if seeded else ref_texts[::-1])
         two = par(8, prompts[:half]) + par(8, prompts[half:])
         ways["two calls"] = (
