@@ -89,3 +89,69 @@ def test_filter_forwards_a_cascade_to_classify(ctx4):
     cascade = out.attrs["llm"]["cascade"]
     assert cascade["rows"] == 12 and cascade["oracle_rows"] + cascade["proxy_rows"] == 12
     assert (out["passed"] == (out["prob"] >= 0.5)).all()
+
+
+def test_the_accessors_classify_runs_a_cascade(ctx4):
+    frame = FRAME.copy()
+    labels = ["sports", "politics", "economy"]
+    plain = frame.llm.classify("{text}", labels, model=ctx4, progress=False)
+    got = frame.llm.classify(
+        "{text}",
+        labels,
+        model=ctx4,
+        proxy=ctx4,  # the oracle as its own proxy: every answer is the oracle's
+        target_accuracy=0.6,  # 5 rows, 3 sampled: provable when the proxy never errs
+        label_budget=3,
+        out="topic",
+        progress=False,
+    )
+    assert list(got.index) == list(FRAME.index)
+    assert got.isna().tolist() == [False, False, True, False, False, False]  # the None row
+    assert got.equals(plain)
+    assert frame["topic"].isna().tolist() == got.isna().tolist()
+    assert (frame["topic"].dropna() == got.dropna()).all()
+    cascade = frame.attrs["llm"]["cascade"]
+    assert cascade["rows"] == 6 and cascade["sampled"] == 3
+    assert cascade["oracle_rows"] + cascade["proxy_rows"] == 5  # the None row is an error
+    assert cascade["proxy_rows"] == 2  # a proxy that is the oracle is never wrong
+    probs = FRAME.llm.classify(
+        "{text}", labels, model=ctx4, proxy=ctx4, target_accuracy=0.9, probs=True, progress=False
+    )
+    assert list(probs.columns) == ["label", *labels, "error"]
+    assert probs["error"].notna().tolist() == [False, False, True, False, False, False]
+
+
+def test_the_accessors_cascade_is_refused_where_it_cannot_run(ctx4):
+    with pytest.raises(InvalidParameterError, match="foreground"):
+        FRAME.llm.classify("{text}", ["a", "b"], model=ctx4, proxy=ctx4, background=True)
+    with pytest.raises(InvalidParameterError, match="proxy="):
+        FRAME.llm.classify("{text}", ["a", "b"], model=ctx4, target_accuracy=0.9)
+    with pytest.raises(InvalidParameterError, match="target_accuracy"):
+        FRAME.llm.classify("{text}", ["a", "b"], model=ctx4, proxy=ctx4, target_accuracy=2)
+
+
+def test_an_interrupted_accessor_cascade_keeps_the_answered_rows(ctx4):
+    from jupyter_localllm.errors import BatchInterrupted
+
+    news = ll.datasets.news_sample().head(24).copy()
+    labels = ["World", "Sports", "Business", "Sci/Tech"]
+    plain = news.llm.classify("{title}", labels, model=ctx4, progress=False)
+
+    def stop_in_the_sample(event):
+        if event.done > 24:  # the proxy has scored every row; the oracle's sample is running
+            raise KeyboardInterrupt
+
+    with pytest.raises(BatchInterrupted):
+        news.llm.classify(
+            "{title}",
+            labels,
+            model=ctx4,
+            proxy=ctx4,
+            target_accuracy=0.6,
+            label_budget=12,
+            out="topic",
+            progress=stop_in_the_sample,
+        )
+    done = news["topic"].dropna()
+    assert 1 <= len(done) < 12  # some of the sample, nothing the proxy would keep later
+    assert (done == plain[done.index]).all()

@@ -201,16 +201,75 @@ class _Accessor:
         label and ``error``. ``out`` writes the labels into that column as rows are scored.
         ``background=True`` returns a :class:`~jupyter_localllm.Job` and ``cluster`` runs on
         a Dask cluster (see :meth:`generate`); ``sink`` as there.
+
+        ``proxy`` (a cheaper model) with ``target_accuracy`` (or ``target_precision``/
+        ``target_recall`` with ``positive``), ``delta``, ``label_budget`` runs a model cascade
+        (see :func:`~jupyter_localllm.classify`): the proxy answers the rows it is sure of,
+        this call's model the rest, with the stated guarantee; ``attrs["llm"]["cascade"]``
+        holds its details. A cascade runs in the foreground, without ``sink``.
         """
         from ..tasks.classification import LabelSpec
+        from ..tasks.operators.common import split_cascade
+
+        cascade = split_cascade(options)
+        spec = LabelSpec.from_kwargs(labels, **options)  # checked before the model loads
+        if cascade:
+            if background or cluster is not None or sink is not None:
+                raise InvalidParameterError(
+                    "classify with proxy= runs in the foreground; drop background=, cluster= "
+                    "and sink=."
+                )
+            return self._cascade(template, spec, cascade, out, probs, model, n_seq_max, progress)
         from ..tasks.frames import classify_rows
 
-        spec = LabelSpec.from_kwargs(labels, **options)  # checked before the model loads
         rows, ctx = self._rows(template, model, n_seq_max)
         plan = classify_rows(ctx, rows, spec, probs=probs, name=out, sink=sink)
         pick = lambda rec: pd.NA if rec["label"] is None else rec["label"]  # noqa: E731
         plan = self._writing(plan.then(self._recorded), out, pick, list(spec.labels))
         return _run(plan, background, progress, cluster)
+
+    def _cascade(self, template, spec, cascade, out, probs, model, n_seq_max, progress) -> Any:
+        """:meth:`classify` through a model cascade; ``out`` gets the labels of the rows the
+        run answered, also when it is interrupted."""
+        from ..errors import BatchInterrupted
+        from ..tasks.frames import classify_cascade_rows
+
+        writer = self._writer(out, list(spec.labels))
+        rows, ctx = self._rows(template, model, n_seq_max)
+        proxy = cascade.pop("proxy", None)
+        if proxy is not None:
+            proxy = resolve_context(proxy, n_seq_max=ctx.n_seq_max)
+        try:
+            result = classify_cascade_rows(
+                ctx,
+                rows,
+                spec,
+                proxy,
+                cascade,
+                probs=probs,
+                name=out,
+                cache=_cache(None),
+                progress=_progress(progress),
+            )
+        except BatchInterrupted as exc:
+            labels = [str(r) if r.ok else pd.NA for r in exc.results]
+            self._write_all(writer, labels)
+            raise
+        labels = result["label"] if probs else result
+        unwritten = self._write_all(writer, list(labels))
+        if unwritten:
+            result.attrs["llm"]["unwritten"] = unwritten
+        return self._recorded(result)
+
+    def _write_all(self, writer: OutColumn | None, values: Sequence[Any]) -> list[Any]:
+        """Write ``values`` (one per row, ``<NA>`` for none) through ``writer``; the rows
+        that could not be written (see :meth:`OutColumn.finish`)."""
+        if writer is None:
+            return []
+        for row, value in enumerate(values):
+            if value is not pd.NA:
+                writer.write(row, value)
+        return writer.finish()
 
     def extract(
         self,

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTENT_FREE",
     "LabelSpec",
+    "cascade_classify",
     "classify",
     "classify_plan",
     "label_frame",
@@ -303,18 +304,24 @@ def classify_plan(
     )
 
 
-def _cascade(
+def cascade_classify(
     context: GenerationContext,
-    prompts: Sequence[str],
+    texts: Sequence[Any],
     spec: LabelSpec,
     proxy: Any,
-    sink: Any,
-    cache: bool | None,
-    options: dict[str, Any],
-    run: dict[str, Any],
+    options: Mapping[str, Any],
+    *,
+    errors: Mapping[int, str] | None = None,
+    sink: Any = None,
+    cache: bool | None = None,
+    **run: Any,
 ) -> Any:
-    """:func:`classify` with ``proxy`` and the cascade keywords ``options``: checked (a
-    target without a proxy, or a sink, is an :class:`InvalidParameterError`), then run."""
+    """:func:`classify` of ``texts`` through a model cascade: ``proxy`` (a cheaper model:
+    a context, a loaded model or a reference) and the cascade keywords ``options``
+    (``target_accuracy``, ...; see :class:`~jupyter_localllm.tasks.cascade.CascadeSpec`),
+    checked before anything runs (a target without a proxy, or a sink, is an
+    :class:`InvalidParameterError`); ``errors`` (row -> why) are rows that cannot run;
+    ``run`` are :func:`~jupyter_localllm.session.executors.execute`'s keywords."""
     from ..session.manager import resolve_context
     from .cascade import CascadeSpec, run_cascade
 
@@ -327,7 +334,9 @@ def _cascade(
         raise InvalidParameterError("sink= is not available with proxy=; save the result instead.")
     check_context(context)
     proxy_context = resolve_context(proxy, n_seq_max=context.n_seq_max)
-    return run_cascade(context, proxy_context, prompts, spec, cascade, cache=cache, **run)
+    return run_cascade(
+        context, proxy_context, texts, spec, cascade, errors=errors, cache=cache, **run
+    )
 
 
 def classify(
@@ -384,7 +393,9 @@ def classify(
     spec = LabelSpec(labels, examples, instruction, system_prompt, format, calibrate, scoring)
     run = dict(background=background, progress=progress, cancel=cancel, cluster=cluster)
     if proxy is not None or cascade:
-        return _cascade(context, prompts, spec, proxy, sink, cache, cascade, run)
+        return cascade_classify(
+            context, prompts, spec, proxy, cascade, sink=sink, cache=cache, **run
+        )
     plan = classify_plan(context, prompts, spec, cache=cache)
     plan = rows_to_sink(plan, sink, ["label", *spec.labels, "error"])
     if on_result is not None:

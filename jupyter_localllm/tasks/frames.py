@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FrameJob",
+    "classify_cascade_rows",
     "classify_rows",
     "extract_rows",
     "generate_rows",
@@ -97,19 +98,58 @@ def classify_rows(
 
     plan = classify_plan(context, rows.texts, spec, errors=rows.errors)
     plan = rows_to_sink(plan, sink, ["label", *spec.labels, "error"], ids=rows.index)
+    return plan.then(lambda scored: _labels(scored, context, rows, spec, probs, name))
 
-    def finish(scored: pd.DataFrame) -> pd.Series | pd.DataFrame:
-        scored.index = rows.index
-        label = scored["label"].astype(object).where(scored["label"].notna(), pd.NA)
-        label.name = _name(name, "label")
-        info = run_info("classify", context, rows, scored["error"])
-        info["labels"] = list(spec.labels)
-        info["hashes"] = scored.attrs.get("hashes", {})
-        result = scored if probs else label
-        result.attrs["llm"] = info
-        return result
 
-    return plan.then(finish)
+def classify_cascade_rows(
+    context: GenerationContext,
+    rows: FrameRows,
+    spec: LabelSpec,
+    proxy: Any,
+    cascade: Mapping[str, Any],
+    *,
+    probs: bool = False,
+    name: Hashable = None,
+    cache: bool | None = None,
+    **run: Any,
+) -> pd.Series | pd.DataFrame:
+    """:func:`classify_rows` through a model cascade, run now (its requests depend on the
+    proxy's answers): ``proxy`` answers the rows it is sure of, ``context``'s model the
+    others, with the guarantee set by ``cascade`` (``target_accuracy``, ``delta``, ...; see
+    :func:`~jupyter_localllm.tasks.classification.cascade_classify`, which gets ``run``:
+    ``progress``, ``cancel``). The value is :func:`classify_rows`'s, its ``attrs["llm"]``
+    also holding the cascade's details under ``"cascade"``. An interrupt raises
+    :class:`~jupyter_localllm.BatchInterrupted` with one result per row."""
+    from .classification import cascade_classify
+
+    scored = cascade_classify(
+        context, rows.texts, spec, proxy, cascade, errors=rows.errors, cache=cache, **run
+    )
+    return _labels(scored, context, rows, spec, probs, name)
+
+
+def _labels(
+    scored: pd.DataFrame,
+    context: GenerationContext,
+    rows: FrameRows,
+    spec: LabelSpec,
+    probs: bool,
+    name: Hashable,
+) -> pd.Series | pd.DataFrame:
+    """A classify run's scores aligned to the frame: the labels (or with ``probs`` every
+    column), its details in ``attrs["llm"]`` (a cascade's under ``"cascade"``)."""
+    cascade = scored.attrs.get("llm")
+    scored.index = rows.index
+    label = scored["label"].astype(object).where(scored["label"].notna(), pd.NA)
+    label.name = _name(name, "label")
+    info = run_info("classify", context, rows, scored["error"])
+    info["labels"] = list(spec.labels)
+    info["hashes"] = scored.attrs.get("hashes", {})
+    if cascade is not None:
+        info["cascade"] = cascade
+    result = scored if probs else label
+    result.attrs["llm"] = info
+    return result
 
 
 def extract_rows(
