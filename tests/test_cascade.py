@@ -82,6 +82,9 @@ def test_the_oracle_answers_the_sample_and_the_rows_below_the_threshold(ctx, pro
     assert sum(conf[i] >= threshold for i in ok if source[i] == "oracle") <= 5  # sampled ones
     assert info["bound"]["accuracy"] >= 0.6 or math.isinf(threshold)
     assert info["proxy_rows"] > 0  # with 11 rows and 5 sampled, 60% can be proved
+    # the guarantee on this sample: at least 60% of the rows answered as the oracle would
+    agreement = np.mean([out.label[i] == oracle.label[i] for i in ok])
+    assert agreement >= info["bound"]["accuracy"] - 1e-9 >= 0.6 - 1e-9, agreement
     # bad rows: errors in place, answered by neither model
     for i in BAD:
         assert pd.isna(out.label[i]) and out.error[i] and source[i] is None

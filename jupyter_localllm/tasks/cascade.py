@@ -12,25 +12,39 @@ How one cascade runs (three label-scoring requests of one :class:`Plan`, through
 
 The guarantees, each with probability at least ``1 - delta`` over the random sample (``N``
 rows scored by the proxy, ``m`` sampled; all tests are exact hypergeometric ones, so they hold
-for any ``N`` and ``m`` — small samples only make them cautious):
+for any ``N`` and ``m`` — small samples only make them cautious). Every test counts only the
+errors the final answer keeps: a sampled row keeps the oracle's answer, so a sampled
+disagreement is one error fewer, not evidence of one more. With ``k`` sampled disagreements
+among the rows the proxy would answer, the final answer holds ``B - k`` errors (``B``: all
+disagreeing rows there); it has more than ``allowed`` of them only if ``B >= allowed + 1 + k``,
+so the null is rejected when a hypergeometric draw of ``m`` from ``N`` rows, ``allowed + 1 + k``
+of them bad, holds ``<= k`` bad rows with probability ``<= delta`` (more bad rows make a small
+count rarer, so on the bad event the chance is at most that of the true ``B``: valid).
 
 - ``target_accuracy=a``: at least ``a·N`` rows get the oracle's label. The proxy answers the
   rows whose top probability is at least ``t``. Candidate thresholds are the proxy's own
-  confidences (known before any oracle label), tested from the highest down by fixed-sequence
-  testing: the null "more than ``(1-a)·N`` rows at or above ``t`` disagree with the oracle" is
-  rejected when the count of sampled disagreements there is so small that a hypergeometric
-  draw from such a population gives it with probability ``<= delta``. Disagreements only grow
-  as ``t`` falls, so the first null not rejected ends the sequence: ``t`` is the lowest
-  rejected one (a BARGAIN-like accuracy bound, Zeighami et al.).
+  confidences (known before any oracle label); the test above, with ``allowed = (1-a)·N``,
+  passes up to a critical count ``k*`` of sampled disagreements (its chance grows with ``k``),
+  and ``t`` is the lowest confidence with at most ``k*`` sampled disagreements at or above it
+  (fixed-sequence testing from the top, a BARGAIN-like accuracy bound, Zeighami et al.). The
+  whole procedure is valid, not only each test: it fails only if, going down the disagreeing
+  rows by confidence, ``allowed + 1`` unsampled ones come before the ``k* + 1``-th sampled
+  one, i.e. only if the first ``allowed + 1 + k*`` disagreeing rows hold ``<= k*`` sampled
+  ones: probability ``<= delta``. A lower threshold with at most ``allowed`` unsampled rows at
+  or above it is taken instead when there is one: it cannot miss the target (on small tables,
+  where the test passes little, the proxy still answers the rows the target tolerates).
 - ``target_recall=r`` (with ``positive=``): the proxy answers "not positive" below ``t_low`` on
   its probability of ``positive``; at least ``r`` of the rows the oracle calls positive are
-  labelled positive. Given the sampled positives, they are a uniform sample of all positives;
-  the same fixed-sequence test on the misses, maximised over the unknown number of positives.
+  labelled positive (a sampled positive keeps the oracle's label). Given the sampled
+  positives, they are a uniform sample of all positives; the same test on the misses,
+  maximised over the unknown number of positives.
 - ``target_precision=p`` (with ``positive=``): the proxy answers "positive" at or above
-  ``t_high``; at least ``p`` of the rows labelled positive are positive for the oracle. The
-  share of oracle negatives above each of 20 candidate thresholds (quantiles of the proxy's
-  scores) is tested with a union bound (``delta/20`` each), and the lowest passing one is kept
-  (SUPG's precision target, Kang et al. 2020, with uniform sampling).
+  ``t_high``; at least ``p`` of the rows labelled positive are positive for the oracle (a
+  sampled row there keeps the oracle's label: its negatives are no false positives and leave
+  the positives). The share of oracle negatives above each of 20 candidate thresholds
+  (quantiles of the proxy's scores) is tested with a union bound (``delta/20`` each), and the
+  lowest passing one is kept (SUPG's precision target, Kang et al. 2020, with uniform
+  sampling).
 
 Both precision and recall split ``delta`` in two. A proxy whose confidence says nothing about
 agreement leaves the tests unrejected at all but the top: almost every row is escalated.
@@ -142,9 +156,12 @@ class Bound:
     """accuracy: the proxy answers at top probability ``>= threshold``; precision: it says
     positive at ``>= threshold``; recall: it says not positive at ``< threshold``."""
     estimate: float
-    """The quality estimated from the sample (unbiased for accuracy and recall)."""
+    """The final answer's quality estimated from the sample (sampled rows keep the oracle's
+    answer; unbiased for accuracy)."""
     bound: float
-    """Lower confidence bound (level ``1 - delta``) on the quality at this threshold."""
+    """Lower confidence bound (level ``1 - delta``; precision: ``delta`` over the candidates)
+    on the final answer's quality at this threshold, by the same test as the threshold: at
+    least ``target`` whenever a threshold was learned."""
 
 
 # -- the statistics -----------------------------------------------------------------------------
@@ -166,9 +183,36 @@ def _tolerated(share: float, n: int | np.ndarray) -> Any:
 def _upper_count(k: int, n: int, m: int, delta: float) -> int:
     """Upper confidence bound (level ``1-delta``) on the bad rows among ``n`` when a uniform
     sample of ``m`` holds ``k``: the largest count whose chance of ``<= k`` exceeds ``delta``."""
-    counts = np.arange(k, n + 1)
-    ok = counts[hypergeom.cdf(k, n, counts, m) > delta]
-    return int(ok.max()) if ok.size else k
+    # the chance falls as the count grows (bisection); at count k it is 1
+    return k + _largest_k(lambda u: float(hypergeom.cdf(k, n, k + u, m) <= delta), 0.5, n - k)
+
+
+def _kept_errors_p(k: int | np.ndarray, n: Any, allowed: Any, m: int) -> Any:
+    """The chance that a uniform sample of ``m`` of ``n`` rows holds ``<= k`` bad ones when
+    ``allowed + 1 + k`` are bad: the p-value of "more than ``allowed`` bad rows stay unsampled"
+    after ``k`` sampled ones (see the module notes); 0 where ``n`` cannot hold that many."""
+    k, n, allowed = np.broadcast_arrays(np.asarray(k), np.asarray(n), np.asarray(allowed))
+    bad = allowed + 1 + k
+    fits = bad <= n
+    p = np.zeros(bad.shape)
+    if fits.any():
+        p[fits] = hypergeom.cdf(k[fits], n[fits], bad[fits], m)
+    return p if p.ndim else float(p)
+
+
+def _critical_count(n: int, m: int, allowed: int, delta: float, fixes: bool = True) -> int:
+    """The most sampled disagreements (of ``m`` from ``n`` rows) at which "more than
+    ``allowed`` rows disagree" is still rejected at level ``delta``; -1 when none. ``fixes``:
+    the oracle's answers of the sampled rows are kept (the test above); False: the earlier
+    test that counts them as kept errors (``allowed + 1`` bad rows, more cautious)."""
+    last = n - allowed - 1  # a sample cannot hold more unsampled-error witnesses than this
+    if last < 0:
+        return m  # the target allows every row to be wrong
+    if not fixes:
+        return _largest_k(lambda k: hypergeom.cdf(k, n, allowed + 1, m), delta, m)
+    k = _largest_k(lambda k: _kept_errors_p(k, n, allowed, m), delta, min(m, last))
+    # from k = last on, allowed + 1 unsampled errors cannot come before k + 1 sampled ones
+    return m if k >= last else k
 
 
 def learn_accuracy(
@@ -177,47 +221,58 @@ def learn_accuracy(
     agree: Sequence[bool],
     target: float,
     delta: float,
+    *,
+    oracle_keeps_sample: bool = True,
 ) -> Bound:
     """The lowest threshold on the proxy's ``confidence`` (one per row) at which at least
     ``target`` of the rows get the oracle's answer with probability ``>= 1 - delta`` (see the
-    module notes): ``sample`` are the rows the oracle labelled, ``agree`` whether the proxy's
-    answer was the oracle's on each."""
+    module notes): ``sample`` are the rows the oracle labelled (they keep its answer),
+    ``agree`` whether the proxy's answer was the oracle's on each. ``oracle_keeps_sample=False``
+    runs the earlier, more cautious learner that counts sampled disagreements as kept errors
+    and has no outright-safe threshold (valid too; kept to measure the difference)."""
     conf = np.asarray(confidence, dtype=float)
     sample, agree = np.asarray(sample, dtype=int), np.asarray(agree, dtype=bool)
     n, m = len(conf), len(sample)
     allowed = int(_tolerated(target, n))
-    if allowed + 1 > n:
-        k_star = m  # the target allows every row to be wrong
-    else:
-        k_star = _largest_k(lambda k: hypergeom.cdf(k, n, allowed + 1, m), delta, m)
+    k_star = _critical_count(n, m, allowed, delta, oracle_keeps_sample)
     bad = np.sort(conf[sample][~agree])[::-1]
-    if k_star < 0 or n == 0:
-        threshold = math.inf
-    elif len(bad) <= k_star:
-        threshold = float(conf.min())
-    else:
-        above = conf[conf > bad[k_star]]
-        threshold = float(above.min()) if above.size else math.inf
-    if math.isinf(threshold) or m == 0:
+    threshold = _lowest_with(conf, bad, k_star)
+    # Any threshold with at most `allowed` unsampled rows at or above it is safe outright.
+    unsampled = np.ones(n, bool)
+    unsampled[sample] = False
+    if oracle_keeps_sample:
+        threshold = min(threshold, _lowest_with(conf, np.sort(conf[unsampled])[::-1], allowed))
+    if math.isinf(threshold):
         return Bound("accuracy", target, delta, threshold, 1.0, 1.0)
-    k = int((bad >= threshold).sum())
-    estimate = 1.0 - k * (n - m) / (m * n)
-    bound = 1.0 - (_upper_count(k, n, m, delta) - k) / n
+    k, free = int((bad >= threshold).sum()), int((conf[unsampled] >= threshold).sum())
+    # errors kept: unsampled disagreements at or above the threshold (B - k), at most `free`
+    estimate = 1.0 - min(k * (n - m) / m if m else free, free) / n
+    bound = 1.0 - min(_upper_count(k, n, m, delta) - k, free) / n
     return Bound("accuracy", target, delta, threshold, estimate, bound)
+
+
+def _lowest_with(conf: np.ndarray, ranked: np.ndarray, count: int) -> float:
+    """The lowest threshold on ``conf`` with at most ``count`` of ``ranked`` (a subset of
+    ``conf``, highest first) at or above it; ``inf`` when ``count < 0`` or no rows."""
+    if count < 0 or not conf.size:
+        return math.inf
+    if len(ranked) <= count:
+        return float(conf.min())
+    above = conf[conf > ranked[count]]
+    return float(above.min()) if above.size else math.inf
 
 
 def _miss_p_value(k: int, m_pos: int, totals: np.ndarray, share: float) -> float:
     """The largest chance, over the possible numbers of positives ``totals``, that ``m_pos``
-    sampled positives hold ``<= k`` misses when more than ``1 - share`` of them are misses."""
+    sampled positives hold ``<= k`` misses when more than ``1 - share`` of all positives are
+    unsampled misses (``allowed + 1 + k`` misses in all)."""
     if not totals.size:
         return 0.0
-    misses = _tolerated(share, totals) + 1
-    # While the misses stay the same, more positives make a sample with few misses likelier:
-    # only the last total of each step can give the largest chance.
-    possible = (misses <= totals) & np.r_[misses[1:] != misses[:-1], True]
-    if not possible.any():
-        return 0.0
-    return float(hypergeom.cdf(k, totals[possible], misses[possible], m_pos).max())
+    allowed = _tolerated(share, totals)
+    # While the misses allowed stay the same, more positives make a sample with few misses
+    # likelier: only the last total of each step can give the largest chance.
+    last = np.r_[allowed[1:] != allowed[:-1], True]
+    return float(np.max(_kept_errors_p(k, totals[last], allowed[last], m_pos), initial=0.0))
 
 
 def learn_recall(
@@ -230,22 +285,26 @@ def learn_recall(
     """The highest threshold on the proxy's probability of the positive label (``score``,
     one per row) below which the proxy may answer "not positive" while at least ``target`` of
     the oracle's positive rows stay positive, with probability ``>= 1 - delta``: ``sample``
-    are the rows the oracle labelled, ``positive`` its answers there."""
+    are the rows the oracle labelled (they keep its answer), ``positive`` its answers there."""
     s = np.asarray(score, dtype=float)
     sample, positive = np.asarray(sample, dtype=int), np.asarray(positive, dtype=bool)
     pos = np.sort(s[sample][positive])
     m_pos, m_neg = len(pos), len(sample) - len(pos)
     totals = np.arange(max(m_pos, 1), len(s) - m_neg + 1)
+    # k <= m_pos - 1: the threshold is a sampled positive's score, so at most the k sampled
+    # positives below it; any k whose p-value passes is valid (no monotonicity needed)
     k_star = _largest_k(lambda k: _miss_p_value(k, m_pos, totals, target), delta, m_pos - 1)
     if k_star < 0:
         return Bound("recall", target, delta, -math.inf, 1.0, 1.0)
     threshold = float(pos[k_star])
     k = int((pos < threshold).sum())
-    lo, hi = 0.0, 1.0  # the lowest recall the test would still reject below (bisection)
-    for _ in range(20):
+    lo, hi = 0.0, 1.0  # the lowest recall the test would still reject below (bisection to 2^-14)
+    for _ in range(14):
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if _miss_p_value(k, m_pos, totals, mid) > delta else (mid, hi)
-    return Bound("recall", target, delta, threshold, 1.0 - k / m_pos, lo)
+    # unsampled misses: k of m_pos sampled positives, scaled to the unsampled share
+    estimate = 1.0 - k / m_pos * (1.0 - len(sample) / len(s))
+    return Bound("recall", target, delta, threshold, estimate, lo)
 
 
 def _candidates(s: np.ndarray, count: int) -> np.ndarray:
@@ -267,7 +326,8 @@ def learn_precision(
     """The lowest of ``candidates`` thresholds on the proxy's probability of the positive
     label (``score``, one per row) at and above which at least ``target`` of the rows are
     positive for the oracle, with probability ``>= 1 - delta`` (a union bound over the
-    candidates): ``sample`` are the rows the oracle labelled, ``positive`` its answers."""
+    candidates): ``sample`` are the rows the oracle labelled (they keep its answer, so a
+    sampled negative is no false positive), ``positive`` its answers."""
     s = np.asarray(score, dtype=float)
     sample, positive = np.asarray(sample, dtype=int), np.asarray(positive, dtype=bool)
     level = delta / candidates
@@ -276,11 +336,14 @@ def learn_precision(
         n_t = int((s >= t).sum())
         inside = s[sample] >= t
         m_t, k = int(inside.sum()), int((inside & ~positive).sum())
-        wrong = int(_tolerated(target, n_t)) + 1
-        p = 0.0 if wrong > n_t else (hypergeom.cdf(k, n_t, wrong, m_t) if m_t else 1.0)
+        # the rows labelled positive here: all but the k sampled negatives (the oracle's)
+        said = n_t - k
+        p = _kept_errors_p(k, n_t, int(_tolerated(target, said)), m_t) if m_t else 1.0
         if p <= level:
-            bound = 1.0 - _upper_count(k, n_t, m_t, level) / n_t
-            best = Bound("precision", target, delta, float(t), 1.0 - k / max(m_t, 1), bound)
+            kept = k * (n_t - m_t) / max(m_t, 1)  # estimated unsampled negatives
+            upper = _upper_count(k, n_t, m_t, level) - k
+            estimate, bound = (1.0 - kept / said, 1.0 - upper / said) if said else (1.0, 1.0)
+            best = Bound("precision", target, delta, float(t), estimate, bound)
     return best
 
 
