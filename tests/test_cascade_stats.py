@@ -225,6 +225,24 @@ def test_precision_guarantee_holds(target):
     assert answered > (0.1 if target == 0.8 else 0.0), answered
 
 
+@pytest.mark.parametrize(("n", "m", "target"), [(150, 60, 0.8), (400, 100, 0.9), (100, 40, 0.7)])
+def test_recall_and_precision_hold_on_small_tables(n, m, target):
+    rng = np.random.default_rng(8)
+    score, truth = binary_population(rng, n)
+    trials, failed, answered = 400, np.zeros(2), np.zeros(2)
+    for _ in range(trials):
+        sample = rng.choice(n, m, replace=False)
+        sampled = np.isin(np.arange(n), sample)
+        low = learn_recall(score, sample, truth[sample], target, DELTA).threshold
+        missed = truth & (score < low) & ~sampled  # the final answer's misses
+        high = learn_precision(score, sample, truth[sample], target, DELTA).threshold
+        said = np.where((score >= high) & ~sampled, True, truth)  # the final positives
+        failed += [1 - missed.sum() / truth.sum() < target, truth[said].mean() < target]
+        answered += [((score < low) & ~sampled).mean(), ((score >= high) & ~sampled).mean()]
+    assert (failed / trials <= DELTA + 3 * math.sqrt(DELTA * (1 - DELTA) / trials)).all()
+    assert answered[0] / trials > 0.15  # the proxy answers "not positive" on many rows
+
+
 def test_a_useless_binary_proxy_answers_few_rows():
     rng = np.random.default_rng(7)
     score = rng.uniform(0, 1, N)
