@@ -424,7 +424,9 @@ def main(argv=None) -> int:
             f"\nCascade vs oracle alone (delta {DELTA}, oracle sample {args.budget:.0%} of the "
             f"rows, {args.splits} random splits, confidence {args.score}; held: share of splits "
             "reaching the target; old test: sampled disagreements counted as kept errors; "
-            "optimum | sample: the optimum of each split with its sampled rows the oracle's):"
+            "optimum | sample: the optimum of each split with its sampled rows the oracle's; "
+            f"an exact test fails in up to delta of the splits, so held carries a binomial "
+            f"standard error of {100 * np.sqrt(DELTA * (1 - DELTA) / args.splits):.1f} points):"
         )
         print(markdown(rows))
     if "filter" not in skip:
