@@ -4,7 +4,8 @@ The logits test drives the engine's own :class:`Scheduler` (deterministic shapin
 backend context opened as a deterministic :class:`GenerationContext` opens it, and compares a
 row's logits bit for bit alone and among 1, 3, 4, 7 and 16 other rows. The text tests run
 the public API: a ``generate()`` loop against ``generate_parallel`` at several ``n_seq_max``,
-reversed and in two calls, greedy and sampled with a seed.
+reversed and in two calls, greedy and sampled with a seed; label scoring's probabilities the
+same ways.
 """
 
 from __future__ import annotations
@@ -176,6 +177,38 @@ def test_sampled_text_depends_only_on_the_rows_seed(det_model):
     assert sum(a != str(b) for a, b in zip(reference, greedy, strict=True)) > 3  # it samples
     for name in compared:
         differ = [i for i, (a, b) in enumerate(zip(reference, ways[name], strict=True)) if a != b]
+        assert not differ, (name, differ)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"examples": [("Stocks fell sharply", "Business"), ("Team wins final", "Sports")]},
+     {"scoring": "joint", "calibrate": True}],
+    ids=["zero-shot", "few-shot", "joint-calibrated"],
+)  # fmt: skip
+def test_label_scores_are_bit_identical_however_the_rows_are_batched(det_model, options):
+    """Label scoring (a shared prefix decoded once, each row's text, every label's tokens)
+    gives a row the same probabilities, bit for bit, alone, in a loop, at any n_seq_max,
+    reversed and in two calls."""
+    texts = list(ll.datasets.news_sample()["title"].head(12))
+    labels = ["World", "Sports", "Business", "Sci/Tech"]
+
+    def probs(n, rows):
+        ctx = ll.context_create(det_model, n_seq_max=n, deterministic=True)
+        out = ll.classify(ctx, rows, labels, progress=False, cache=False, **options)
+        return out[labels].to_numpy()
+
+    reference = probs(8, texts)
+    assert reference.std(axis=0).max() > 0.01  # the rows get different scores
+    ways = {
+        "loop": np.vstack([probs(1, [t]) for t in texts]),
+        "n_seq_max=4": probs(4, texts),
+        "n_seq_max=16": probs(16, texts),
+        "reversed": probs(8, texts[::-1])[::-1],
+        "two calls": np.vstack([probs(8, texts[:5]), probs(8, texts[5:])]),
+    }
+    for name, got in ways.items():
+        differ = np.flatnonzero((got != reference).any(axis=1)).tolist()
         assert not differ, (name, differ)
 
 
