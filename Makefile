@@ -19,7 +19,7 @@ LLAMA_SERVER := $(BENCH)/llama-server
 # the server is built without it (in GCC explicit -mno-* flags win over -march=native).
 NO_AMX = $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 
-.PHONY: setup demo test test-ts lint format clean lab wheel bench bench-model bench-server
+.PHONY: setup demo test test-ts lint format clean lab wheel bench bench-deterministic bench-model bench-server
 
 setup: $(STAMP) $(EXT_LINK)
 
@@ -90,6 +90,12 @@ lab: $(STAMP)
 bench: bench-model bench-server
 	$(PY) benchmarks/bench_parallel.py --models default,qwen2.5-coder-0.5b \
 		--markdown $(BENCH)/bench_parallel.md
+
+# deterministic=True against the same engine in the default mode, both models, same run
+# (bench's (c) and (d) rows alone; README "Reproducibility").
+bench-deterministic: bench-model
+	$(PY) benchmarks/bench_parallel.py --models default,qwen2.5-coder-0.5b --engines cd \
+		--slots 8 --rounds 3 --seed-rounds 3 --markdown $(BENCH)/bench_deterministic_cost.md
 
 bench-model: $(STAMP)
 	$(PY) benchmarks/fetch_model.py

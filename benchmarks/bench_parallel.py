@@ -364,12 +364,20 @@ def maybe_server(model, engines) -> Iterator[str | None]:
         yield url
 
 
+def _agreement(texts: list[str], reference: list[str] | None) -> float:
+    """The share of ``texts`` equal to ``reference``'s (NaN when --engines left it out)."""
+    if reference is None:
+        return float("nan")
+    return float(np.mean([x == y for x, y in zip(texts, reference, strict=True)]))
+
+
 def _record(engine: Engine, r: int, runs: dict[str, Run], engines: list[Engine]) -> dict:
     """One engine's figures in round ``r``: its run, ideal and agreement with (a) and (b)."""
-    loop = next(e.label for e in engines if e.kind == "loop")
-    reference = runs[engines[0].label].texts  # (a), the Llama loop
-    ours = runs[loop].texts  # (b), our generate() loop
     run = runs[engine.label]
+    llama = next((e.label for e in engines if e.kind == "llama"), None)
+    loop = next((e.label for e in engines if e.kind == "loop"), None)
+    reference = runs[llama].texts if llama else None  # (a), the Llama loop
+    ours = runs[loop].texts if loop else None  # (b), our generate() loop
     rec = dict(
         engine=engine.label,
         round=r,
@@ -380,10 +388,10 @@ def _record(engine: Engine, r: int, runs: dict[str, Run], engines: list[Engine])
         outside=run.outside,
         tail=run.tail,
         pp=max(run.pp.values(), default=float("nan")),
-        agree=float(np.mean([x == y for x, y in zip(run.texts, reference, strict=True)])),
-        agree_b=float(np.mean([x == y for x, y in zip(run.texts, ours, strict=True)])),
+        agree=_agreement(run.texts, reference),
+        agree_b=_agreement(run.texts, ours),
     )
-    if engine.kind == "llama":  # it decodes what our loop does (both reuse the prefix)
+    if engine.kind == "llama" and loop:  # it decodes what our loop does (both reuse the prefix)
         rec["prompt_tok"] = runs[loop].prompt_tok
     config = run.config
     if config is not None:
@@ -407,11 +415,15 @@ def _record(engine: Engine, r: int, runs: dict[str, Run], engines: list[Engine])
     return rec
 
 
+ENGINES = set("abcds")
+"""Letters of the engines :func:`bench` runs (``--engines``)."""
+
+
 def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
     """Every engine of ``workload`` once per round in a rotated order; medians over rounds."""
     prompts = workload.prompts(model)
-    engines = list(workload.engines)
-    if not llama_server.SERVER.is_file():
+    engines = [e for e in workload.engines if e.label[1] in ENGINES]
+    if not llama_server.SERVER.is_file() and "s" in ENGINES:
         print(f"   (no {llama_server.SERVER}: `make bench-server` builds it; server rows skipped)")
         engines = [e for e in engines if e.kind != "server"]
     records = []
@@ -441,9 +453,12 @@ def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
     df["wall/full"] = df.wall / (df.prompt_ideal + df.gen_decoded / df.dec)
     # the speed-up over our generate() loop that the measured rates allow: its ideal over this
     # configuration's, in the same round
-    loop = next(e.label for e in engines if e.kind == "loop")
-    loop_ideal = df[df.engine == loop].set_index("round").ideal
-    df["limit"] = df["round"].map(loop_ideal) / df.ideal
+    loop = next((e.label for e in engines if e.kind == "loop"), None)
+    if loop is not None:
+        loop_ideal = df[df.engine == loop].set_index("round").ideal
+        df["limit"] = df["round"].map(loop_ideal) / df.ideal
+    else:
+        df["limit"] = np.nan
     table = df.groupby("engine", sort=False).agg(
         config=("config", "first"),
         wall=("wall", "median"),
@@ -463,6 +478,7 @@ def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
     for engine in engines:
         if engine.kind in ("llama", "loop", "server"):
             table[f"x_{engine.kind}"] = table.loc[engine.label, "wall"] / table.wall
+    table.attrs["deterministic"] = deterministic_cost(df, engines)
     rates = ", ".join(f"{x:.0f}" for x in df.pp.dropna())
     print(f"\n== {model.name}: {workload.name}: {rows} prompts, max_tokens={workload.max_tokens}")
     print(
@@ -471,6 +487,52 @@ def bench(model, workload: Workload, rounds: int) -> pd.DataFrame:
     print(table.to_string(float_format=lambda x: f"{x:.2f}"))
     table.attrs.update(model=model.name, workload=workload.name, rows=rows)
     return table
+
+
+def deterministic_cost(df: pd.DataFrame, engines: list[Engine]) -> dict | None:
+    """The (d) engine's wall over its (c) twin's (same slots and n_ctx), run in the same
+    rounds: median and range of the per-round ratios; None without both."""
+    det = next((e for e in engines if e.deterministic), None)
+    twin = next(
+        (
+            e
+            for e in engines
+            if det and e.kind == "parallel" and not e.deterministic
+            and (e.n_seq_max, e.n_ctx) == (det.n_seq_max, det.n_ctx)
+        ),
+        None,
+    )  # fmt: skip
+    if twin is None:
+        return None
+    walls = df.pivot(index="round", columns="engine", values="wall")
+    ratio = walls[det.label] / walls[twin.label]
+    return dict(
+        default=twin.label,
+        wall_default=float(walls[twin.label].median()),
+        wall_det=float(walls[det.label].median()),
+        median=float(ratio.median()),
+        lo=float(ratio.min()),
+        hi=float(ratio.max()),
+    )
+
+
+def cost_markdown(tables: list[pd.DataFrame]) -> str:
+    """The deterministic mode's cost from :func:`bench` tables (those that ran (d) and its
+    (c) twin)."""
+    lines = [
+        "| model | workload | default mode engine | wall s | deterministic wall s "
+        "| deterministic / default (rounds) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for table in tables:
+        cost = table.attrs.get("deterministic")
+        if cost:
+            lines.append(
+                f"| {table.attrs['model']} | {table.attrs['workload']} | {cost['default']} "
+                f"| {cost['wall_default']:.1f} | {cost['wall_det']:.1f} "
+                f"| {cost['median']:.2f} ({cost['lo']:.2f}–{cost['hi']:.2f}) |"
+            )
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def markdown(tables: list[pd.DataFrame]) -> str:
@@ -484,6 +546,9 @@ def markdown(tables: list[pd.DataFrame]) -> str:
 
     def ratio(row, col):
         return f"{row[col]:.2f}" if col in row and np.isfinite(row[col]) else "–"
+
+    def share(value):
+        return f"{value:.0%}" if np.isfinite(value) else "–"
 
     def spread(row):  # the rounds' lowest and highest: the VM's drift shows here
         if not np.isfinite(row.get("wall_ideal_lo", np.nan)):
@@ -499,8 +564,7 @@ def markdown(tables: list[pd.DataFrame]) -> str:
                 f"| {ratio(row, 'x_llama')} | {ratio(row, 'x_loop')} "
                 f"| {ratio(row, 'x_loop_limit')} | {ratio(row, 'x_server')} "
                 f"| {ratio(row, 'wall_ideal')}{spread(row)} | {ratio(row, 'wall_full')} "
-                f"| {ratio(row, 'tail')} | {row.agree:.0%} "
-                f"| {row.agree_b:.0%} |"
+                f"| {ratio(row, 'tail')} | {share(row.agree)} | {share(row.agree_b)} |"
             )
             first = False
     return "\n".join(lines) + "\n"
@@ -520,6 +584,12 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--only", choices=["seed", "gen"], default=None)
     ap.add_argument(
+        "--engines",
+        default="abcds",
+        help="letters of the engines to run (a, b, c, d, s); e.g. cd measures the "
+        "deterministic mode's cost against its default-mode twin alone",
+    )
+    ap.add_argument(
         "--models",
         default="default",
         help="comma-separated model references, each benchmarked in turn (e.g. "
@@ -533,6 +603,8 @@ def main(argv=None) -> int:
         help='layers offloaded to a GPU ("auto": all when the build has a GPU backend)',
     )
     args = ap.parse_args(argv)
+    global ENGINES
+    ENGINES = set(args.engines)
     if not args.data.exists():
         print(f"skipped: {args.data} is absent", file=sys.stderr)
         return 0
@@ -549,7 +621,7 @@ def main(argv=None) -> int:
         layers = args.n_gpu_layers if args.n_gpu_layers == "auto" else int(args.n_gpu_layers)
         model = ll.model_load(ref.strip(), n_gpu_layers=layers)
         print(f"\n#### model {model.name} ({model.path.name})", flush=True)
-        if args.only is None:
+        if args.only is None and set("bc") <= ENGINES:
             layout_tables.append(layouts(model))
         for workload in workloads(args.gen_rows, args.rows, slots, args.data):
             if args.only is None or workload.name.startswith(args.only):
@@ -557,6 +629,9 @@ def main(argv=None) -> int:
                 tables.append(bench(model, workload, rounds))
         model.close()
     table = markdown(tables) + "".join("\n" + layout_markdown(t) for t in layout_tables)
+    cost = cost_markdown(tables)
+    if cost:
+        table += "\ndeterministic=True against the same engine in the default mode:\n\n" + cost
     print("\n" + table)
     if args.markdown is not None:
         args.markdown.write_text(table, encoding="utf-8")
