@@ -114,6 +114,14 @@ def test_the_accessors_classify_runs_a_cascade(ctx4):
     assert cascade["rows"] == 6 and cascade["sampled"] == 3
     assert cascade["oracle_rows"] + cascade["proxy_rows"] == 5  # the None row is an error
     assert cascade["proxy_rows"] == 2  # a proxy that is the oracle is never wrong
+    events = []
+    FRAME.llm.classify(
+        "{text}", labels, model=ctx4, proxy=ctx4, target_accuracy=0.6, label_budget=3,
+        progress=events.append,
+    )  # fmt: skip
+    # the plan foresaw 2 x 6 rows; it ran 6 + 3 sampled + the row the proxy could not score
+    assert events[-1].done == events[-1].total == 10
+    assert all(e.done <= e.total for e in events)
     probs = FRAME.llm.classify(
         "{text}", labels, model=ctx4, proxy=ctx4, target_accuracy=0.9, probs=True, progress=False
     )
