@@ -23,18 +23,19 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidParameterError
 from ..types import Progress, Result
 from .backend import POOLING_TYPES
-from .memory import TOO_LONG_TRAINED, check_context_memory
+from .memory import TOO_LONG_TRAINED, check_context_memory, train_context
 
 if TYPE_CHECKING:
     from .backend import BackendEmbeddingContext
     from .runner import GenerationContext
 
-__all__ = ["embed_tokens", "embedding_text", "pack_rows", "resolve_pooling"]
+__all__ = ["embed_tokens", "embedding_text", "pack_rows", "resolve_pooling", "row_limit"]
 
 # llama.cpp's enum llama_pooling_type as GGUF files store it (0 none, 4 rank: no vector to
 # compare, so such a file is mean-pooled unless the caller asks otherwise).
 _GGUF_POOLING = {"1": "mean", "2": "cls", "3": "last"}
 _CTX_ROUND = 256  # llama.cpp pads a cache to a multiple of this many cells
+_PAST_TRAINED = "the length this model was trained for, even in a larger n_ctx; shorten it"
 
 
 def resolve_pooling(metadata: Mapping[str, str], pooling: str | None) -> str:
@@ -91,14 +92,13 @@ def embed_tokens(
     t_start = time.perf_counter()
     on_result = context.lock.shield(on_result) or (lambda result: None)
     on_progress = context.lock.shield(on_progress)
-    limit = context.max_row_cells()
+    limit, why = row_limit(context)
     lengths: dict[int, int] = {}
     for i, tokens in enumerate(prompts):
         if not tokens:
             on_result(Result.failed("the text is empty; give some text", row=i))
         elif len(tokens) > limit:
             message = f"the text of {len(tokens)} tokens does not fit the context of {limit} "
-            why = TOO_LONG_TRAINED if context.fixed_n_ctx is None else "n_ctx; shorten it"
             on_result(Result.failed(f"{message}tokens ({why})", row=i, n_prompt_tokens=len(tokens)))
         else:
             lengths[i] = len(tokens)
@@ -131,6 +131,20 @@ def embed_tokens(
                     on_progress(Progress(done, len(prompts), 0, 0, elapsed))
         finally:
             ctx.close()
+
+
+def row_limit(context: GenerationContext) -> tuple[int, str]:
+    """The most tokens one embedded row may have on ``context``, and why: the fixed ``n_ctx``
+    or the model's trained length, whichever is smaller. A row is one sequence, decoded whole
+    (one ubatch), so past the trained length an encoder's learned position table (BERT's
+    ``position_embd``, GPT-2's too) has no row to read and llama.cpp aborts the process."""
+    limit = context.max_row_cells()
+    trained = train_context(context.model.metadata)
+    if context.fixed_n_ctx is None:
+        return limit, TOO_LONG_TRAINED
+    if trained is not None and trained < limit:
+        return trained, _PAST_TRAINED
+    return limit, "n_ctx; shorten it"
 
 
 def _open(context: GenerationContext, n_seq: int, n_batch: int, pooling: str) -> Any:

@@ -458,6 +458,9 @@ class Context(NativeHandle):
         self.model = model
         self._own(handle, _ll.llama_free, model)  # the model outlives its context
         self._memory = _ll.llama_get_memory(handle)
+        # llama.cpp gives encoders (BERT and kin) no KV cache and no output head: a decode
+        # writes no logits, so generating would read zeros (or a NULL pointer and abort).
+        self._text_less = not self._memory and pooling is None
         self.n_ctx = int(_ll.llama_n_ctx(handle))
         self.n_batch = int(_ll.llama_n_batch(handle))
         self.n_seq_max = int(_ll.llama_n_seq_max(handle))
@@ -489,6 +492,12 @@ class Context(NativeHandle):
             return
         if not 0 < n <= self.n_batch or n > batch.capacity:  # llama.cpp would abort
             raise batch_size_error(n, self.n_batch, batch.capacity)
+        if self._text_less:
+            raise InvalidParameterError(
+                f"{self.model.name} is an encoder (embedding) model: it computes vectors, not "
+                "text, so it cannot generate, classify or score; use it with embed, search or "
+                "similarity_join, and a chat model for the rest."
+            )
         batch._struct.n_tokens = n  # once per decode, not per add()
         rc = _ll.llama_decode(handle, batch._struct)
         if rc:
