@@ -150,19 +150,22 @@ def test_rows_past_the_encoders_reach_are_errors_in_place():
 
 def test_generating_with_an_encoder_is_a_project_error():
     """BERT has no KV cache and no output head: llama.cpp would write no logits (zeros, or a
-    NULL pointer and an abort). generate, classify and a fixed-n_ctx context: a clear error,
-    and the model still embeds afterwards. In a subprocess."""
+    NULL pointer and an abort). generate, classify and df.llm.generate, on an auto and a
+    fixed-n_ctx context: a clear error, and the model still embeds afterwards. In a
+    subprocess."""
     done = run_python(
         """
-        import sys, numpy as np, jupyter_localllm as ll
+        import sys, numpy as np, pandas as pd, jupyter_localllm as ll
         from jupyter_localllm.errors import InvalidParameterError
         sys.path.insert(0, "tests")
         from tiny_gguf import write_bert
         m = ll.model_load(str(write_bert(__import__("tempfile").mktemp(suffix=".gguf"))))
         for n_ctx in (None, 256):
             ctx = ll.context_create(m, n_ctx=n_ctx)
+            df = pd.DataFrame({"text": ["hello", "there"]})
             for call in (lambda: ll.generate(ctx, "hello", max_tokens=3),
-                         lambda: ll.classify(ctx, ["hello"], ["a", "b"])):
+                         lambda: ll.classify(ctx, ["hello"], ["a", "b"]),
+                         lambda: df.llm.generate("{text}", model=ctx, progress=False)):
                 try:
                     call()
                 except InvalidParameterError as e:
@@ -179,10 +182,10 @@ def test_generating_with_an_encoder_is_a_project_error():
 
 def test_frames_search_and_join_on_an_encoder(ctx4, vectors):
     df = pd.DataFrame({"text": [CAT, STOCK, None, CAT2]}, index=["a", "b", "c", "d"])
-    series = ll.embed_frame(df, model=ctx4, progress=False)
+    series = df.llm.embed(model=ctx4, progress=False)
     np.testing.assert_allclose(np.vstack(series[["a", "b", "d"]]), vectors[[0, 2, 1]], atol=2e-5)
     assert np.isnan(series["c"]).all() and list(series.attrs["llm"]["row_errors"]) == ["c"]
-    found = ll.search(df, CAT, 2, model=ctx4, progress=False)
+    found = df.llm.search(CAT, 2, model=ctx4, progress=False)
     assert found.index[0] == "a" and found["similarity"].iloc[0] > 0.9999
     assert found["similarity"].is_monotonic_decreasing and len(found) == 2
     pairs = ll.similarity_join(df, df, k=1, model=ctx4, progress=False)

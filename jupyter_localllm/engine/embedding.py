@@ -6,8 +6,10 @@ model, lock and sizes: under its lock it opens a backend context in embedding mo
 milliseconds), packs whole rows into decodes of at most ``n_seq_max`` sequences and ``n_batch``
 tokens (a pooled sequence must lie whole in one decode), reads each sequence's pooled vector,
 empties the cache and goes on, then frees the context. Every size is checked here before the
-backend sees it: a row longer than the model's context is an error row, the decode size grows
-to the longest row that fits, and the memory the context needs is checked on the CPU.
+backend sees it: a row longer than the context, or than the length the model was trained for
+(an encoder's position table ends there), is an error row; the decode size, and with it the
+ubatch (an encoder such as BERT sees a sequence in one ubatch or aborts), grows to the longest
+row that fits; and the memory the context needs is checked on the CPU.
 
 Pooling comes from the GGUF metadata (``<arch>.pooling_type``, which embedding models carry)
 or the caller; a model without it (a chat model such as the default) is mean-pooled.
