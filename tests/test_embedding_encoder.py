@@ -129,7 +129,7 @@ def test_rows_past_the_encoders_reach_are_errors_in_place():
         m = ll.model_load(str(write_bert(__import__("tempfile").mktemp(suffix=".gguf"))))
         fits = "x " * 126  # 128 tokens with [CLS] and [SEP]: exactly the trained length
         base = ll.embed(m, ["the cat", fits], progress=False)
-        for sizes, phrase in (({{}}, "trained for; shorten it, or fix"),
+        for sizes, phrase in (({{}}, "trained for, even in a larger n_ctx"),
                               ({{"n_ctx": 512}}, "trained for, even in a larger n_ctx"),
                               ({{"n_ctx": 512, "n_batch": 8, "n_seq_max": 2}}, "larger n_ctx")):
             ctx = ll.context_create(m, **sizes)

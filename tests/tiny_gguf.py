@@ -191,3 +191,158 @@ def reference_embedding(
         x = norm(linear(gelu, blk + "ffn_down") + x, blk + "layer_output_norm")
     pooled = x.mean(0) if pooling == "mean" else x[0]
     return pooled / np.linalg.norm(pooled)
+
+
+# -- a tiny GPT-2 (a decoder with a learned position table) -------------------------------------
+
+EOT = "<|endoftext|>"
+_GPT2_WORDS = (
+    "the cat sat on mat and dog is a of to in it that was for with as his he at by this be "
+    "stock market fell today hello world there"
+)
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's byte-level alphabet: the character standing for each byte 0..255 (printable
+    Latin-1 stands for itself, the rest are shifted past 255; a space is ``"Ġ"``)."""
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    shifted = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(shifted)) for b in range(256)]
+
+
+def gpt2_vocabulary() -> tuple[list[str], list[str]]:
+    """``(tokens, merges)``: the 256 byte tokens, each merge's result in merge order, then
+    ``<|endoftext|>``; the merges build every word of a small list (with and without its
+    leading space ``"Ġ"``) letter by letter, left to right."""
+    space = _byte_chars()[32]
+    tokens = _byte_chars()
+    merges: dict[str, None] = {}
+    for word in _GPT2_WORDS.split():
+        for text in (space + word, word):
+            for end in range(2, len(text) + 1):
+                merges[f"{text[: end - 1]} {text[end - 1]}"] = None
+    known = set(tokens)
+    for merge in merges:
+        piece = merge.replace(" ", "")
+        if piece not in known:
+            known.add(piece)
+            tokens.append(piece)
+    return [*tokens, EOT], list(merges)
+
+
+def write_gpt2(
+    path: str | Path,
+    *,
+    n_embd: int = 32,
+    n_head: int = 4,
+    n_layer: int = 2,
+    n_ff: int = 128,
+    n_ctx_train: int = 64,
+    seed: int = 0,
+    name: str = "tiny-gpt2",
+) -> Path:
+    """Write a tiny GPT-2-architecture model (llama.cpp arch ``"gpt2"``: learned positions,
+    pre-norm blocks, fused QKV, byte-level BPE vocabulary with merges) to ``path``; return
+    the path. It never predicts ``<|endoftext|>`` (see :func:`gpt2_weights`), so greedy
+    decoding runs until ``max_tokens`` or the context's end."""
+    tokens, merges = gpt2_vocabulary()
+    eot = len(tokens) - 1
+    kvs = {
+        "general.architecture": (STRING, "gpt2"),
+        "general.name": (STRING, name),
+        "general.alignment": (UINT32, _ALIGN),
+        "gpt2.context_length": (UINT32, n_ctx_train),
+        "gpt2.embedding_length": (UINT32, n_embd),
+        "gpt2.feed_forward_length": (UINT32, n_ff),
+        "gpt2.block_count": (UINT32, n_layer),
+        "gpt2.attention.head_count": (UINT32, n_head),
+        "gpt2.attention.layer_norm_epsilon": (FLOAT32, 1e-5),
+        "tokenizer.ggml.model": (STRING, "gpt2"),
+        "tokenizer.ggml.pre": (STRING, "gpt-2"),
+        "tokenizer.ggml.tokens": (ARRAY, Array(STRING, tokens)),
+        "tokenizer.ggml.token_type": (ARRAY, Array(INT32, [1] * eot + [3])),
+        "tokenizer.ggml.merges": (ARRAY, Array(STRING, merges)),
+        "tokenizer.ggml.bos_token_id": (UINT32, eot),
+        "tokenizer.ggml.eos_token_id": (UINT32, eot),
+        "tokenizer.ggml.add_bos_token": (BOOL, False),
+    }
+    _write(Path(path), kvs, gpt2_weights(len(tokens), n_embd, n_layer, n_ff, n_ctx_train, seed))
+    return Path(path)
+
+
+def gpt2_weights(
+    n_vocab: int, n_embd: int = 32, n_layer: int = 2, n_ff: int = 128, n_ctx: int = 64,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """The weights :func:`write_gpt2` writes, by GGUF name (numpy shapes as in
+    :func:`bert_weights`). The last token (``<|endoftext|>``) never wins: the final norm's
+    output is ``xhat + 0.5`` with ``sum(xhat) == 0``, and its output row is ``-4`` everywhere,
+    so its logit is ``-2 * n_embd`` whatever the input."""
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape: int, scale: float = 0.3) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    ones, zeros = np.ones(n_embd, np.float32), np.zeros(n_embd, np.float32)
+    out = {
+        "token_embd.weight": normal(n_vocab, n_embd, scale=1.0),
+        "position_embd.weight": normal(n_ctx, n_embd, scale=0.5),
+        "output_norm.weight": ones,
+        "output_norm.bias": np.full(n_embd, 0.5, np.float32),
+        "output.weight": normal(n_vocab, n_embd, scale=1.0),
+    }
+    out["output.weight"][-1] = -4.0
+    for i in range(n_layer):
+        blk = f"blk.{i}."
+        out[f"{blk}attn_norm.weight"], out[f"{blk}attn_norm.bias"] = ones, zeros
+        out[f"{blk}attn_qkv.weight"] = normal(3 * n_embd, n_embd)
+        out[f"{blk}attn_qkv.bias"] = normal(3 * n_embd, scale=0.05)
+        out[f"{blk}attn_output.weight"] = normal(n_embd, n_embd)
+        out[f"{blk}attn_output.bias"] = normal(n_embd, scale=0.05)
+        out[f"{blk}ffn_norm.weight"], out[f"{blk}ffn_norm.bias"] = ones, zeros
+        out[f"{blk}ffn_up.weight"] = normal(n_ff, n_embd)
+        out[f"{blk}ffn_up.bias"] = normal(n_ff, scale=0.05)
+        out[f"{blk}ffn_down.weight"] = normal(n_embd, n_ff)
+        out[f"{blk}ffn_down.bias"] = normal(n_embd, scale=0.05)
+    return out
+
+
+def reference_gpt2_logits(tokens: list[int], *, n_head: int = 4, seed: int = 0) -> np.ndarray:
+    """The logits ``[position, token]`` that the model :func:`write_gpt2` writes (default
+    sizes) computes for ``tokens``, in numpy (float64): GPT-2's pre-norm decoder with causal
+    attention and learned positions, as llama.cpp's ``models/gpt2.cpp`` builds it."""
+    n_vocab = len(gpt2_vocabulary()[0])
+    w = {k: v.astype(np.float64) for k, v in gpt2_weights(n_vocab, seed=seed).items()}
+
+    def norm(x: np.ndarray, name: str) -> np.ndarray:
+        x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+        return x * w[f"{name}.weight"] + w[f"{name}.bias"]
+
+    def linear(x: np.ndarray, name: str) -> np.ndarray:
+        return x @ w[f"{name}.weight"].T + w[f"{name}.bias"]
+
+    n = len(tokens)
+    x = w["token_embd.weight"][tokens] + w["position_embd.weight"][:n]
+    n_layer = sum(1 for k in w if k.endswith("attn_qkv.weight"))
+    causal = np.triu(np.full((n, n), -np.inf), 1)
+    for i in range(n_layer):
+        blk = f"blk.{i}."
+        qkv = linear(norm(x, blk + "attn_norm"), blk + "attn_qkv")
+        q, k, v = (part.reshape(n, n_head, -1) for part in np.split(qkv, 3, axis=-1))
+        scores = np.einsum("ihd,jhd->hij", q, k) / np.sqrt(q.shape[-1]) + causal
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        attn = np.einsum("hij,jhd->ihd", scores / scores.sum(-1, keepdims=True), v).reshape(n, -1)
+        x = x + linear(attn, blk + "attn_output")
+        up = linear(norm(x, blk + "ffn_norm"), blk + "ffn_up")
+        gelu = 0.5 * up * (1 + np.tanh(np.sqrt(2 / np.pi) * (up + 0.044715 * up**3)))
+        x = x + linear(gelu, blk + "ffn_down")
+    return norm(x, "output_norm") @ w["output.weight"].T
+
+
+def reference_gpt2_greedy(tokens: list[int], n: int, **kwargs: int) -> list[int]:
+    """The ``n`` tokens greedy decoding appends to ``tokens`` on :func:`write_gpt2`'s model
+    (``kwargs``: :func:`reference_gpt2_logits`')."""
+    out = list(tokens)
+    for _ in range(n):
+        out.append(int(reference_gpt2_logits(out, **kwargs)[-1].argmax()))
+    return out[len(tokens) :]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidParameterError
 from ..types import Progress, Result
 from .backend import POOLING_TYPES
-from .memory import TOO_LONG_TRAINED, check_context_memory, train_context
+from .memory import check_context_memory
 
 if TYPE_CHECKING:
     from .backend import BackendEmbeddingContext
@@ -37,7 +37,6 @@ __all__ = ["embed_tokens", "embedding_text", "pack_rows", "resolve_pooling", "ro
 # compare, so such a file is mean-pooled unless the caller asks otherwise).
 _GGUF_POOLING = {"1": "mean", "2": "cls", "3": "last"}
 _CTX_ROUND = 256  # llama.cpp pads a cache to a multiple of this many cells
-_PAST_TRAINED = "the length this model was trained for, even in a larger n_ctx; shorten it"
 
 
 def resolve_pooling(metadata: Mapping[str, str], pooling: str | None) -> str:
@@ -136,17 +135,12 @@ def embed_tokens(
 
 
 def row_limit(context: GenerationContext) -> tuple[int, str]:
-    """The most tokens one embedded row may have on ``context``, and why: the fixed ``n_ctx``
-    or the model's trained length, whichever is smaller. A row is one sequence, decoded whole
-    (one ubatch), so past the trained length an encoder's learned position table (BERT's
-    ``position_embd``, GPT-2's too) has no row to read and llama.cpp aborts the process."""
-    limit = context.max_row_cells()
-    trained = train_context(context.model.metadata)
-    if context.fixed_n_ctx is None:
-        return limit, TOO_LONG_TRAINED
-    if trained is not None and trained < limit:
-        return trained, _PAST_TRAINED
-    return limit, "n_ctx; shorten it"
+    """The most tokens one embedded row may have on ``context``, and why: the context's
+    :meth:`~jupyter_localllm.engine.runner.GenerationContext.row_limit`, as in generation
+    (the fixed ``n_ctx``, else the model's trained length; never past a learned position
+    table, BERT's or GPT-2's ``position_embd``, where llama.cpp aborts the process). A row is
+    one sequence, decoded whole (one ubatch)."""
+    return context.row_limit()
 
 
 def _open(context: GenerationContext, n_seq: int, n_batch: int, pooling: str) -> Any:

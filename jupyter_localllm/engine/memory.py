@@ -13,12 +13,14 @@ from ..hardware import available_memory
 
 __all__ = [
     "TOO_LONG_MEMORY",
+    "TOO_LONG_POSITIONS",
     "TOO_LONG_TRAINED",
     "cells_that_fit",
     "check_context_memory",
     "context_bytes",
     "kv_cache_bytes",
     "kv_shape",
+    "position_limit",
     "text_problem",
     "train_context",
 ]
@@ -29,6 +31,7 @@ _PAD = 256  # llama.cpp pads a cache to a multiple of this many cells
 TOO_LONG_TRAINED = (
     "the length this model was trained for; shorten it, or fix a larger n_ctx in context_create"
 )
+TOO_LONG_POSITIONS = "the length this model was trained for, even in a larger n_ctx; shorten it"
 TOO_LONG_MEMORY = (
     "what the memory available holds for this context; shorten it or use fewer parallel rows"
 )
@@ -57,6 +60,31 @@ def train_context(meta: dict[str, str]) -> int | None:
     except (KeyError, ValueError):
         return None
     return n if n > 0 else None
+
+
+# llama.cpp architectures whose graph adds, for each position, a row of a learned table of
+# <arch>.context_length rows (models/gpt2.cpp, starcoder.cpp, bert.cpp; mpt.cpp when the file
+# has the table): past its end ggml's get_rows asserts and the process aborts.
+_LEARNED_POSITIONS = frozenset({"gpt2", "starcoder", "bert"})
+
+
+def position_limit(meta: dict[str, str]) -> int | None:
+    """The most positions one sequence may hold on a model that reads each position from a
+    learned table (GPT-2, StarCoder, BERT, an MPT without ALiBi): its trained length, even in
+    a larger ``n_ctx`` (llama.cpp aborts the process past it). None for models that compute
+    positions (RoPE, ALiBi): a larger ``n_ctx`` is theirs to use.
+
+    Decided by the architecture: the engine does not read the file's tensors. An MPT has a
+    ``position_embd`` table exactly when it does not use ALiBi (``mpt.attention.max_alibi_bias``
+    absent or 0, as llama.cpp's converter writes it)."""
+    arch = meta.get("general.architecture", "")
+    learned = arch in _LEARNED_POSITIONS
+    if arch == "mpt":
+        try:
+            learned = float(meta.get("mpt.attention.max_alibi_bias", 0)) <= 0
+        except ValueError:
+            learned = True  # unreadable: the safe side
+    return train_context(meta) if learned else None
 
 
 def kv_cache_bytes(meta: dict[str, str], n_ctx: int) -> int:

@@ -35,9 +35,11 @@ from .grammar import check_model_grammar
 from .kvsession import KVSession, RunStats
 from .memory import (
     TOO_LONG_MEMORY,
+    TOO_LONG_POSITIONS,
     TOO_LONG_TRAINED,
     cells_that_fit,
     check_context_memory,
+    position_limit,
     text_problem,
     train_context,
 )
@@ -257,12 +259,23 @@ class GenerationContext:
 
     # -- what fits -------------------------------------------------------------------------
     def max_row_cells(self) -> int:
-        """The most KV cells one row may use: the fixed ``n_ctx``, else the context length
-        the model was trained for (a context sized from the work grows no further)."""
+        """The most KV cells one row may use (see :meth:`row_limit`)."""
+        return self.row_limit()[0]
+
+    def row_limit(self) -> tuple[int, str]:
+        """The most KV cells one row may use, and why (the end of a too-long row's message):
+        the fixed ``n_ctx``, else the context length the model was trained for (a context
+        sized from the work grows no further); on a model that reads positions from a learned
+        table (GPT-2, StarCoder, BERT: :func:`~jupyter_localllm.engine.memory.position_limit`)
+        never past that table, even in a larger fixed ``n_ctx`` (llama.cpp aborts there)."""
+        meta = getattr(self.model, "metadata", None) or {}
+        table = position_limit(meta)
+        if table is not None and table < (self.fixed_n_ctx or _MAX_AUTO_CTX):
+            return table, TOO_LONG_POSITIONS
         if self.fixed_n_ctx is not None:
-            return self.fixed_n_ctx
-        trained = train_context(getattr(self.model, "metadata", None) or {})
-        return min(trained or _MAX_AUTO_CTX, _MAX_AUTO_CTX)
+            return self.fixed_n_ctx, "n_ctx; shorten it"
+        trained = train_context(meta)
+        return min(trained or _MAX_AUTO_CTX, _MAX_AUTO_CTX), TOO_LONG_TRAINED
 
     def text_problem(self, text: str) -> str | None:
         """Why ``text`` cannot fit a row of this context, known without tokenizing it, else
@@ -303,13 +316,14 @@ class GenerationContext:
         and a context big enough for ``cells_per_row(row, own_tokens)`` cells per row after the
         prefix. A context sized from the work is sized from the rows that fit: a row longer
         than :meth:`max_row_cells`, or than what the memory available holds, is an error row
-        and the others run (their answers cut at the context's end). Starts a fresh
-        :attr:`last_run`."""
+        and the others run (their answers cut at the context's end); so is a row past a
+        learned position table in a larger fixed ``n_ctx``. Starts a fresh :attr:`last_run`."""
         t_start = time.perf_counter()
         stats = RunStats(rows=len(prompts))
         self.last_run = stats
-        auto = self.fixed_n_ctx is None
-        limit, why = (self.max_row_cells(), TOO_LONG_TRAINED) if auto else (None, "")
+        limit, why = self.row_limit()
+        if limit == self.fixed_n_ctx:
+            limit = None  # the scheduler says what a sequence of the fixed n_ctx holds
         for _attempt in range(4):
             layout = self._layout(prompts, invalid, cells_per_row, limit, why)
             errors, valid, prefix_len, n_slots, per_slot, prompt_bound = layout
@@ -319,11 +333,14 @@ class GenerationContext:
             except InsufficientMemoryError as exc:
                 fit = int(getattr(exc, "n_ctx_fit", 0))
                 shrunk = cells_that_fit(fit, prefix_len, n_slots, self.n_seq_max, self.kv_unified)
-                if limit is None or shrunk >= limit:
+                if limit is None or self.fixed_n_ctx is not None or shrunk >= limit:
                     raise
                 limit, why = shrunk, TOO_LONG_MEMORY
         seq_cells = self._seq_cells()
-        if prefix_len >= seq_cells:
+        # a row's positions end where a learned position table does, whatever the cache holds
+        table = position_limit(getattr(self.model, "metadata", None) or {})
+        row_cells = min(seq_cells, table or seq_cells)
+        if prefix_len >= row_cells:
             prefix_len = 0  # cannot share it; every row will report its length
         prefix = list(prompts[valid[0]][:prefix_len]) if valid else []
         stats.n_ctx, stats.n_slots, stats.prefix_tokens = self.n_ctx, n_slots, prefix_len
@@ -337,7 +354,7 @@ class GenerationContext:
             errors=errors,
             prefix=prefix,
             n_slots=n_slots,
-            slot_capacity=capacity,
+            slot_capacity=row_cells - prefix_len,
             kv_capacity=capacity if self.kv_unified else capacity * n_slots,
             stats=stats,
             t_start=t_start,
