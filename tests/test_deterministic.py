@@ -180,6 +180,25 @@ def test_sampled_text_depends_only_on_the_rows_seed(det_model):
         assert not differ, (name, differ)
 
 
+def test_a_fixed_n_ctx_runs_fewer_rows_at_once_rather_than_cut_them(det_model):
+    """A fixed n_ctx split n_seq_max ways (a stream per row) would refuse or cut rows that the
+    whole context holds, so their text would depend on n_seq_max: deterministic mode runs as
+    many rows at once as hold one, and the text is the auto-sized context's."""
+    prompts = paragraphs(det_model, 6)
+    need = max(len(det_model.tokenize(p)) for p in prompts) + 40
+    fixed = ll.context_create(det_model, n_ctx=512, n_seq_max=8, deterministic=True)
+    assert 512 // 8 < need <= 512 // 2  # 64 cells a row would not hold it
+    got = ll.generate_parallel(fixed, prompts, max_tokens=40, progress=False, cache=False)
+    auto = ll.context_create(det_model, n_seq_max=8, deterministic=True)
+    want = ll.generate_parallel(auto, prompts, max_tokens=40, progress=False, cache=False)
+    assert [r.error for r in got] == [None] * 6
+    assert [str(r) for r in got] == [str(r) for r in want]
+    assert [r.finish_reason for r in got] == [r.finish_reason for r in want]
+    assert 1 < fixed.last_run.n_slots <= 512 // need
+    fixed.close()
+    auto.close()
+
+
 @pytest.mark.parametrize(
     "options",
     [{}, {"examples": [("Stocks fell sharply", "Business"), ("Team wins final", "Sports")]},

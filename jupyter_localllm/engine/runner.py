@@ -121,6 +121,9 @@ class GenerationContext:
             raise InvalidParameterError(f"flash_attn must be True or False, got {flash_attn!r}.")
         self.model = model
         self.n_seq_max = n_seq_max
+        self.n_streams = n_seq_max
+        """Sequences the open cache holds: ``n_seq_max``, fewer in deterministic mode when a
+        fixed ``n_ctx`` split ``n_seq_max`` ways is too small for a run's rows."""
         self.n_batch = self._requested_n_batch = n_batch  # n_batch: what the context accepts
         self.n_threads = n_threads
         self.fixed_n_ctx = n_ctx
@@ -152,7 +155,10 @@ class GenerationContext:
             return self.fixed_n_ctx
         return self._ctx.n_ctx if self._ctx is not None else None
 
-    def _open(self, n_ctx: int, unified: bool | None = None) -> BackendContext:
+    def _open(
+        self, n_ctx: int, unified: bool | None = None, streams: int | None = None
+    ) -> BackendContext:
+        self.n_streams = streams or self.n_seq_max
         if self.fixed_n_ctx is None:
             n_ctx = min(n_ctx, _MAX_AUTO_CTX)
         if self._ctx is not None:  # free it first: the new one may need its memory
@@ -164,13 +170,13 @@ class GenerationContext:
                 self.model.metadata,
                 n_ctx,
                 n_vocab=self.model.n_vocab,
-                n_seq_max=self.n_seq_max,
+                n_seq_max=self.n_streams,
                 n_batch=self._requested_n_batch,
                 kv_unified=self.kv_unified,
             )
         self._ctx = self.model.new_context(
             n_ctx=n_ctx,
-            n_seq_max=self.n_seq_max,
+            n_seq_max=self.n_streams,
             n_batch=self._requested_n_batch,
             n_threads=self.n_threads,
             kv_unified=self.kv_unified,
@@ -178,7 +184,7 @@ class GenerationContext:
         )
         # llama.cpp caps n_batch at n_ctx; plan steps with the size it really accepts.
         self.n_batch = self._ctx.n_batch
-        self._batch = self.model.new_batch(self.n_batch, self.n_seq_max)
+        self._batch = self.model.new_batch(self.n_batch, self.n_streams)
         self._prefix = []
         return self._ctx
 
@@ -211,8 +217,9 @@ class GenerationContext:
     ) -> BackendContext:
         if self.fixed_n_ctx is not None:
             unified = self._fixed_layout(prefix_len + per_slot, n_slots, prompt_bound)
-            if self._ctx is None or unified != self.kv_unified:
-                self._open(self.fixed_n_ctx, unified)
+            streams = self._fixed_streams(prefix_len + per_slot, unified)
+            if self._ctx is None or unified != self.kv_unified or streams != self.n_streams:
+                self._open(self.fixed_n_ctx, unified, streams)
             return self._ctx
         shared = self.kv_layout if self.kv_layout is not None else n_slots > 1 and prompt_bound
         if shared:
@@ -237,13 +244,22 @@ class GenerationContext:
         fits_whole = need <= self.fixed_n_ctx
         return n_slots > 1 and fits_whole and (share < need or prompt_bound)
 
+    def _fixed_streams(self, need: int, unified: bool) -> int:
+        """Sequences of a fixed ``n_ctx`` cache whose rows need ``need`` cells each:
+        ``n_seq_max``; in deterministic mode (a stream per row) as many as hold such a row,
+        so that no row is refused or cut because of ``n_seq_max`` (its text may not depend
+        on it)."""
+        if unified or not self.deterministic:
+            return self.n_seq_max
+        return max(1, min(self.n_seq_max, self.fixed_n_ctx // max(1, need)))
+
     def _seq_cells(self) -> int:
         """KV cells one sequence may use."""
         ctx = self._ctx
         if self.kv_unified:
             return min(ctx.n_ctx, self.fixed_n_ctx or ctx.n_ctx)
         if self.fixed_n_ctx is not None:
-            return min(ctx.n_ctx_seq, max(1, self.fixed_n_ctx // self.n_seq_max))
+            return min(ctx.n_ctx_seq, max(1, self.fixed_n_ctx // self.n_streams))
         return ctx.n_ctx_seq
 
     def reset_cache(self) -> None:
@@ -337,6 +353,7 @@ class GenerationContext:
                     raise
                 limit, why = shrunk, TOO_LONG_MEMORY
         seq_cells = self._seq_cells()
+        n_slots = min(n_slots, self.n_streams)
         # a row's positions end where a learned position table does, whatever the cache holds
         table = position_limit(getattr(self.model, "metadata", None) or {})
         row_cells = min(seq_cells, table or seq_cells)
