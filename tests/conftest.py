@@ -222,3 +222,20 @@ def make_model_file(tmp_path: Path, spec: Any) -> Path:
     elif isinstance(spec, int):
         path.write_bytes(model_bytes()[:spec])
     return path
+
+
+def check_embed_run_logged(ctx: Any, n_embd: int) -> None:
+    """Embed a text and an empty one on ``ctx``: the run log holds the run (2 rows, 1 error),
+    the vector's row names its size and hash, the empty row says why it failed."""
+    import warnings
+
+    import jupyter_localllm as ll
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ll.embed(ctx, ["The cat sat on the mat.", ""], progress=False)
+    run = ll.runs(limit=1).iloc[0]
+    assert run["function"] == "embed" and (run["n_rows"], run["n_errors"]) == (2, 1)
+    rows = ll.run(run["run_id"])
+    assert rows["output"][0].startswith(f"<embedding d={n_embd}> sha256:")
+    assert "empty" in rows["error"][1]

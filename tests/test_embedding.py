@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import refused, run_python
+from conftest import check_embed_run_logged, refused, run_python
 
 import jupyter_localllm as ll
 from jupyter_localllm.engine.embedding import pack_rows, resolve_pooling
@@ -200,13 +200,7 @@ def test_the_backend_checks_before_llama_cpp(model):
 
 
 def test_the_run_is_logged(ctx4, cache):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ll.embed(ctx4, [CAT, ""], progress=False)
-    run = ll.runs(limit=1).iloc[0]
-    assert run["function"] == "embed" and (run["n_rows"], run["n_errors"]) == (2, 1)
-    rows = ll.run(run["run_id"])
-    assert rows["output"][0].startswith("<embedding d=576> sha256:") and "empty" in rows["error"][1]
+    check_embed_run_logged(ctx4, 576)
 
 
 def test_any_number_of_rows_and_slots_embeds_without_aborting():

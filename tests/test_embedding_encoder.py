@@ -6,12 +6,11 @@ Everything that could abort llama.cpp runs in a subprocess first."""
 from __future__ import annotations
 
 import threading
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import refused, run_python
+from conftest import check_embed_run_logged, refused, run_python
 from tiny_gguf import reference_embedding, write_bert
 
 import jupyter_localllm as ll
@@ -205,14 +204,7 @@ def test_cache_and_run_log_as_for_the_default_model(ctx4, cache, vectors):
         ll.embed(ctx4, [*TEXTS, "Something new."], cache=True, progress=False, cancel=stop)
     cls = ll.embed(ctx4, TEXTS, pooling="cls", cache=True, progress=False)
     assert np.abs(cls - first).max() > 0.1  # the pooling is part of the key
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ll.embed(ctx4, [CAT, ""], progress=False)
-    run = ll.runs(limit=1).iloc[0]
-    assert run["function"] == "embed" and (run["n_rows"], run["n_errors"]) == (2, 1)
-    rows = ll.run(run["run_id"])
-    assert rows["output"][0].startswith(f"<embedding d={N_EMBD}> sha256:")
-    assert "empty" in rows["error"][1]
+    check_embed_run_logged(ctx4, N_EMBD)
 
 
 def test_bad_pooling_is_refused_before_the_encoder_runs(bert):
