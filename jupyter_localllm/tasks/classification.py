@@ -388,16 +388,13 @@ def classify(
     ``cache=True`` keeps each row's scores in the result cache. ``proxy`` (a cheaper model)
     with ``target_accuracy`` (or ``target_precision``/``target_recall`` and ``positive``),
     ``delta`` and ``label_budget`` runs a model cascade with a stated guarantee on agreement
-    with this call's model: see :func:`~jupyter_localllm.tasks.cascade.run_cascade`.
-    """
+    with this call's model: see :func:`~jupyter_localllm.tasks.cascade.run_cascade`."""
     spec = LabelSpec(labels, examples, instruction, system_prompt, format, calibrate, scoring)
-    run = dict(background=background, progress=progress, cancel=cancel, cluster=cluster)
+    run = dict(background=background, progress=progress, cancel=cancel, cluster=cluster, sink=sink)
     if proxy is not None or cascade:
-        return cascade_classify(
-            context, prompts, spec, proxy, cascade, sink=sink, cache=cache, **run
-        )
+        return cascade_classify(context, prompts, spec, proxy, cascade, cache=cache, **run)
     plan = classify_plan(context, prompts, spec, cache=cache)
-    plan = rows_to_sink(plan, sink, ["label", *spec.labels, "error"])
+    plan = rows_to_sink(plan, run.pop("sink"), ["label", *spec.labels, "error"])
     if on_result is not None:
         plan = plan.also_on_result(lambda row, rec: on_result({"row": row, **rec}))
     return execute(plan, **run)
