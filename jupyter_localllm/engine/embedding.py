@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .backend import BackendEmbeddingContext
     from .runner import GenerationContext
 
-__all__ = ["embed_tokens", "embedding_text", "pack_rows", "resolve_pooling", "row_limit"]
+__all__ = ["embed_tokens", "embedding_text", "pack_rows", "resolve_pooling"]
 
 # llama.cpp's enum llama_pooling_type as GGUF files store it (0 none, 4 rank: no vector to
 # compare, so such a file is mean-pooled unless the caller asks otherwise).
@@ -93,7 +93,7 @@ def embed_tokens(
     t_start = time.perf_counter()
     on_result = context.lock.shield(on_result) or (lambda result: None)
     on_progress = context.lock.shield(on_progress)
-    limit, why = row_limit(context)
+    limit, why = context.row_limit()  # never past a learned position table
     lengths: dict[int, int] = {}
     for i, tokens in enumerate(prompts):
         if not tokens:
@@ -132,15 +132,6 @@ def embed_tokens(
                     on_progress(Progress(done, len(prompts), 0, 0, elapsed))
         finally:
             ctx.close()
-
-
-def row_limit(context: GenerationContext) -> tuple[int, str]:
-    """The most tokens one embedded row may have on ``context``, and why: the context's
-    :meth:`~jupyter_localllm.engine.runner.GenerationContext.row_limit`, as in generation
-    (the fixed ``n_ctx``, else the model's trained length; never past a learned position
-    table, BERT's or GPT-2's ``position_embd``, where llama.cpp aborts the process). A row is
-    one sequence, decoded whole (one ubatch)."""
-    return context.row_limit()
 
 
 def _open(context: GenerationContext, n_seq: int, n_batch: int, pooling: str) -> Any:

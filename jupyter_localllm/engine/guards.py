@@ -1,6 +1,7 @@
 """The backend's guards, in pure Python: inputs that would make llama.cpp abort the process
 (sequence ids, batch sizes, token ids, context sizes, partial copies between KV streams) are
-refused here first, and llama_decode's return codes become the package's errors.
+refused here first, and llama_decode's return codes become the package's errors; the load
+log's lines that name repacked weight buffers are recognised here.
 
 :mod:`.llama` calls these around its native calls; none is on the per-token path (a decode
 calls :func:`decode_error` only when llama.cpp failed).
@@ -22,6 +23,7 @@ __all__ = [
     "check_seq_copy",
     "check_tokens",
     "decode_error",
+    "is_repack_buffer",
 ]
 
 
@@ -92,3 +94,12 @@ def decode_error(rc: int, n_tokens: int, n_ctx: int) -> DecodeError:
         "recreate it with a smaller n_ctx or n_batch.",
         rc,
     )
+
+
+def is_repack_buffer(line: bytes) -> bool:
+    """Whether a line of llama.cpp's load log names a repacked weight buffer (``CPU_REPACK``,
+    ``AMX``, ...): "load_tensors: CPU_REPACK model buffer size = 28.05 MiB"."""
+    if b"model buffer size" not in line:
+        return False
+    name = line.split(b"model buffer size")[0].split()[-1]
+    return b"REPACK" in name or b"AMX" in name

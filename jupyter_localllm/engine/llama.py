@@ -38,6 +38,7 @@ from .guards import (
     check_seq_copy,
     check_tokens,
     decode_error,
+    is_repack_buffer,
 )
 from .handles import ModelHandle, NativeHandle
 from .interrupts import held_call, interrupt_pending
@@ -168,7 +169,7 @@ class Model(ModelHandle):
             )
         finally:
             log, _load_log.lines = _load_log.lines, None
-        self.repacked = any(_is_repack_buffer(line) for line in log)
+        self.repacked = any(is_repack_buffer(line) for line in log)
         """Whether llama.cpp repacked some weights into an extra buffer type (it logs each
         buffer it made): repacked rows run through a GEMM kernel in groups of 4 and a GEMV
         kernel for the rest, so a row's logits depend on its batch's size."""
@@ -373,15 +374,6 @@ def _piece(vocab: Any, token: int, *, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(-n)
         n = _ll.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
     return buf.raw[:n]
-
-
-def _is_repack_buffer(line: bytes) -> bool:
-    """Whether a line of llama.cpp's load log names a repacked weight buffer (``CPU_REPACK``,
-    ``AMX``, ...): "load_tensors: CPU_REPACK model buffer size = 28.05 MiB"."""
-    if b"model buffer size" not in line:
-        return False
-    name = line.split(b"model buffer size")[0].split()[-1]
-    return b"REPACK" in name or b"AMX" in name
 
 
 def _resolve_gpu_layers(n_gpu_layers: int | str) -> int:
