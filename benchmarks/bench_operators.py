@@ -1,7 +1,7 @@
 """Semantic operators and model cascades, measured (issue 28, "Measured").
 
-    .venv/bin/python benchmarks/bench_operators.py [--tweets 150] [--splits 1000] [--skip topk]
-        [--budget 0.4] [--score max|margin] [--reuse]
+    .venv/bin/python benchmarks/bench_operators.py [--tweets 300] [--splits 1000] [--skip topk]
+        [--budget 0.4] [--score max|margin] [--scale 2000] [--reuse]
 
 Oracle: Qwen2.5-Coder-0.5B-Instruct (``make bench-model``); proxies: the default
 SmolLM2-135M and gemma-3-270m (when installed). Data: ``../shared/data`` (AG News, 100 rows;
@@ -10,18 +10,19 @@ the first ``--tweets`` tweets). Label scoring with defaults (zero-shot, the inst
 
 Cascade: every model scores every row once (timed: the per-row costs); then for each target
 the threshold learner of ``tasks/cascade.py`` runs on ``--splits`` random oracle samples of
-``--budget`` of the rows (the scores are reused, only the sample changes), reporting the share
-of rows the proxy answers next to the oracle-known optimum (the lowest threshold whose rows
-above it hold at most ``(1-target)·N`` disagreements, chosen knowing every oracle answer) and
-to the optimum of each split (the same, with the split's sampled rows answered by the oracle:
-what any threshold could give with that sample), the share the earlier test (sampled
-disagreements counted as kept errors) gave on the same splits, the agreement reached, in how
-many splits the target held under each test (it should in at least ``1 - delta``),
-and the time: measured per-row costs (proxy on every row + oracle on the rows it labels)
-against the oracle alone, and the same projected to an oracle 10x the proxy's per-row cost. A
-row "confidence shuffled" gives the proxy's confidences to random rows: a proxy whose
-confidence says nothing. One real ``classify(proxy=...)`` run per data set checks the
-simulation's time against the pipeline's.
+``--budget`` of the rows (the scores are reused, only the sample and the test's draw change),
+reporting the share of rows the proxy answers next to the oracle-known optimum (the lowest
+threshold whose rows above it hold at most ``(1-target)·N`` disagreements, chosen knowing
+every oracle answer) and to the optimum of each split (the same, with the split's sampled rows
+answered by the oracle: what any threshold could give with that sample), the share the
+unrandomised test gave on the same splits, the agreement reached, in how many splits the
+target held under each (it should in at least ``1 - delta``), and the time: measured per-row
+costs (proxy on every row + oracle on the rows it labels) against the oracle alone, and the
+same projected to an oracle 10x the proxy's per-row cost. A row "confidence shuffled" gives
+the proxy's confidences to random rows: a proxy whose confidence says nothing. Rows "×k"
+project to a user's table: ``--scale`` rows drawn with replacement from the scored ones (the
+same joint behaviour of confidence and agreement) with the default ``label_budget``. One real
+``classify(proxy=...)`` run per data set checks the simulation's time against the pipeline's.
 
 Then filter, topk and join on the public API (``df.llm.filter/topk/join``), each printing
 "not available" when it is missing.
@@ -38,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 import jupyter_localllm as ll
+from jupyter_localllm.defaults import LABEL_BUDGET
 from jupyter_localllm.tasks.cascade import learn_accuracy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,6 +51,7 @@ DELTA = 0.05
 N_SEQ_MAX = 4
 REUSE = False  # --reuse: scores from an earlier run (.bench/operators/)
 SCORE = "max"  # --score: the proxy's confidence, "max" (the cascade's) or "margin"
+SCALE = 0  # --scale: rows of the projected table (0: none)
 
 
 def load(ref: str):
@@ -96,22 +99,21 @@ def optimum_share(conf: np.ndarray, agree: np.ndarray, target: float, sampled=No
 
 
 def splits(conf, agree, target, budget, n_splits, seed=0) -> dict:
-    """The learner over ``n_splits`` random samples, with the test of ``tasks/cascade.py``
-    (``new``) and the earlier one that counts sampled disagreements as kept errors (``old``):
-    mean proxy share, agreement, held; and the mean optimum of each split's sample."""
+    """The learner over ``n_splits`` random samples (each with its own draw for the
+    randomised test), as the cascade runs it (``new``) and unrandomised (``plain``): mean
+    proxy share, agreement, held; and the mean optimum of each split's sample."""
     rng = np.random.default_rng(seed)
     n = len(conf)
-    runs = {"new": [], "old": []}  # per split: (share, agreement, oracle rows)
+    runs = {"new": [], "plain": []}  # per split: (share, agreement, oracle rows)
     optimum = []
     for _ in range(n_splits):
         sample = rng.choice(n, budget, replace=False)
+        draw = rng.random()
         sampled = np.zeros(n, bool)
         sampled[sample] = True
         optimum.append(optimum_share(conf, agree, target, sampled))
-        for name, keeps in (("new", True), ("old", False)):
-            bound = learn_accuracy(
-                conf, sample, agree[sample], target, DELTA, oracle_keeps_sample=keeps
-            )
+        for name, u in (("new", draw), ("plain", None)):
+            bound = learn_accuracy(conf, sample, agree[sample], target, DELTA, draw=u)
             proxy = (conf >= bound.threshold) & ~sampled
             runs[name].append((proxy.mean(), 1 - (proxy & ~agree).sum() / n, n - proxy.sum()))
     out = {"optimum | sample": float(np.mean(optimum))}
@@ -124,6 +126,48 @@ def splits(conf, agree, target, budget, n_splits, seed=0) -> dict:
             f"oracle_rows {name}": float(oracle_rows.mean()),
         }
     return out
+
+
+def scaled(conf: np.ndarray, agree: np.ndarray, rows: int, seed: int = 7):
+    """A table of ``rows`` drawn with replacement from the scored rows (the same joint
+    behaviour of proxy confidence and agreement, at a user's size); confidences jittered by
+    at most 1e-9 so that copies of one row are not one tied block."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(conf), rows)
+    return conf[idx] + rng.uniform(0, 1e-9, rows), agree[idx]
+
+
+def cascade_rows(data, label, conf, agree, budget, n_splits, c_p, c_o) -> list[dict]:
+    """One table row per target: the learner on ``n_splits`` samples of ``budget`` rows."""
+    n, rows = len(conf), []
+    for target in TARGETS:
+        s = splits(conf, agree, target, budget, n_splits)
+        best = optimum_share(conf, agree, target)
+        cascade_s = n * c_p + s["oracle_rows new"] * c_o
+        projected = (n * c_p + s["oracle_rows new"] * 10 * c_p) / (n * 10 * c_p)
+        rows.append(
+            {
+                "data": data,
+                "rows": n,
+                "sample": budget,
+                "proxy": label,
+                "target": target,
+                "proxy share": s["share new"],
+                "unrandomised": s["share plain"],
+                "optimum": best,
+                "of optimum": s["share new"] / best if best else float("nan"),
+                "optimum | sample": s["optimum | sample"],
+                "of optimum | sample": s["share new"] / s["optimum | sample"]
+                if s["optimum | sample"]
+                else float("nan"),
+                "agreement": s["agreement new"],
+                "held": s["held new"],
+                "held, unrandomised": s["held plain"],
+                "time cascade/oracle": cascade_s / (n * c_o),
+                "projected (oracle 10x)": projected,
+            }
+        )
+    return rows
 
 
 def confidence(scores: pd.DataFrame, labels: list[str]) -> np.ndarray:
@@ -156,35 +200,22 @@ def cascade_section(
             f"  proxy {pname}: {p_wall:.1f} s ({c_p * 1000:.0f} ms/row), agrees with the "
             f"oracle on {agree.mean():.0%}, accuracy vs gold {np.mean(p_scores.label == truth):.0%}"
         )
-        variants = [(pname, conf)]
+        rows += cascade_rows(name, pname, conf, agree, budget, n_splits, c_p, c_o)
         shuffled = np.random.default_rng(1).permutation(conf)
-        variants.append((f"{pname}, confidence shuffled", shuffled))
-        for label, c in variants:
-            for target in TARGETS:
-                s = splits(c, agree, target, budget, n_splits)
-                best = optimum_share(c, agree, target)
-                cascade_s = n * c_p + s["oracle_rows new"] * c_o
-                projected = (n * c_p + s["oracle_rows new"] * 10 * c_p) / (n * 10 * c_p)
-                rows.append(
-                    {
-                        "data": name,
-                        "proxy": label,
-                        "target": target,
-                        "proxy share": s["share new"],
-                        "old test": s["share old"],
-                        "optimum": best,
-                        "of optimum": s["share new"] / best if best else float("nan"),
-                        "optimum | sample": s["optimum | sample"],
-                        "of optimum | sample": s["share new"] / s["optimum | sample"]
-                        if s["optimum | sample"]
-                        else float("nan"),
-                        "agreement": s["agreement new"],
-                        "held": s["held new"],
-                        "held old": s["held old"],
-                        "time cascade/oracle": cascade_s / o_wall,
-                        "projected (oracle 10x)": projected,
-                    }
-                )
+        label = f"{pname}, confidence shuffled"
+        rows += cascade_rows(name, label, shuffled, agree, budget, n_splits, c_p, c_o)
+        if SCALE:  # the same behaviour at a user's size, with the default label budget
+            big_conf, big_agree = scaled(conf, agree, SCALE)
+            rows += cascade_rows(
+                f"{name} ×{SCALE // n}",
+                pname,
+                big_conf,
+                big_agree,
+                LABEL_BUDGET,
+                max(100, n_splits // 4),
+                c_p,
+                c_o,
+            )
     if not real_run:
         return rows
     # one real cascade through the pipeline: its time against the simulation's
@@ -218,7 +249,8 @@ def cascade_section(
 
 def markdown(rows: list[dict]) -> str:
     frame = pd.DataFrame(rows)
-    pct = [c for c in frame.columns if c not in ("data", "proxy", "target") and "time" not in c]
+    keep = ("data", "rows", "sample", "proxy", "target")
+    pct = [c for c in frame.columns if c not in keep and "time" not in c]
     pct.remove("projected (oracle 10x)")
     for col in pct:
         digits = 1 if col.startswith("held") else 0  # held sits near 1 - delta: show it
@@ -383,7 +415,7 @@ def join_section(model, n: int, candidates: int) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tweets", type=int, default=150)
+    parser.add_argument("--tweets", type=int, default=300)
     # an exact test misses its target in up to delta of the splits: many splits show it
     parser.add_argument("--splits", type=int, default=1000)
     parser.add_argument("--budget", type=float, default=0.4, help="oracle sample, share of rows")
@@ -394,9 +426,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--score", choices=("max", "margin"), default="max", help="the proxy's confidence"
     )
+    parser.add_argument(
+        "--scale", type=int, default=2000, help="rows of the projected table (0: none)"
+    )
     args = parser.parse_args(argv)
-    global REUSE, SCORE
-    REUSE, SCORE = args.reuse, args.score
+    global REUSE, SCORE, SCALE
+    REUSE, SCORE, SCALE = args.reuse, args.score, args.scale
     skip = set(filter(None, args.skip.split(",")))
     if not DATA.is_dir():
         print(f"{DATA} is not there; nothing to measure.")
@@ -423,8 +458,10 @@ def main(argv=None) -> int:
         print(
             f"\nCascade vs oracle alone (delta {DELTA}, oracle sample {args.budget:.0%} of the "
             f"rows, {args.splits} random splits, confidence {args.score}; held: share of splits "
-            "reaching the target; old test: sampled disagreements counted as kept errors; "
+            "reaching the target; unrandomised: the test without its draw; "
             "optimum | sample: the optimum of each split with its sampled rows the oracle's; "
+            f"×k rows: {args.scale} rows drawn from the scored ones, a {LABEL_BUDGET}-row "
+            f"sample (the default label_budget), {max(100, args.splits // 4)} splits; "
             f"an exact test fails in up to delta of the splits, so held carries a binomial "
             f"standard error of {100 * np.sqrt(DELTA * (1 - DELTA) / args.splits):.1f} points):"
         )

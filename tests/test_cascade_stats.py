@@ -50,13 +50,17 @@ def cascade_accuracy(conf, agree, threshold, sample):
     return 1 - wrong.sum() / len(conf)
 
 
-def accuracy_runs(conf, agree, target, m, trials, seed=0, **options):
+def accuracy_runs(conf, agree, target, m, trials, seed=0, randomised=False, **options):
     """Over ``trials`` random samples of ``m`` rows: the share of samples whose final answer
-    misses the target, the mean share of rows the proxy answers, and the thresholds."""
+    misses the target, the mean share of rows the proxy answers, and the thresholds
+    (``randomised``: each sample with its own draw for the randomised test)."""
     rng = np.random.default_rng(seed)
     n, failed, shares, thresholds = len(conf), 0, [], []
     for _ in range(trials):
         sample = rng.choice(n, m, replace=False)
+        draw = rng.random()
+        if randomised:
+            options["draw"] = draw
         bound = learn_accuracy(conf, sample, agree[sample], target, DELTA, **options)
         failed += cascade_accuracy(conf, agree, bound.threshold, sample) < target
         answered = conf >= bound.threshold
@@ -66,16 +70,22 @@ def accuracy_runs(conf, agree, target, m, trials, seed=0, **options):
     return failed / trials, float(np.mean(shares)), np.array(thresholds)
 
 
-def exact_failure(conf, agree, target, m):
+def exact_failure(conf, agree, target, m, randomised=False):
     """The proof's failure chance (module notes): the first ``allowed + 1 + k*`` disagreeing
-    rows by confidence hold at most ``k*`` sampled ones, ``k*`` the critical count."""
+    rows by confidence hold at most ``k*`` sampled ones, ``k*`` the critical count;
+    ``randomised``: ``k* + 1`` instead with the chance that makes it ``DELTA``."""
     n = len(conf)
     allowed = int(np.floor((1 - target) * n + 1e-9))
     k = np.arange(m + 1)
     fits = allowed + 1 + k <= min(n, (~agree).sum())
     p = hypergeom.cdf(k[fits], n, allowed + 1 + k[fits], m)
     passing = np.nonzero(p <= DELTA)[0]
-    return float(p[passing.max()]) if passing.size else 0.0
+    low = float(p[passing.max()]) if passing.size else 0.0
+    if not randomised:
+        return low
+    high = float(p[passing.max() + 1]) if passing.size else float(p[0])
+    q = (DELTA - low) / (high - low)
+    return (1 - q) * low + q * high
 
 
 def adversarial_proxy(rng, n):
@@ -105,6 +115,31 @@ def test_accuracy_fails_in_at_most_delta_of_samples_as_the_proof_says(n, m, targ
     assert exact <= DELTA
     assert abs(failed - exact) <= 4 * se + 1e-9, (failed, exact)
     assert failed <= DELTA + 3 * se, failed
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "target", "make"),
+    [
+        (100, 40, 0.9, adversarial_proxy),  # bench_operators' AG News size
+        (150, 60, 0.97, adversarial_proxy),
+        (400, 100, 0.95, informative_proxy),
+    ],
+)
+def test_the_randomised_test_fails_in_delta_of_samples_and_answers_more(n, m, target, make):
+    conf, agree = make(np.random.default_rng(1), n)
+    trials = 1500
+    plain_failed, plain_share, plain_t = accuracy_runs(conf, agree, target, m, trials)
+    failed, share, thresholds = accuracy_runs(conf, agree, target, m, trials, randomised=True)
+    exact = exact_failure(conf, agree, target, m, randomised=True)
+    se = math.sqrt(DELTA * (1 - DELTA) / trials)
+    # the unrandomised count leaves level unused; the randomised one fails at DELTA exactly
+    assert exact_failure(conf, agree, target, m) < exact == pytest.approx(DELTA)
+    assert abs(failed - exact) <= 4 * se, (failed, exact)
+    assert failed > plain_failed
+    # the same samples: never a higher threshold, sometimes a lower one, more rows answered
+    assert (thresholds <= plain_t).all()
+    assert (thresholds < plain_t).any()
+    assert share > plain_share, (share, plain_share)
 
 
 @pytest.mark.parametrize("target", [0.9, 0.95])

@@ -30,9 +30,15 @@ count rarer, so on the bad event the chance is at most that of the true ``B``: v
   whole procedure is valid, not only each test: it fails only if, going down the disagreeing
   rows by confidence, ``allowed + 1`` unsampled ones come before the ``k* + 1``-th sampled
   one, i.e. only if the first ``allowed + 1 + k*`` disagreeing rows hold ``<= k*`` sampled
-  ones: probability ``<= delta``. A lower threshold with at most ``allowed`` unsampled rows at
-  or above it is taken instead when there is one: it cannot miss the target (on small tables,
-  where the test passes little, the proxy still answers the rows the target tolerates).
+  ones: probability ``<= delta``. The counts are whole numbers, so that chance ``p(k*)`` is
+  often well below ``delta`` on small tables (0.02 at ``delta`` 0.05 for 100 rows, a 40-row
+  sample, target 0.90, where ``p(k* + 1)`` is 0.058). The cascade randomises the count, as
+  exact discrete tests do: ``k* + 1`` with chance ``q = (delta - p(k*)) / (p(k* + 1) -
+  p(k*))``, drawn with the sample's seed apart from it; the procedure then fails with chance
+  ``(1 - q)·p(k*) + q·p(k* + 1) = delta`` at most, exactly the level asked for. A lower
+  threshold with at most ``allowed`` unsampled rows at or above it is taken instead when there
+  is one: it cannot miss the target (on small tables, where the test passes little, the proxy
+  still answers the rows the target tolerates).
 - ``target_recall=r`` (with ``positive=``): the proxy answers "not positive" below ``t_low`` on
   its probability of ``positive``; at least ``r`` of the rows the oracle calls positive are
   labelled positive (a sampled positive keeps the oracle's label). Given the sampled
@@ -200,19 +206,28 @@ def _kept_errors_p(k: int | np.ndarray, n: Any, allowed: Any, m: int) -> Any:
     return p if p.ndim else float(p)
 
 
-def _critical_count(n: int, m: int, allowed: int, delta: float, fixes: bool = True) -> int:
+def _critical_count(
+    n: int, m: int, allowed: int, delta: float, fixes: bool = True, draw: float | None = None
+) -> int:
     """The most sampled disagreements (of ``m`` from ``n`` rows) at which "more than
     ``allowed`` rows disagree" is still rejected at level ``delta``; -1 when none. ``fixes``:
     the oracle's answers of the sampled rows are kept (the test above); False: the earlier
-    test that counts them as kept errors (``allowed + 1`` bad rows, more cautious)."""
+    test that counts them as kept errors (``allowed + 1`` bad rows, more cautious). ``draw``
+    (uniform in [0, 1)): one more with the chance that brings the failure chance to
+    ``delta`` exactly (a randomised test; see the module notes)."""
     last = n - allowed - 1  # a sample cannot hold more unsampled-error witnesses than this
     if last < 0:
         return m  # the target allows every row to be wrong
     if not fixes:
         return _largest_k(lambda k: hypergeom.cdf(k, n, allowed + 1, m), delta, m)
     k = _largest_k(lambda k: _kept_errors_p(k, n, allowed, m), delta, min(m, last))
-    # from k = last on, allowed + 1 unsampled errors cannot come before k + 1 sampled ones
-    return m if k >= last else k
+    if k >= last:  # allowed + 1 unsampled errors cannot come before k + 1 sampled ones
+        return m
+    if draw is None or k + 1 > m:
+        return k
+    low = _kept_errors_p(k, n, allowed, m) if k >= 0 else 0.0
+    high = _kept_errors_p(k + 1, n, allowed, m)
+    return k + 1 if draw * (high - low) < delta - low else k
 
 
 def learn_accuracy(
@@ -222,19 +237,23 @@ def learn_accuracy(
     target: float,
     delta: float,
     *,
+    draw: float | None = None,
     oracle_keeps_sample: bool = True,
 ) -> Bound:
     """The lowest threshold on the proxy's ``confidence`` (one per row) at which at least
     ``target`` of the rows get the oracle's answer with probability ``>= 1 - delta`` (see the
     module notes): ``sample`` are the rows the oracle labelled (they keep its answer),
-    ``agree`` whether the proxy's answer was the oracle's on each. ``oracle_keeps_sample=False``
-    runs the earlier, more cautious learner that counts sampled disagreements as kept errors
-    and has no outright-safe threshold (valid too; kept to measure the difference)."""
+    ``agree`` whether the proxy's answer was the oracle's on each. ``draw``: a uniform number
+    in [0, 1), drawn apart from the sample, that randomises the test so that its failure
+    chance is ``delta`` exactly (``None``: the unrandomised test, at most ``delta``, often
+    well below on small tables). ``oracle_keeps_sample=False`` runs the earlier, more
+    cautious learner that counts sampled disagreements as kept errors and has no
+    outright-safe threshold (valid too; kept to measure the difference)."""
     conf = np.asarray(confidence, dtype=float)
     sample, agree = np.asarray(sample, dtype=int), np.asarray(agree, dtype=bool)
     n, m = len(conf), len(sample)
     allowed = int(_tolerated(target, n))
-    k_star = _critical_count(n, m, allowed, delta, oracle_keeps_sample)
+    k_star = _critical_count(n, m, allowed, delta, oracle_keeps_sample, draw)
     bad = np.sort(conf[sample][~agree])[::-1]
     threshold = _lowest_with(conf, bad, k_star)
     # Any threshold with at most `allowed` unsampled rows at or above it is safe outright.
@@ -248,6 +267,9 @@ def learn_accuracy(
     # errors kept: unsampled disagreements at or above the threshold (B - k), at most `free`
     estimate = 1.0 - min(k * (n - m) / m if m else free, free) / n
     bound = 1.0 - min(_upper_count(k, n, m, delta) - k, free) / n
+    # one sampled disagreement past the unrandomised count, that test may say less than the
+    # whole procedure guarantees (the target, with probability >= 1 - delta)
+    bound = max(bound, 1.0 - allowed / n)
     return Bound("accuracy", target, delta, threshold, estimate, bound)
 
 
@@ -373,8 +395,11 @@ class _Cascade:
         self.parts.append(list(rows))
         return request
 
-    def learn(self, proxy: Results, sample: list[int], oracle: Results) -> dict[int, Result]:
-        """The bounds from the sample, and the proxy's answers the cascade keeps."""
+    def learn(
+        self, proxy: Results, sample: list[int], oracle: Results, draw: float
+    ) -> dict[int, Result]:
+        """The bounds from the sample (``draw``: the accuracy test's randomisation), and the
+        proxy's answers the cascade keeps."""
         ok = [i for i, r in enumerate(proxy) if r.ok]
         where = {i: k for k, i in enumerate(ok)}
         spot = [where[i] for i in sample]
@@ -385,7 +410,9 @@ class _Cascade:
         said = [str(oracle[k]) if oracle[k].ok else None for k in range(len(sample))]
         if c.target_accuracy is not None:
             agree = [said[k] == str(proxy[i]) for k, i in enumerate(sample)]
-            bound = learn_accuracy(probs.max(axis=1), spot, agree, c.target_accuracy, c.delta)
+            bound = learn_accuracy(
+                probs.max(axis=1), spot, agree, c.target_accuracy, c.delta, draw=draw
+            )
             self.bounds = [bound]
             keep = probs.max(axis=1) >= bound.threshold
             return {i: proxy[i] for i, k in zip(ok, keep, strict=True) if k}
@@ -492,9 +519,10 @@ def _plan(
         rng = np.random.default_rng(cascade.seed)
         size = min(cascade.label_budget, len(ok))
         sample = sorted(int(i) for i in rng.choice(ok, size, replace=False)) if size else []
+        draw = float(rng.random())  # the randomised test's, apart from the sample
         labelled = yield state.request(oracle, sample, "sample", errors)
         state.keep(sample, labelled, "oracle")
-        for i, res in state.learn(scored, sample, labelled).items():
+        for i, res in state.learn(scored, sample, labelled, draw).items():
             if i not in state.final:  # sampled rows keep the oracle's answer
                 state.keep([i], [res], "proxy")
         rest = [i for i in everyone if i not in state.final]
