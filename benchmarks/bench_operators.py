@@ -1,7 +1,7 @@
 """Semantic operators and model cascades, measured (issue 28, "Measured").
 
     .venv/bin/python benchmarks/bench_operators.py [--tweets 300] [--splits 1000] [--skip topk]
-        [--budget 0.4] [--score max|margin] [--scale 2000] [--reuse]
+        [--budget 0.4] [--scale 2000] [--reuse]
 
 Oracle: Qwen2.5-Coder-0.5B-Instruct (``make bench-model``); proxies: the default
 SmolLM2-135M and gemma-3-270m (when installed). Data: ``../shared/data`` (AG News, 100 rows;
@@ -10,19 +10,20 @@ the first ``--tweets`` tweets). Label scoring with defaults (zero-shot, the inst
 
 Cascade: every model scores every row once (timed: the per-row costs); then for each target
 the threshold learner of ``tasks/cascade.py`` runs on ``--splits`` random oracle samples of
-``--budget`` of the rows (the scores are reused, only the sample and the test's draw change),
-reporting the share of rows the proxy answers next to the oracle-known optimum (the lowest
-threshold whose rows above it hold at most ``(1-target)·N`` disagreements, chosen knowing
-every oracle answer) and to the optimum of each split (the same, with the split's sampled rows
-answered by the oracle: what any threshold could give with that sample), the share the
-unrandomised test gave on the same splits, the agreement reached, in how many splits the
-target held under each (it should in at least ``1 - delta``), and the time: measured per-row
-costs (proxy on every row + oracle on the rows it labels) against the oracle alone, and the
-same projected to an oracle 10x the proxy's per-row cost. A row "confidence shuffled" gives
-the proxy's confidences to random rows: a proxy whose confidence says nothing. Rows "×k"
-project to a user's table: ``--scale`` rows drawn with replacement from the scored ones (the
-same joint behaviour of confidence and agreement) with the default ``label_budget``. One real
-``classify(proxy=...)`` run per data set checks the simulation's time against the pipeline's.
+``--budget`` of the rows (the scores are reused, only the sample, its pilot and the test's draw
+change), with the label-aware ranking the cascade uses by default and with the proxy's top
+probability (``ranking="confidence"``), reporting the share of rows the proxy answers next to
+the issue's oracle-known optimum (the lowest threshold on the top probability whose rows above
+it hold at most ``(1-target)·N`` disagreements, chosen knowing every oracle answer) and next to
+the label-aware optimum (the same on the agreement scores fitted on every oracle answer), the
+agreement reached, in how many splits the target held (it should in at least ``1 - delta``),
+and the time: measured per-row costs (proxy on every row + oracle on the rows it labels)
+against the oracle alone, and the same projected to an oracle 10x the proxy's per-row cost. A
+row "shuffled" gives the proxy's answers (labels and probabilities) to random rows: a proxy
+that says nothing. Rows "×k" project to a user's table: ``--scale`` rows drawn with
+replacement from the scored ones (the same joint behaviour of the proxy's answers and
+agreement) with the default ``label_budget``. One real ``classify(proxy=...)`` run per data
+set checks the simulation's time against the pipeline's.
 
 Then filter, topk and join on the public API (``df.llm.filter/topk/join``), each printing
 "not available" when it is missing.
@@ -31,6 +32,7 @@ Then filter, topk and join on the public API (``df.llm.filter/topk/join``), each
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -40,7 +42,12 @@ import pandas as pd
 
 import jupyter_localllm as ll
 from jupyter_localllm.defaults import LABEL_BUDGET
-from jupyter_localllm.tasks.cascade import learn_accuracy
+from jupyter_localllm.tasks.cascade import (
+    PILOT_SHARE,
+    agreement_scores,
+    learn_accuracy,
+    learn_ranked_accuracy,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_classify import DATA, TASKS
@@ -50,7 +57,6 @@ TARGETS = (0.90, 0.95, 0.97)
 DELTA = 0.05
 N_SEQ_MAX = 4
 REUSE = False  # --reuse: scores from an earlier run (.bench/operators/)
-SCORE = "max"  # --score: the proxy's confidence, "max" (the cascade's) or "margin"
 SCALE = 0  # --scale: rows of the projected table (0: none)
 
 
@@ -98,25 +104,29 @@ def optimum_share(conf: np.ndarray, agree: np.ndarray, target: float, sampled=No
     return float(answered[ok].max() / len(conf)) if ok.any() else 0.0
 
 
-def splits(conf, agree, target, budget, n_splits, seed=0) -> dict:
-    """The learner over ``n_splits`` random samples (each with its own draw for the
-    randomised test), as the cascade runs it (``new``) and unrandomised (``plain``): mean
-    proxy share, agreement, held; and the mean optimum of each split's sample."""
+def splits(probs, agree, target, budget, n_splits, seed=0) -> dict:
+    """The learner over ``n_splits`` random samples (each with its own draw and pilot, as the
+    cascade draws them), with the label-aware ranking (``label``, the cascade's default) and
+    the proxy's top probability (``confidence``): mean proxy share, agreement, held."""
     rng = np.random.default_rng(seed)
-    n = len(conf)
-    runs = {"new": [], "plain": []}  # per split: (share, agreement, oracle rows)
-    optimum = []
+    n, top = len(probs), probs.max(axis=1)
+    runs = {"label": [], "confidence": []}  # per split: (share, agreement, oracle rows)
     for _ in range(n_splits):
         sample = rng.choice(n, budget, replace=False)
-        draw = rng.random()
+        draw, pilot = rng.random(), rng.permutation(budget)[: math.ceil(PILOT_SHARE * budget)]
         sampled = np.zeros(n, bool)
         sampled[sample] = True
-        optimum.append(optimum_share(conf, agree, target, sampled))
-        for name, u in (("new", draw), ("plain", None)):
-            bound = learn_accuracy(conf, sample, agree[sample], target, DELTA, draw=u)
-            proxy = (conf >= bound.threshold) & ~sampled
+        bound, score = learn_ranked_accuracy(
+            probs, sample, agree[sample], target, DELTA, pilot=pilot, draw=draw
+        )
+        plain = learn_accuracy(top, sample, agree[sample], target, DELTA, draw=draw)
+        for name, answered in (
+            ("label", score >= bound.threshold),
+            ("confidence", top >= plain.threshold),
+        ):
+            proxy = answered & ~sampled
             runs[name].append((proxy.mean(), 1 - (proxy & ~agree).sum() / n, n - proxy.sum()))
-    out = {"optimum | sample": float(np.mean(optimum))}
+    out = {}
     for name, values in runs.items():
         share, agreement, oracle_rows = np.array(values).T
         out |= {
@@ -128,23 +138,26 @@ def splits(conf, agree, target, budget, n_splits, seed=0) -> dict:
     return out
 
 
-def scaled(conf: np.ndarray, agree: np.ndarray, rows: int, seed: int = 7):
+def scaled(probs: np.ndarray, agree: np.ndarray, rows: int, seed: int = 7):
     """A table of ``rows`` drawn with replacement from the scored rows (the same joint
-    behaviour of proxy confidence and agreement, at a user's size); confidences jittered by
-    at most 1e-9 so that copies of one row are not one tied block."""
+    behaviour of the proxy's probabilities and agreement, at a user's size); probabilities
+    jittered by at most 1e-9 so that copies of one row are not one tied block."""
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(conf), rows)
-    return conf[idx] + rng.uniform(0, 1e-9, rows), agree[idx]
+    idx = rng.integers(0, len(probs), rows)
+    return probs[idx] + rng.uniform(0, 1e-9, (rows, probs.shape[1])), agree[idx]
 
 
-def cascade_rows(data, label, conf, agree, budget, n_splits, c_p, c_o) -> list[dict]:
+def cascade_rows(data, label, probs, agree, budget, n_splits, c_p, c_o) -> list[dict]:
     """One table row per target: the learner on ``n_splits`` samples of ``budget`` rows."""
-    n, rows = len(conf), []
+    n, rows = len(probs), []
+    # the best a label-aware ranking could do: fitted knowing every oracle answer
+    known = agreement_scores(probs, np.arange(n), agree)
     for target in TARGETS:
-        s = splits(conf, agree, target, budget, n_splits)
-        best = optimum_share(conf, agree, target)
-        cascade_s = n * c_p + s["oracle_rows new"] * c_o
-        projected = (n * c_p + s["oracle_rows new"] * 10 * c_p) / (n * 10 * c_p)
+        s = splits(probs, agree, target, budget, n_splits)
+        best = optimum_share(probs.max(axis=1), agree, target)
+        best_known = optimum_share(known, agree, target)
+        cascade_s = n * c_p + s["oracle_rows label"] * c_o
+        projected = (n * c_p + s["oracle_rows label"] * 10 * c_p) / (n * 10 * c_p)
         rows.append(
             {
                 "data": data,
@@ -152,29 +165,20 @@ def cascade_rows(data, label, conf, agree, budget, n_splits, c_p, c_o) -> list[d
                 "sample": budget,
                 "proxy": label,
                 "target": target,
-                "proxy share": s["share new"],
-                "unrandomised": s["share plain"],
+                "proxy share": s["share label"],
+                "confidence ranking": s["share confidence"],
                 "optimum": best,
-                "of optimum": s["share new"] / best if best else float("nan"),
-                "optimum | sample": s["optimum | sample"],
-                "of optimum | sample": s["share new"] / s["optimum | sample"]
-                if s["optimum | sample"]
-                else float("nan"),
-                "agreement": s["agreement new"],
-                "held": s["held new"],
-                "held, unrandomised": s["held plain"],
+                "of optimum": s["share label"] / best if best else float("nan"),
+                "label-aware optimum": best_known,
+                "of it": s["share label"] / best_known if best_known else float("nan"),
+                "agreement": s["agreement label"],
+                "held": s["held label"],
+                "held, confidence": s["held confidence"],
                 "time cascade/oracle": cascade_s / (n * c_o),
                 "projected (oracle 10x)": projected,
             }
         )
     return rows
-
-
-def confidence(scores: pd.DataFrame, labels: list[str]) -> np.ndarray:
-    """The proxy's confidence per row (``SCORE``): its top probability (what the cascade
-    uses) or the margin between its top two."""
-    probs = np.sort(scores[labels].to_numpy(), axis=1)
-    return probs[:, -1] if SCORE == "max" else probs[:, -1] - probs[:, -2]
 
 
 def cascade_section(
@@ -195,21 +199,21 @@ def cascade_section(
         p_scores, p_wall = score(pmodel, task, texts)
         c_p = p_wall / n
         agree = (p_scores.label == o_scores.label).to_numpy()
-        conf = confidence(p_scores, task["labels"])
+        probs = p_scores[task["labels"]].to_numpy()
         print(
             f"  proxy {pname}: {p_wall:.1f} s ({c_p * 1000:.0f} ms/row), agrees with the "
             f"oracle on {agree.mean():.0%}, accuracy vs gold {np.mean(p_scores.label == truth):.0%}"
         )
-        rows += cascade_rows(name, pname, conf, agree, budget, n_splits, c_p, c_o)
-        shuffled = np.random.default_rng(1).permutation(conf)
-        label = f"{pname}, confidence shuffled"
+        rows += cascade_rows(name, pname, probs, agree, budget, n_splits, c_p, c_o)
+        shuffled = np.random.default_rng(1).permutation(probs)  # labels and confidences
+        label = f"{pname}, shuffled"
         rows += cascade_rows(name, label, shuffled, agree, budget, n_splits, c_p, c_o)
         if SCALE:  # the same behaviour at a user's size, with the default label budget
-            big_conf, big_agree = scaled(conf, agree, SCALE)
+            big_probs, big_agree = scaled(probs, agree, SCALE)
             rows += cascade_rows(
                 f"{name} ×{SCALE // n}",
                 pname,
-                big_conf,
+                big_probs,
                 big_agree,
                 LABEL_BUDGET,
                 max(100, n_splits // 4),
@@ -424,14 +428,11 @@ def main(argv=None) -> int:
         "--reuse", action="store_true", help="scores of an earlier run, no real run"
     )
     parser.add_argument(
-        "--score", choices=("max", "margin"), default="max", help="the proxy's confidence"
-    )
-    parser.add_argument(
         "--scale", type=int, default=2000, help="rows of the projected table (0: none)"
     )
     args = parser.parse_args(argv)
-    global REUSE, SCORE, SCALE
-    REUSE, SCORE, SCALE = args.reuse, args.score, args.scale
+    global REUSE, SCALE
+    REUSE, SCALE = args.reuse, args.scale
     skip = set(filter(None, args.skip.split(",")))
     if not DATA.is_dir():
         print(f"{DATA} is not there; nothing to measure.")
@@ -457,9 +458,9 @@ def main(argv=None) -> int:
             )
         print(
             f"\nCascade vs oracle alone (delta {DELTA}, oracle sample {args.budget:.0%} of the "
-            f"rows, {args.splits} random splits, confidence {args.score}; held: share of splits "
-            "reaching the target; unrandomised: the test without its draw; "
-            "optimum | sample: the optimum of each split with its sampled rows the oracle's; "
+            f"rows, {args.splits} random splits; held: share of splits "
+            "reaching the target; confidence ranking: ranking='confidence' on the same splits; "
+            "label-aware optimum: the agreement scores fitted on every oracle answer; "
             f"×k rows: {args.scale} rows drawn from the scored ones, a {LABEL_BUDGET}-row "
             f"sample (the default label_budget), {max(100, args.splits // 4)} splits; "
             f"an exact test fails in up to delta of the splits, so held carries a binomial "

@@ -11,6 +11,7 @@ module: it imports nothing of the package, and any floor may read it.
 from __future__ import annotations
 
 __all__ = [
+    "CASCADE_RANKING",
     "CLEAN",
     "DEFAULT_MODEL",
     "DELTA",
@@ -62,6 +63,11 @@ DELTA = 0.05
 LABEL_BUDGET = 200
 """Cascades (``proxy=``): rows of the random sample the oracle labels to learn the threshold."""
 
+CASCADE_RANKING = "label"
+"""Cascades with ``target_accuracy``: the threshold is on the proxy's chance of agreeing with the
+oracle given its label and confidence, fitted on part of the sample (``"confidence"``: on its
+top probability)."""
+
 TABLE: dict[str, object] = {
     "model": DEFAULT_MODEL,
     "max_tokens": MAX_TOKENS,
@@ -73,5 +79,6 @@ TABLE: dict[str, object] = {
     "deterministic": DETERMINISTIC,
     "delta": DELTA,
     "label_budget": LABEL_BUDGET,
+    "ranking": CASCADE_RANKING,
 }
 """Every default by its keyword name (for help texts and the README's table)."""

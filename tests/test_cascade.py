@@ -75,11 +75,11 @@ def test_the_oracle_answers_the_sample_and_the_rows_below_the_threshold(ctx, pro
         expected = oracle if source[i] == "oracle" else proxy
         assert out.label[i] == expected.label[i], i
         assert out.positive[i] == pytest.approx(expected.positive[i]), i
-    # the proxy kept exactly the unsampled rows at or above the learned threshold
-    conf = proxy.loc[ok, LABELS].max(axis=1)
-    threshold = info["threshold"]["accuracy"]
-    assert all(conf[i] >= threshold for i in ok if source[i] == "proxy")
-    assert sum(conf[i] >= threshold for i in ok if source[i] == "oracle") <= 5  # sampled ones
+    # the proxy kept exactly the unsampled rows whose score reaches the learned threshold
+    score, threshold = info["score"], info["threshold"]["accuracy"]
+    assert info["ranking"] == "label" and all(score[i] is None for i in BAD)
+    assert all(score[i] >= threshold for i in ok if source[i] == "proxy")
+    assert sum(score[i] >= threshold for i in ok if source[i] == "oracle") <= 5  # sampled ones
     assert info["bound"]["accuracy"] >= 0.6 or math.isinf(threshold)
     assert info["proxy_rows"] > 0  # with 11 rows and 5 sampled, 60% can be proved
     # the guarantee on this sample: at least 60% of the rows answered as the oracle would
@@ -89,6 +89,20 @@ def test_the_oracle_answers_the_sample_and_the_rows_below_the_threshold(ctx, pro
     for i in BAD:
         assert pd.isna(out.label[i]) and out.error[i] and source[i] is None
     assert out.error[ok].isna().all()
+
+
+def test_the_confidence_ranking_thresholds_the_proxys_top_probability(ctx, proxy_ctx, alone):
+    _, proxy = alone
+    out = cascade(ctx, proxy_ctx, ranking="confidence", label_budget=8)
+    info = out.attrs["llm"]
+    assert info["ranking"] == "confidence"
+    for i in range(len(TWEETS)):
+        if i in BAD:
+            assert info["score"][i] is None
+        else:
+            assert info["score"][i] == pytest.approx(proxy.loc[i, LABELS].max()), i
+            if info["source"][i] == "proxy":
+                assert info["score"][i] >= info["threshold"]["accuracy"]
 
 
 def test_a_proxy_that_is_the_oracle_answers_every_unsampled_row(ctx, model):

@@ -14,9 +14,11 @@ from scipy.stats import hypergeom
 
 from jupyter_localllm.errors import InvalidParameterError
 from jupyter_localllm.tasks.cascade import (
+    PILOT_SHARE,
     CascadeSpec,
     learn_accuracy,
     learn_precision,
+    learn_ranked_accuracy,
     learn_recall,
 )
 
@@ -299,8 +301,77 @@ def test_a_useless_binary_proxy_answers_few_rows():
         ({"target_accuracy": 0.9, "delta": 0}, "delta must be"),
         ({"target_accuracy": 0.9, "label_budget": 0}, "label_budget must be a positive"),
         ({"target_accuracy": 0.9, "proxy_budget": 3}, "Unknown cascade option"),
+        ({"target_accuracy": 0.9, "ranking": "labels"}, "ranking must be one of 'label'"),
     ],
 )
 def test_bad_cascade_options_are_refused(options, phrase):
     with pytest.raises(InvalidParameterError, match=phrase):
         CascadeSpec.from_kwargs(**options)
+
+
+def labelled_proxy(rng, n):
+    """Two labels, one reliable (95% agreement) and one not (30%), whose confidences say the
+    opposite (the unreliable label is the surer one): label probabilities, agreement."""
+    second = rng.random(n) < 0.5
+    top = np.where(second, rng.uniform(0.7, 1.0, n), rng.uniform(0.5, 0.9, n))
+    probs = np.where(second[:, None], np.c_[1 - top, top], np.c_[top, 1 - top])
+    return probs, rng.random(n) < np.where(second, 0.3, 0.95)
+
+
+def ranked_runs(probs, agree, target, m, trials, ranking, seed=0):
+    """As :func:`accuracy_runs`, through the cascade's learner for ``ranking`` (a pilot of
+    ``PILOT_SHARE`` of each sample for ``"label"``), each sample with its own draw."""
+    rng = np.random.default_rng(seed)
+    n, failed, shares = len(probs), 0, []
+    for _ in range(trials):
+        sample = rng.choice(n, m, replace=False)
+        draw, pilot = rng.random(), rng.permutation(m)[: math.ceil(PILOT_SHARE * m)]
+        if ranking == "label":
+            bound, score = learn_ranked_accuracy(
+                probs, sample, agree[sample], target, DELTA, pilot=pilot, draw=draw
+            )
+        else:
+            score = probs.max(axis=1)
+            bound = learn_accuracy(score, sample, agree[sample], target, DELTA, draw=draw)
+        assert bound.target == target and (bound.bound >= target - 1e-9 or bound.bound == 1)
+        failed += cascade_accuracy(score, agree, bound.threshold, sample) < target
+        answered = score >= bound.threshold
+        answered[sample] = False
+        shares.append(answered.mean())
+    return failed / trials, float(np.mean(shares))
+
+
+@pytest.mark.parametrize(("n", "m", "target"), [(400, 120, 0.9), (2000, 200, 0.95)])
+def test_the_label_ranking_keeps_the_guarantee_and_answers_far_more(n, m, target):
+    probs, agree = labelled_proxy(np.random.default_rng(9), n)
+    trials = 600
+    failed, share = ranked_runs(probs, agree, target, m, trials, "label")
+    plain_failed, plain_share = ranked_runs(probs, agree, target, m, trials, "confidence")
+    se = math.sqrt(DELTA * (1 - DELTA) / trials)
+    assert max(failed, plain_failed) <= DELTA + 3 * se, (failed, plain_failed)
+    # the reliable label's rows are the less confident ones: only the label ranking finds them
+    assert share > 2 * plain_share, (share, plain_share)
+
+
+def test_the_label_ranking_costs_little_where_confidence_already_ranks_well():
+    rng = np.random.default_rng(1)
+    top = rng.uniform(0.5, 1.0, N)
+    probs = np.c_[top, 1 - top]  # one label, calibrated: nothing for the ranking to learn
+    agree = rng.random(N) < top
+    failed, share = ranked_runs(probs, agree, 0.9, 300, 200, "label")
+    _, plain_share = ranked_runs(probs, agree, 0.9, 300, 200, "confidence")
+    assert failed <= DELTA + 3 * math.sqrt(DELTA * (1 - DELTA) / 200)
+    assert 0.8 * plain_share < share <= plain_share + 0.01, (share, plain_share)
+
+
+def test_a_useless_proxy_escalates_almost_every_row_with_the_label_ranking():
+    rng = np.random.default_rng(2)
+    top = rng.uniform(0.5, 1.0, N)
+    probs = np.c_[top, 1 - top]
+    flip = rng.random(N) < 0.5  # labels at random, agreement 60% whatever they are
+    probs[flip] = probs[flip][:, ::-1]
+    agree = rng.random(N) < 0.6
+    failed, share = ranked_runs(probs, agree, 0.95, BUDGET, 100, "label")
+    # as with the confidence ranking: at most (1 - 0.95) / 0.4 of the rows can go to the proxy
+    assert share <= 0.05 / 0.4, share
+    assert failed <= DELTA + 3 * math.sqrt(DELTA * (1 - DELTA) / 100)

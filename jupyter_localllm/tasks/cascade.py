@@ -22,23 +22,35 @@ of them bad, holds ``<= k`` bad rows with probability ``<= delta`` (more bad row
 count rarer, so on the bad event the chance is at most that of the true ``B``: valid).
 
 - ``target_accuracy=a``: at least ``a·N`` rows get the oracle's label. The proxy answers the
-  rows whose top probability is at least ``t``. Candidate thresholds are the proxy's own
-  confidences (known before any oracle label); the test above, with ``allowed = (1-a)·N``,
-  passes up to a critical count ``k*`` of sampled disagreements (its chance grows with ``k``),
-  and ``t`` is the lowest confidence with at most ``k*`` sampled disagreements at or above it
-  (fixed-sequence testing from the top, a BARGAIN-like accuracy bound, Zeighami et al.). The
-  whole procedure is valid, not only each test: it fails only if, going down the disagreeing
-  rows by confidence, ``allowed + 1`` unsampled ones come before the ``k* + 1``-th sampled
-  one, i.e. only if the first ``allowed + 1 + k*`` disagreeing rows hold ``<= k*`` sampled
-  ones: probability ``<= delta``. The counts are whole numbers, so that chance ``p(k*)`` is
-  often well below ``delta`` on small tables (0.02 at ``delta`` 0.05 for 100 rows, a 40-row
-  sample, target 0.90, where ``p(k* + 1)`` is 0.058). The cascade randomises the count, as
-  exact discrete tests do: ``k* + 1`` with chance ``q = (delta - p(k*)) / (p(k* + 1) -
+  rows whose confidence (below: ``ranking``) is at least ``t``. Candidate thresholds are the
+  confidences themselves (known before any oracle label); the test above, with ``allowed =
+  (1-a)·N``, passes up to a critical count ``k*`` of sampled disagreements (its chance grows
+  with ``k``), and ``t`` is the lowest confidence with at most ``k*`` sampled disagreements at
+  or above it (fixed-sequence testing from the top, a BARGAIN-like accuracy bound, Zeighami et
+  al.). The whole procedure is valid, not only each test: it fails only if, going down the
+  disagreeing rows by confidence, ``allowed + 1`` unsampled ones come before the ``k* + 1``-th
+  sampled one, i.e. only if the first ``allowed + 1 + k*`` disagreeing rows hold ``<= k*``
+  sampled ones: probability ``<= delta``. The counts are whole numbers, so that chance ``p(k*)``
+  is often well below ``delta`` on small tables (at ``delta`` 0.05, 100 rows, a 40-row sample
+  and target 0.97, ``k* = -1``: the test can pass nothing, where ``p(0)`` is 0.12; 300 rows, 120
+  sampled, target 0.97: ``p(k*)`` 0.028, ``p(k* + 1)`` 0.079). The cascade randomises the count,
+  as exact discrete tests do: ``k* + 1`` with chance ``q = (delta - p(k*)) / (p(k* + 1) -
   p(k*))``, drawn with the sample's seed apart from it; the procedure then fails with chance
   ``(1 - q)·p(k*) + q·p(k* + 1) = delta`` at most, exactly the level asked for. A lower
   threshold with at most ``allowed`` unsampled rows at or above it is taken instead when there
   is one: it cannot miss the target (on small tables, where the test passes little, the proxy
   still answers the rows the target tolerates).
+- What the threshold is on (``ranking``). A small model is far surer of some labels than of
+  others (on 150 tweets SmolLM2-135M agrees with the 0.5B oracle on 98% of its "negative"
+  rows and 10% of its "positive" ones), so its top probability ranks rows poorly across
+  labels. With ``ranking="label"`` (the default) a random :data:`PILOT_SHARE` of the sampled
+  rows fits the proxy's chance of agreeing given its label and confidence
+  (:func:`agreement_scores`), and the threshold is on that chance. Still valid: given the
+  pilot, the ranking is fixed and the other sampled rows are a uniform sample of the rows
+  outside the pilot, so the test above runs there as it stands, with the ``allowed`` errors of
+  the whole table (pilot rows keep the oracle's answer). The pilot's rows no longer test:
+  where the top probability already ranks well the proxy answers somewhat fewer rows
+  (``ranking="confidence"`` keeps the whole sample for the test).
 - ``target_recall=r`` (with ``positive=``): the proxy answers "not positive" below ``t_low`` on
   its probability of ``positive``; at least ``r`` of the rows the oracle calls positive are
   labelled positive (a sampled positive keeps the oracle's label). Given the sampled
@@ -60,7 +72,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -80,18 +92,29 @@ from .options import check_count, checked_names, field_names
 from .prompts import as_texts
 
 __all__ = [
+    "PILOT_SHARE",
     "PRECISION_CANDIDATES",
+    "RANKINGS",
     "Bound",
     "CascadeSpec",
+    "agreement_scores",
     "cascade_plan",
     "learn_accuracy",
     "learn_precision",
+    "learn_ranked_accuracy",
     "learn_recall",
     "run_cascade",
 ]
 
 PRECISION_CANDIDATES = 20
 """Candidate thresholds of the precision target (its union bound divides ``delta`` by it)."""
+
+RANKINGS = ("label", "confidence")
+"""What an accuracy target's threshold is on (:attr:`CascadeSpec.ranking`)."""
+
+PILOT_SHARE = 0.2
+"""Share of the oracle's sample that fits the label-aware ranking (``ranking="label"``); the
+rest of the sample tests the threshold."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +136,12 @@ class CascadeSpec:
     """Rows the oracle labels in the random sample (at most; all rows when fewer)."""
     seed: int = defaults.SEED
     """Seed of the random sample."""
+    ranking: str = defaults.CASCADE_RANKING
+    """What the ``target_accuracy`` threshold is on: ``"label"``, the proxy's chance of
+    agreeing with the oracle given its label and top probability, fitted on
+    :data:`PILOT_SHARE` of the sample (small models are far surer of some labels than of
+    others); ``"confidence"``, its top probability, with all of the sample testing.
+    Precision and recall targets threshold the ``positive`` label's probability."""
 
     def __post_init__(self) -> None:
         for name in ("target_accuracy", "target_precision", "target_recall", "delta"):
@@ -132,6 +161,10 @@ class CascadeSpec:
                 "positive= names the label of target_precision=/target_recall= and goes with them."
             )
         check_count("label_budget", self.label_budget)
+        if self.ranking not in RANKINGS:
+            raise InvalidParameterError(
+                f"ranking must be one of {', '.join(map(repr, RANKINGS))}, got {self.ranking!r}."
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InvalidParameterError(f"seed must be an integer, got {self.seed!r}.")
 
@@ -284,6 +317,68 @@ def _lowest_with(conf: np.ndarray, ranked: np.ndarray, count: int) -> float:
     return float(above.min()) if above.size else math.inf
 
 
+def agreement_scores(probs: np.ndarray, pilot: Sequence[int], agree: Sequence[bool]) -> np.ndarray:
+    """The proxy's chance of agreeing with the oracle on each row (``probs``: its label
+    probabilities, one row each), by a logistic regression fitted on the ``pilot`` rows
+    (``agree``: whether it agreed there) over its label (one-hot) and the log-odds of its top
+    probability; the top probability itself when the pilot shows only one kind of answer."""
+    probs = np.asarray(probs, dtype=float)
+    top = probs.max(axis=1) if probs.size else np.zeros(len(probs))
+    agree = np.asarray(agree, dtype=bool)
+    if agree.all() or not agree.any():
+        return top
+    from sklearn.linear_model import LogisticRegression  # a second's import: only here
+
+    odds = np.log(np.clip(top, 1e-9, 1.0) / np.clip(1.0 - top, 1e-9, 1.0))
+    features = np.c_[np.eye(probs.shape[1])[probs.argmax(axis=1)], odds]
+    fit = LogisticRegression(C=10.0, max_iter=1000).fit(features[np.asarray(pilot)], agree)
+    return fit.predict_proba(features)[:, 1]
+
+
+def learn_ranked_accuracy(
+    probs: np.ndarray,
+    sample: Sequence[int],
+    agree: Sequence[bool],
+    target: float,
+    delta: float,
+    *,
+    pilot: Sequence[int],
+    draw: float | None = None,
+) -> tuple[Bound, np.ndarray]:
+    """:func:`learn_accuracy` on the label-aware ranking: the sampled rows at positions
+    ``pilot`` of ``sample`` fit :func:`agreement_scores`, the other sampled rows test a
+    threshold on those scores among the rows outside the pilot, which may hold the errors
+    the target allows over all rows (pilot rows keep the oracle's answer). Returns the bound
+    (its threshold on the scores) and the score of every row."""
+    probs = np.asarray(probs, dtype=float)
+    sample, agree = np.asarray(sample, dtype=int), np.asarray(agree, dtype=bool)
+    n = len(probs)
+    piloted = np.zeros(len(sample), bool)
+    piloted[np.asarray(pilot, dtype=int)] = True
+    score = agreement_scores(probs, sample[piloted], agree[piloted])
+    rest = np.setdiff1d(np.arange(n), sample[piloted])
+    if not rest.size:
+        return Bound("accuracy", target, delta, math.inf, 1.0, 1.0), score
+    where = np.full(n, -1)
+    where[rest] = np.arange(rest.size)
+    allowed = int(_tolerated(target, n))
+    inner = learn_accuracy(
+        score[rest],
+        where[sample[~piloted]],
+        agree[~piloted],
+        max(0.0, 1.0 - allowed / rest.size),
+        delta,
+        draw=draw,
+    )
+    scale = rest.size / n  # errors over the rest, as a share of every row
+    return replace(
+        inner,
+        target=target,
+        estimate=1.0 - (1.0 - inner.estimate) * scale,
+        bound=1.0 - (1.0 - inner.bound) * scale,
+    ), score
+
+
 def _miss_p_value(k: int, m_pos: int, totals: np.ndarray, share: float) -> float:
     """The largest chance, over the possible numbers of positives ``totals``, that ``m_pos``
     sampled positives hold ``<= k`` misses when more than ``1 - share`` of all positives are
@@ -381,6 +476,7 @@ class _Cascade:
         self.final: dict[int, Result] = {}
         self.source: dict[int, str] = {}
         self.bounds: list[Bound] = []
+        self.scores: dict[int, float] = {}  # input row -> what the accuracy threshold is on
 
     def request(self, context: GenerationContext, rows: list[int], stage: str, errors) -> Any:
         """The label-scoring request of ``rows`` (seeded by their input rows)."""
@@ -396,10 +492,11 @@ class _Cascade:
         return request
 
     def learn(
-        self, proxy: Results, sample: list[int], oracle: Results, draw: float
+        self, proxy: Results, sample: list[int], oracle: Results, draw: float, pilot: list[int]
     ) -> dict[int, Result]:
-        """The bounds from the sample (``draw``: the accuracy test's randomisation), and the
-        proxy's answers the cascade keeps."""
+        """The bounds from the sample (``draw``: the accuracy test's randomisation; ``pilot``:
+        the positions in ``sample`` that fit the label-aware ranking), and the proxy's answers
+        the cascade keeps."""
         ok = [i for i, r in enumerate(proxy) if r.ok]
         where = {i: k for k, i in enumerate(ok)}
         spot = [where[i] for i in sample]
@@ -408,15 +505,20 @@ class _Cascade:
             -1, len(labels)
         )
         said = [str(oracle[k]) if oracle[k].ok else None for k in range(len(sample))]
-        if c.target_accuracy is not None:
-            agree = [said[k] == str(proxy[i]) for k, i in enumerate(sample)]
-            bound = learn_accuracy(
-                probs.max(axis=1), spot, agree, c.target_accuracy, c.delta, draw=draw
+        if c.target_accuracy is None:
+            return self._learn_binary(proxy, ok, probs, spot, said)
+        agree = [said[k] == str(proxy[i]) for k, i in enumerate(sample)]
+        target = c.target_accuracy
+        if c.ranking == "label":
+            bound, score = learn_ranked_accuracy(
+                probs, spot, agree, target, c.delta, pilot=pilot, draw=draw
             )
-            self.bounds = [bound]
-            keep = probs.max(axis=1) >= bound.threshold
-            return {i: proxy[i] for i, k in zip(ok, keep, strict=True) if k}
-        return self._learn_binary(proxy, ok, probs, spot, said)
+        else:
+            score = probs.max(axis=1)
+            bound = learn_accuracy(score, spot, agree, target, c.delta, draw=draw)
+        self.bounds = [bound]
+        self.scores = dict(zip(ok, map(float, score), strict=True))
+        return {i: proxy[i] for i in ok if self.scores[i] >= bound.threshold}
 
     def _learn_binary(self, proxy, ok, probs, spot, said) -> dict[int, Result]:
         labels, c = list(self.spec.labels), self.cascade
@@ -476,6 +578,8 @@ class _Cascade:
             "bound": {b.metric: b.bound for b in self.bounds},
             "delta": self.cascade.delta,
             "bounds": [asdict(b) for b in self.bounds],
+            "ranking": self.cascade.ranking if self.cascade.target_accuracy else None,
+            "score": [self.scores.get(i) for i in range(self.n)],
             "source": source,
         }
 
@@ -494,7 +598,9 @@ def cascade_plan(
     DataFrame (``label``, probabilities of the model that answered, ``error``) with the
     cascade's details in ``attrs["llm"]``: ``oracle_rows`` (rows the oracle labelled:
     sampled and escalated), ``proxy_rows``, ``sampled``, ``threshold``, ``estimate`` and
-    ``bound`` (per metric: the sample's estimate and its lower confidence bound), ``source``
+    ``bound`` (per metric: the sample's estimate and its lower confidence bound), ``ranking``
+    and per row the ``score`` the accuracy threshold is on (``None`` for precision and
+    recall targets, whose thresholds are on the ``positive`` label's probability), ``source``
     (per row ``"proxy"``, ``"oracle"``, or ``None`` for a row that failed in both). Its rows
     are numbered across its three requests (``view`` records carry the input ``row``);
     ``cache`` (``None``: ``$LOCALLLM_RESULT_CACHE``) keeps every row's scores in the result
@@ -520,9 +626,10 @@ def _plan(
         size = min(cascade.label_budget, len(ok))
         sample = sorted(int(i) for i in rng.choice(ok, size, replace=False)) if size else []
         draw = float(rng.random())  # the randomised test's, apart from the sample
+        pilot = sorted(rng.permutation(size)[: math.ceil(PILOT_SHARE * size)].tolist())
         labelled = yield state.request(oracle, sample, "sample", errors)
         state.keep(sample, labelled, "oracle")
-        for i, res in state.learn(scored, sample, labelled, draw).items():
+        for i, res in state.learn(scored, sample, labelled, draw, pilot).items():
             if i not in state.final:  # sampled rows keep the oracle's answer
                 state.keep([i], [res], "proxy")
         rest = [i for i in everyone if i not in state.final]

@@ -46,6 +46,7 @@ CASCADE_KEYWORDS = (
     "target_recall",
     "delta",
     "label_budget",
+    "ranking",
 )
 """The keywords of a model cascade, forwarded to :func:`~jupyter_localllm.classify`."""
 
