@@ -123,9 +123,11 @@ def test_the_accessors_classify_runs_a_cascade(ctx4):
     assert events[-1].done == events[-1].total == 10
     assert all(e.done <= e.total for e in events)
     probs = FRAME.llm.classify(
-        "{text}", labels, model=ctx4, proxy=ctx4, target_accuracy=0.9, probs=True, progress=False
-    )
+        "{text}", labels, model=ctx4, proxy=ctx4, target_accuracy=0.9, ranking="confidence",
+        probs=True, progress=False,
+    )  # fmt: skip
     assert list(probs.columns) == ["label", *labels, "error"]
+    assert probs.attrs["llm"]["cascade"]["ranking"] == "confidence"
     assert probs["error"].notna().tolist() == [False, False, True, False, False, False]
 
 
@@ -136,6 +138,10 @@ def test_the_accessors_cascade_is_refused_where_it_cannot_run(ctx4):
         FRAME.llm.classify("{text}", ["a", "b"], model=ctx4, target_accuracy=0.9)
     with pytest.raises(InvalidParameterError, match="target_accuracy"):
         FRAME.llm.classify("{text}", ["a", "b"], model=ctx4, proxy=ctx4, target_accuracy=2)
+    with pytest.raises(InvalidParameterError, match="ranking must be one of"):
+        FRAME.llm.classify(
+            "{text}", ["a", "b"], model=ctx4, proxy=ctx4, target_accuracy=0.9, ranking="top"
+        )
 
 
 def test_an_interrupted_accessor_cascade_keeps_the_answered_rows(ctx4):

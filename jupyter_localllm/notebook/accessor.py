@@ -203,10 +203,11 @@ class _Accessor:
         a Dask cluster (see :meth:`generate`); ``sink`` as there.
 
         ``proxy`` (a cheaper model) with ``target_accuracy`` (or ``target_precision``/
-        ``target_recall`` with ``positive``), ``delta``, ``label_budget`` runs a model cascade
-        (see :func:`~jupyter_localllm.classify`): the proxy answers the rows it is sure of,
-        this call's model the rest, with the stated guarantee; ``attrs["llm"]["cascade"]``
-        holds its details. A cascade runs in the foreground, without ``sink``.
+        ``target_recall`` with ``positive``), ``delta``, ``label_budget``, ``ranking`` runs a
+        model cascade (see :func:`~jupyter_localllm.classify`): the proxy answers the rows it
+        is sure of, this call's model the rest, with the stated guarantee;
+        ``attrs["llm"]["cascade"]`` holds its details. A cascade runs in the foreground,
+        without ``sink``.
         """
         from ..tasks.classification import LabelSpec
         from ..tasks.operators.common import split_cascade

@@ -387,8 +387,9 @@ def classify(
     (see :func:`~jupyter_localllm.annotation_sink_csv`), as in ``generate_parallel``;
     ``cache=True`` keeps each row's scores in the result cache. ``proxy`` (a cheaper model)
     with ``target_accuracy`` (or ``target_precision``/``target_recall`` and ``positive``),
-    ``delta`` and ``label_budget`` runs a model cascade with a stated guarantee on agreement
-    with this call's model: see :func:`~jupyter_localllm.tasks.cascade.run_cascade`."""
+    ``delta``, ``label_budget`` and ``ranking`` runs a model cascade with a stated guarantee on
+    agreement with this call's model: see :class:`~jupyter_localllm.tasks.cascade.CascadeSpec`
+    and :func:`~jupyter_localllm.tasks.cascade.run_cascade`."""
     spec = LabelSpec(labels, examples, instruction, system_prompt, format, calibrate, scoring)
     run = dict(background=background, progress=progress, cancel=cancel, cluster=cluster, sink=sink)
     if proxy is not None or cascade:
