@@ -371,11 +371,11 @@ def learn_ranked_accuracy(
         draw=draw,
     )
     scale = rest.size / n  # errors over the rest, as a share of every row
+    bound = 1.0 - (1.0 - inner.bound) * scale
+    if not math.isinf(inner.threshold):  # as learn_accuracy: what the procedure guarantees
+        bound = max(bound, 1.0 - allowed / n)
     return replace(
-        inner,
-        target=target,
-        estimate=1.0 - (1.0 - inner.estimate) * scale,
-        bound=1.0 - (1.0 - inner.bound) * scale,
+        inner, target=target, estimate=1.0 - (1.0 - inner.estimate) * scale, bound=bound
     ), score
 
 
