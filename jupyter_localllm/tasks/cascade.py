@@ -41,8 +41,8 @@ count rarer, so on the bad event the chance is at most that of the true ``B``: v
   is one: it cannot miss the target (on small tables, where the test passes little, the proxy
   still answers the rows the target tolerates).
 - What the threshold is on (``ranking``). A small model is far surer of some labels than of
-  others (on 150 tweets SmolLM2-135M agrees with the 0.5B oracle on 98% of its "negative"
-  rows and 10% of its "positive" ones), so its top probability ranks rows poorly across
+  others (on 300 tweets SmolLM2-135M agrees with the 0.5B oracle on 97% of its "negative"
+  rows and 12% of its "positive" ones), so its top probability ranks rows poorly across
   labels. With ``ranking="label"`` (the default) a random :data:`PILOT_SHARE` of the sampled
   rows fits the proxy's chance of agreeing given its label and confidence
   (:func:`agreement_scores`), and the threshold is on that chance. Still valid: given the
