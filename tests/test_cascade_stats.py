@@ -274,6 +274,27 @@ def test_recall_and_precision_hold_on_small_tables(n, m, target):
     assert answered[0] / trials > 0.15  # the proxy answers "not positive" on many rows
 
 
+@pytest.mark.parametrize(("n", "m", "target"), [(150, 60, 0.8), (400, 100, 0.9)])
+def test_the_randomised_recall_test_holds_and_answers_more(n, m, target):
+    score, truth = binary_population(np.random.default_rng(8), n)
+    rng = np.random.default_rng(11)
+    trials, failed, answered, lower = 800, np.zeros(2), np.zeros(2), 0
+    for _ in range(trials):
+        sample, draw = rng.choice(n, m, replace=False), rng.random()
+        sampled = np.isin(np.arange(n), sample)
+        plain = learn_recall(score, sample, truth[sample], target, DELTA).threshold
+        low = learn_recall(score, sample, truth[sample], target, DELTA, draw=draw).threshold
+        assert low >= plain  # never fewer rows answered "not positive"
+        lower += low > plain
+        for j, threshold in enumerate((plain, low)):
+            missed = truth & (score < threshold) & ~sampled
+            failed[j] += 1 - missed.sum() / truth.sum() < target
+            answered[j] += ((score < threshold) & ~sampled).mean()
+    se = math.sqrt(DELTA * (1 - DELTA) / trials)
+    assert failed[1] / trials <= DELTA + 3 * se, failed / trials
+    assert failed[1] >= failed[0] and lower > 0 and answered[1] > answered[0], answered
+
+
 def test_a_useless_binary_proxy_answers_few_rows():
     rng = np.random.default_rng(7)
     score = rng.uniform(0, 1, N)

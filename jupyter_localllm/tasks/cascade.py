@@ -55,7 +55,8 @@ count rarer, so on the bad event the chance is at most that of the true ``B``: v
   its probability of ``positive``; at least ``r`` of the rows the oracle calls positive are
   labelled positive (a sampled positive keeps the oracle's label). Given the sampled
   positives, they are a uniform sample of all positives; the same test on the misses,
-  maximised over the unknown number of positives.
+  maximised over the unknown number of positives, randomised the same way (each count fails
+  with chance at most its largest p-value, so the mixture fails with chance at most delta).
 - ``target_precision=p`` (with ``positive=``): the proxy answers "positive" at or above
   ``t_high``; at least ``p`` of the rows labelled positive are positive for the oracle (a
   sampled row there keeps the oracle's label: its negatives are no false positives and leave
@@ -256,10 +257,17 @@ def _critical_count(
     k = _largest_k(lambda k: _kept_errors_p(k, n, allowed, m), delta, min(m, last))
     if k >= last:  # allowed + 1 unsampled errors cannot come before k + 1 sampled ones
         return m
-    if draw is None or k + 1 > m:
+    return _randomised(k, lambda j: _kept_errors_p(j, n, allowed, m), delta, draw, m)
+
+
+def _randomised(k: int, p_value: Any, delta: float, draw: float | None, k_max: int) -> int:
+    """``k`` (a critical count: ``p_value(k) <= delta``, -1 for none) or, given ``draw``
+    (uniform in [0, 1)), ``k + 1`` with the chance ``q`` that makes ``(1 - q)·p_value(k) +
+    q·p_value(k + 1)`` equal ``delta``: a randomised exact test (``p_value(-1)`` is 0)."""
+    if draw is None or k + 1 > k_max:
         return k
-    low = _kept_errors_p(k, n, allowed, m) if k >= 0 else 0.0
-    high = _kept_errors_p(k + 1, n, allowed, m)
+    low = p_value(k) if k >= 0 else 0.0
+    high = p_value(k + 1)
     return k + 1 if draw * (high - low) < delta - low else k
 
 
@@ -398,19 +406,26 @@ def learn_recall(
     positive: Sequence[bool],
     target: float,
     delta: float,
+    *,
+    draw: float | None = None,
 ) -> Bound:
     """The highest threshold on the proxy's probability of the positive label (``score``,
     one per row) below which the proxy may answer "not positive" while at least ``target`` of
     the oracle's positive rows stay positive, with probability ``>= 1 - delta``: ``sample``
-    are the rows the oracle labelled (they keep its answer), ``positive`` its answers there."""
+    are the rows the oracle labelled (they keep its answer), ``positive`` its answers there;
+    ``draw`` randomises the test as :func:`learn_accuracy`'s (``None``: unrandomised)."""
     s = np.asarray(score, dtype=float)
     sample, positive = np.asarray(sample, dtype=int), np.asarray(positive, dtype=bool)
     pos = np.sort(s[sample][positive])
     m_pos, m_neg = len(pos), len(sample) - len(pos)
     totals = np.arange(max(m_pos, 1), len(s) - m_neg + 1)
+
+    def p_value(k: int) -> float:
+        return _miss_p_value(k, m_pos, totals, target)
+
     # k <= m_pos - 1: the threshold is a sampled positive's score, so at most the k sampled
     # positives below it; any k whose p-value passes is valid (no monotonicity needed)
-    k_star = _largest_k(lambda k: _miss_p_value(k, m_pos, totals, target), delta, m_pos - 1)
+    k_star = _randomised(_largest_k(p_value, delta, m_pos - 1), p_value, delta, draw, m_pos - 1)
     if k_star < 0:
         return Bound("recall", target, delta, -math.inf, 1.0, 1.0)
     threshold = float(pos[k_star])
@@ -421,7 +436,8 @@ def learn_recall(
         lo, hi = (lo, mid) if _miss_p_value(k, m_pos, totals, mid) > delta else (mid, hi)
     # unsampled misses: k of m_pos sampled positives, scaled to the unsampled share
     estimate = 1.0 - k / m_pos * (1.0 - len(sample) / len(s))
-    return Bound("recall", target, delta, threshold, estimate, lo)
+    # past the unrandomised count that test says less than the procedure guarantees
+    return Bound("recall", target, delta, threshold, estimate, max(lo, target))
 
 
 def _candidates(s: np.ndarray, count: int) -> np.ndarray:
@@ -506,7 +522,7 @@ class _Cascade:
         )
         said = [str(oracle[k]) if oracle[k].ok else None for k in range(len(sample))]
         if c.target_accuracy is None:
-            return self._learn_binary(proxy, ok, probs, spot, said)
+            return self._learn_binary(proxy, ok, probs, spot, said, draw)
         agree = [said[k] == str(proxy[i]) for k, i in enumerate(sample)]
         target = c.target_accuracy
         if c.ranking == "label":
@@ -520,7 +536,7 @@ class _Cascade:
         self.scores = dict(zip(ok, map(float, score), strict=True))
         return {i: proxy[i] for i in ok if self.scores[i] >= bound.threshold}
 
-    def _learn_binary(self, proxy, ok, probs, spot, said) -> dict[int, Result]:
+    def _learn_binary(self, proxy, ok, probs, spot, said, draw) -> dict[int, Result]:
         labels, c = list(self.spec.labels), self.cascade
         p = labels.index(str(c.positive))
         score = probs[:, p]
@@ -532,7 +548,7 @@ class _Cascade:
             self.bounds.append(learn_precision(score, spot, pos, c.target_precision, delta))
             high = self.bounds[-1].threshold
         if c.target_recall is not None:
-            self.bounds.append(learn_recall(score, spot, pos, c.target_recall, delta))
+            self.bounds.append(learn_recall(score, spot, pos, c.target_recall, delta, draw=draw))
             low = self.bounds[-1].threshold
         others = probs.copy()
         others[:, p] = -1.0
