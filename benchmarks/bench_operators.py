@@ -9,7 +9,7 @@ the first ``--tweets`` tweets). Label scoring with defaults (zero-shot, the inst
 ``bench_classify.py``), ``n_seq_max`` 4.
 
 Cascade: every model scores every row once (timed: the per-row costs); then for each target
-the threshold learner of ``tasks/cascade.py`` runs on ``--splits`` random oracle samples of
+the threshold learner of ``tasks/thresholds.py`` runs on ``--splits`` random oracle samples of
 ``--budget`` of the rows (the scores are reused, only the sample, its pilot and the test's draw
 change), with the label-aware ranking the cascade uses by default and with the proxy's top
 probability (``ranking="confidence"``), reporting the share of rows the proxy answers next to

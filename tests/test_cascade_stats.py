@@ -1,4 +1,4 @@
-"""The cascade's threshold learners (``tasks/cascade.py``) on synthetic proxy scores: over
+"""The cascade's threshold learners (``tasks/thresholds.py``) on synthetic proxy scores: over
 many random samples the stated guarantee holds in at least ``1 - delta`` of them (for the
 accuracy target: as often as the module notes' proof says, exactly), an informative proxy lets
 many rows through, more than the earlier test did, and a proxy whose confidence says nothing
