@@ -23,16 +23,12 @@ from huggingface_hub import utils as hf_errors
 
 from jupyter_localllm.errors import (
     DownloadError,
-    InvalidModelFileError,
     InvalidParameterError,
     LocalLLMError,
-    ModelNotFoundError,
 )
 from jupyter_localllm.models import (
-    ArraySummary,
     default_model_path,
     list_cached_models,
-    read_gguf_metadata,
     resolve_model,
     validate_model_file,
 )
@@ -609,38 +605,3 @@ def test_download_model_hf_offline_says_where_to_put_the_file(
     with pytest.raises(DownloadError, match=f"the cached copy {dest} is unchanged"):
         download_model("o/r/sub/f.gguf@v2", cache_dir=tmp_path, force_redownload=True)
     assert dest.read_bytes() == SMALL
-
-
-# --- metadata ----------------------------------------------------------------------------------
-
-
-def test_read_gguf_metadata_of_smollm2(model):
-    meta = read_gguf_metadata(model)
-    assert meta["GGUF.version"] == 3
-    assert meta["GGUF.tensor_count"] == 272
-    assert meta["general.architecture"] == "llama"
-    assert meta["llama.context_length"] == 8192
-    assert meta["llama.rope.freq_base"] == 100000.0
-    assert meta["tokenizer.ggml.add_bos_token"] is False
-    assert meta["general.languages"] == ["en"]
-    template = meta["tokenizer.chat_template"]
-    assert isinstance(template, str) and "<|im_start|>" in template
-    assert meta["tokenizer.ggml.tokens"] == ArraySummary("string", 49152)
-    assert repr(meta["tokenizer.ggml.token_type"]) == "<array of 49,152 int32>"
-    assert len(meta) == 3 + meta["GGUF.kv_count"]
-
-
-def test_read_gguf_metadata_keeps_long_arrays_on_request(model):
-    meta = read_gguf_metadata(model, max_array_length=100_000)
-    tokens = meta["tokenizer.ggml.tokens"]
-    assert len(tokens) == 49152 and tokens[1] == "<|im_start|>"
-    assert len(meta["tokenizer.ggml.token_type"]) == 49152
-
-
-def test_read_gguf_metadata_rejects_non_gguf(tmp_path):
-    path = tmp_path / "x.gguf"
-    path.write_text("nope")
-    with pytest.raises(InvalidModelFileError, match="is not a GGUF file"):
-        read_gguf_metadata(path)
-    with pytest.raises(ModelNotFoundError):
-        read_gguf_metadata(tmp_path / "missing.gguf")

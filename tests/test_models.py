@@ -29,11 +29,13 @@ from jupyter_localllm.errors import (
     ModelNotFoundError,
 )
 from jupyter_localllm.models import (
+    ArraySummary,
     check_memory,
     default_model_path,
     list_cached_models,
     list_ollama_models,
     model_cache_dir,
+    read_gguf_metadata,
     resolve_model,
     validate_model_file,
 )
@@ -395,3 +397,38 @@ def test_list_ollama_models_frame(ollama_store, model, model_digest):
     assert set(frame["digest"]) == {model_digest}
     empty = list_ollama_models(ollama_store / "missing")
     assert empty.empty and list(empty.columns) == ["name", "path", "size_bytes", "digest"]
+
+
+# --- GGUF metadata -----------------------------------------------------------------------------
+
+
+def test_read_gguf_metadata_of_smollm2(model):
+    meta = read_gguf_metadata(model)
+    assert meta["GGUF.version"] == 3
+    assert meta["GGUF.tensor_count"] == 272
+    assert meta["general.architecture"] == "llama"
+    assert meta["llama.context_length"] == 8192
+    assert meta["llama.rope.freq_base"] == 100000.0
+    assert meta["tokenizer.ggml.add_bos_token"] is False
+    assert meta["general.languages"] == ["en"]
+    template = meta["tokenizer.chat_template"]
+    assert isinstance(template, str) and "<|im_start|>" in template
+    assert meta["tokenizer.ggml.tokens"] == ArraySummary("string", 49152)
+    assert repr(meta["tokenizer.ggml.token_type"]) == "<array of 49,152 int32>"
+    assert len(meta) == 3 + meta["GGUF.kv_count"]
+
+
+def test_read_gguf_metadata_keeps_long_arrays_on_request(model):
+    meta = read_gguf_metadata(model, max_array_length=100_000)
+    tokens = meta["tokenizer.ggml.tokens"]
+    assert len(tokens) == 49152 and tokens[1] == "<|im_start|>"
+    assert len(meta["tokenizer.ggml.token_type"]) == 49152
+
+
+def test_read_gguf_metadata_rejects_non_gguf(tmp_path):
+    path = tmp_path / "x.gguf"
+    path.write_text("nope")
+    with pytest.raises(InvalidModelFileError, match="is not a GGUF file"):
+        read_gguf_metadata(path)
+    with pytest.raises(ModelNotFoundError):
+        read_gguf_metadata(tmp_path / "missing.gguf")
