@@ -32,7 +32,6 @@ Then filter, topk and join on the public API (``df.llm.filter/topk/join``), each
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -43,8 +42,8 @@ import pandas as pd
 import jupyter_localllm as ll
 from jupyter_localllm.defaults import LABEL_BUDGET
 from jupyter_localllm.tasks.cascade import (
-    PILOT_SHARE,
     agreement_scores,
+    draw_pilot,
     learn_accuracy,
     learn_ranked_accuracy,
 )
@@ -113,7 +112,7 @@ def splits(probs, agree, target, budget, n_splits, seed=0) -> dict:
     runs = {"label": [], "confidence": []}  # per split: (share, agreement, oracle rows)
     for _ in range(n_splits):
         sample = rng.choice(n, budget, replace=False)
-        draw, pilot = rng.random(), rng.permutation(budget)[: math.ceil(PILOT_SHARE * budget)]
+        draw, pilot = rng.random(), draw_pilot(rng, budget)
         sampled = np.zeros(n, bool)
         sampled[sample] = True
         bound, score = learn_ranked_accuracy(

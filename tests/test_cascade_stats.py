@@ -14,8 +14,8 @@ from scipy.stats import hypergeom
 
 from jupyter_localllm.errors import InvalidParameterError
 from jupyter_localllm.tasks.cascade import (
-    PILOT_SHARE,
     CascadeSpec,
+    draw_pilot,
     learn_accuracy,
     learn_precision,
     learn_ranked_accuracy,
@@ -340,7 +340,7 @@ def ranked_runs(probs, agree, target, m, trials, ranking, seed=0):
     n, failed, shares = len(probs), 0, []
     for _ in range(trials):
         sample = rng.choice(n, m, replace=False)
-        draw, pilot = rng.random(), rng.permutation(m)[: math.ceil(PILOT_SHARE * m)]
+        draw, pilot = rng.random(), draw_pilot(rng, m)
         if ranking == "label":
             bound, score = learn_ranked_accuracy(
                 probs, sample, agree[sample], target, DELTA, pilot=pilot, draw=draw

@@ -52,6 +52,7 @@ __all__ = [
     "CascadeSpec",
     "agreement_scores",
     "cascade_plan",
+    "draw_pilot",
     "learn_accuracy",
     "learn_precision",
     "learn_ranked_accuracy",
@@ -65,6 +66,12 @@ RANKINGS = ("label", "confidence")
 PILOT_SHARE = 0.2
 """Share of the oracle's sample that fits the label-aware ranking (``ranking="label"``); the
 rest of the sample tests the threshold."""
+
+
+def draw_pilot(rng: np.random.Generator, size: int) -> list[int]:
+    """The positions, in a sample of ``size`` rows, that fit the label-aware ranking: a
+    random :data:`PILOT_SHARE` of them (rounded up), in order."""
+    return sorted(rng.permutation(size)[: math.ceil(PILOT_SHARE * size)].tolist())
 
 
 @dataclass(frozen=True)
@@ -293,7 +300,7 @@ def _plan(
         size = min(cascade.label_budget, len(ok))
         sample = sorted(int(i) for i in rng.choice(ok, size, replace=False)) if size else []
         draw = float(rng.random())  # the randomised test's, apart from the sample
-        pilot = sorted(rng.permutation(size)[: math.ceil(PILOT_SHARE * size)].tolist())
+        pilot = draw_pilot(rng, size)
         labelled = yield state.request(oracle, sample, "sample", errors)
         state.keep(sample, labelled, "oracle")
         for i, res in state.learn(scored, sample, labelled, draw, pilot).items():
